@@ -41,3 +41,4 @@ from vpcli.cli import example_cmd  # noqa: E402,F401
 def main() -> None:
     """Console-script entry point."""
     app()
+from vpcli.cli import recipes_cmd  # noqa: E402,F401

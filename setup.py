@@ -28,6 +28,7 @@ setup(
         'rich>=13',
         'transformers>=4.45',
         'sentencepiece>=0.2',
+        'pybids>=0.16',          # reads BIDS datasets for batch mode (and bids-validator, bidsschematools)
         'nilearn>=0.10',         # ships the MNI ICBM152 2009 template used as the example scan
         'matplotlib>=3.8',       # QC pictures
     ],

@@ -42,3 +42,4 @@ def main() -> None:
     """Console-script entry point."""
     app()
 from vpcli.cli import recipes_cmd  # noqa: E402,F401
+from vpcli.cli import info_cmd  # noqa: E402,F401

@@ -33,9 +33,12 @@ class CharacterizationThresholds:
             1 / 1.15, so the isointense band is symmetric on a log scale).
         enhancing_above: ``enhancement_class``: post/pre signal-ratio quotient > this
             is "enhancing".
-        restricted_dwi_above: ``diffusion_class``: DWI signal ratio must exceed this...
-        restricted_adc_below: ...and the ADC signal ratio must be below this for
-            "restricted diffusion".
+        restricted_dwi_above: ``diffusion_class``: the DWI signal ratio must be above
+            this (and the ADC ratio below ``restricted_adc_below``) for "restricted
+            diffusion".
+        restricted_adc_below: ``diffusion_class``: the ADC signal ratio must be below
+            this (and the DWI ratio above ``restricted_dwi_above``) for "restricted
+            diffusion".
         surrounding_margin_mm: Default thickness (mm) of the surrounding-tissue shell
             that ``signal_ratio`` and ``enhancement_ratio`` compare against.
     """

@@ -92,7 +92,15 @@ def median_intensity(scan: Scan, mask: Mask) -> float:
 
 
 def otsu_threshold(values: 'np.ndarray', bins: int = OTSU_BINS) -> float:
-    """Otsu's threshold: the histogram split that maximises between-class variance."""
+    """Otsu's threshold: the histogram split that maximises between-class variance.
+
+    Args:
+        values: Intensities (any shape).
+        bins: Number of histogram bins.
+
+    Returns:
+        The threshold, in the units of ``values``.
+    """
     import numpy as np
 
     counts, edges = np.histogram(values, bins=bins)
@@ -106,7 +114,10 @@ def otsu_threshold(values: 'np.ndarray', bins: int = OTSU_BINS) -> float:
         mean_above = (sum_below[-1] - sum_below) / above
         between = below * above * (mean_below - mean_above) ** 2
     between = np.nan_to_num(between[:-1], nan=-1.0)
-    return float(edges[int(np.argmax(between)) + 1])
+    # well-separated classes give a plateau of equal scores over the empty bins between
+    # them; its middle is the split farthest from both
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[int(round((best[0] + best[-1]) / 2)) + 1])
 
 
 def background_outside_head(scan: Scan) -> 'np.ndarray':

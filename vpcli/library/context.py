@@ -53,6 +53,8 @@ class RunContext:
         feedback: ``read`` results of the step being run (the agent loop collects them).
         call_sources: Sources of the arguments of the call being made (set by the sandbox
             from its data-flow tracking before each context call).
+        call_units: Units of the arguments of the call being made, where known (set by
+            the sandbox alongside ``call_sources``).
         step: Index of the step being run (0-based).
         vision: The loaded vision network, or None when the run has none.
         device: Torch device name the run computes on.
@@ -63,6 +65,7 @@ class RunContext:
     saved: list[SavedVolume] = dataclasses.field(default_factory=list)
     feedback: list[FeedbackItem] = dataclasses.field(default_factory=list)
     call_sources: tuple[SourceRef, ...] = ()
+    call_units: tuple = ()
     step: int = 0
     vision: Any = None
     device: str = 'cpu'

@@ -80,6 +80,29 @@ def same_geometry(a: vx.AcquisitionGeometry, b: vx.AcquisitionGeometry) -> bool:
         a.tensor.float(), b.tensor.float().to(a.tensor.device), atol=1e-4, rtol=0)
 
 
+class Pointwise(nn.Module):
+    """A fully connected layer applied at every voxel (a 1x1x1 convolution).
+
+    Written as a matrix product over the flattened voxels, which on CPU is several
+    times faster than ``conv3d`` with a 1x1x1 kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        layer = nn.Linear(in_channels, out_channels, bias=bias)  # its default initialisation
+        self.weight = layer.weight
+        self.bias = layer.bias
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(..., C_in, X, Y, Z)`` -> ``(..., C_out, X, Y, Z)``."""
+        spatial = features.shape[-3:]
+        flat = features.flatten(-3)
+        out = torch.matmul(self.weight, flat)
+        if self.bias is not None:
+            out = out + self.bias.unsqueeze(-1)
+        return out.unflatten(-1, spatial)
+
+
 class StreamInteraction(nn.Module):
     """Attention across streams at each voxel of a shared grid (paper v1 Eq. 1).
 
@@ -92,10 +115,10 @@ class StreamInteraction(nn.Module):
 
     def __init__(self, channels: int, attention_size: int) -> None:
         super().__init__()
-        self.query = nn.Conv3d(channels, attention_size, 1)
-        self.key = nn.Conv3d(channels, attention_size, 1)
-        self.value = nn.Conv3d(channels, attention_size, 1)
-        self.project = nn.Conv3d(attention_size, channels, 1)
+        self.query = Pointwise(channels, attention_size)
+        self.key = Pointwise(channels, attention_size)
+        self.value = Pointwise(channels, attention_size)
+        self.project = Pointwise(attention_size, channels)
         self.scale = 1 / math.sqrt(attention_size)
 
     def forward(self, streams: list[torch.Tensor],
@@ -144,7 +167,7 @@ class LevelBlock(nn.Module):
         self.norm = nn.GroupNorm(channels // group_size, channels)
         # fc on [features, φ] == conv1x1 on features + a per-stream bias from φ; the
         # split form never materialises φ broadcast over every voxel
-        self.mix_features = nn.Conv3d(channels, channels, 1)
+        self.mix_features = Pointwise(channels, channels)
         self.mix_phi = nn.Linear(phi_size, channels, bias=False)
         self.interaction = StreamInteraction(channels, attention_size) if interact else None
 

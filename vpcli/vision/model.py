@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from vpcli.errors import BadInputError, ProgramError
 from vpcli.library.context import FeedbackItem
 from vpcli.vision.config import VisionConfig
-from vpcli.vision.layers import LevelBlock
+from vpcli.vision.layers import LevelBlock, Pointwise
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
 from vpcli.volumes import Mask, union_sources
 
@@ -171,7 +171,7 @@ class VisionNetwork(nn.Module):
             self.bottleneck = block(widths[-1], levels - 1)
             self.decoder = nn.ModuleList(
                 block(widths[level + 1] + widths[level], level) for level in range(levels - 1))
-            self.head = nn.Conv3d(widths[0], 1, 1)
+            self.head = Pointwise(widths[0], 1)
             self.embed = nn.Linear(widths[-1], config.embedding_width)
 
     @property

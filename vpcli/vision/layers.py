@@ -43,6 +43,43 @@ class NativeConv(nn.Module):
         return F.conv3d(features.unsqueeze(0), weight, self.conv.bias, padding=tuple(padding))[0]
 
 
+def pooling_factors(coarse: vx.AcquisitionGeometry,
+                    fine: vx.AcquisitionGeometry) -> tuple[int, ...] | None:
+    """Per-axis factors when ``coarse`` is exactly ``fine`` pooled (as ``voxel`` pools), else None."""
+    ratio = (coarse.spacing / fine.spacing.to(coarse.device)).cpu()
+    factors = ratio.round()
+    if not torch.allclose(ratio, factors, atol=1e-4, rtol=0) or bool((factors < 1).any()):
+        return None
+    factors = tuple(int(f) for f in factors)
+    shape = tuple(math.ceil(int(n) / f) for n, f in zip(fine.baseshape, factors))
+    if shape != tuple(int(n) for n in coarse.baseshape):
+        return None
+    expected = fine.shift([0.5 * (f - 1) for f in factors], space='voxel').scale(factors, space='voxel')
+    if not torch.allclose(expected.tensor.float(), coarse.tensor.float().to(expected.device),
+                          atol=1e-4, rtol=0):
+        return None
+    return factors
+
+
+def upsample(features: torch.Tensor, coarse: vx.AcquisitionGeometry,
+             fine: vx.AcquisitionGeometry) -> torch.Tensor:
+    """Trilinear upsampling of ``(C, X, Y, Z)`` features from ``coarse`` onto ``fine``.
+
+    Values beyond the coarse grid's outer voxel centres are clamped (``border``). When
+    ``coarse`` is ``fine`` pooled, ``torch.nn.functional.interpolate`` gives the same
+    result as ``voxel``'s resampling without building a coordinate grid.
+    """
+    factors = pooling_factors(coarse, fine)
+    if factors is None:
+        return vx.Volume(features, coarse).resample_like(fine, mode='linear',
+                                                         padding_mode='border').tensor
+    upsampled = F.interpolate(features.unsqueeze(0), scale_factor=[float(f) for f in factors],
+                              mode='trilinear', align_corners=False,
+                              recompute_scale_factor=False)[0]
+    x, y, z = (int(n) for n in fine.baseshape)
+    return upsampled[:, :x, :y, :z]
+
+
 def world_aligned_shared_grid(geometries: list[vx.AcquisitionGeometry]) -> vx.AcquisitionGeometry:
     """The grid on which streams meet: covers every stream, finest spacing per world axis.
 
@@ -124,6 +161,9 @@ class StreamInteraction(nn.Module):
     def forward(self, streams: list[torch.Tensor],
                 geometries: list[vx.AcquisitionGeometry]) -> list[torch.Tensor]:
         """Interact ``n`` streams ``(C, X_i, Y_i, Z_i)``; returns them updated, same grids."""
+        if len(streams) == 1:
+            # softmax over a single key is 1: the update is f(V(A)), no query or key needed
+            return [streams[0] + self.project(self.value(streams[0]))]
         shared_is_native = all(same_geometry(geometries[0], g) for g in geometries[1:])
         if shared_is_native:
             shared = geometries[0]

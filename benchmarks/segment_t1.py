@@ -42,21 +42,23 @@ def main() -> None:
     network = VisionNetwork(named_config(args.config)).eval()
     context = RunContext(scans=[scan], vision=network)
 
-    encode_seconds, segment_seconds = [], []
+    encode_seconds, segment_seconds, segment_cpu_seconds = [], [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         enc = encode(context, scan)
         encode_seconds.append(time.perf_counter() - start)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         mask = segment(context, enc, 'brain', phi=[0.1] * network.config.phi_size)
         segment_seconds.append(time.perf_counter() - start)
+        segment_cpu_seconds.append(time.process_time() - start_cpu)
     print(f'T1 {tuple(volume.baseshape)} at {volume.geometry.spacing.tolist()} mm, '
           f'network input {tuple(enc.prepared[0].volume.baseshape)} after the head crop; '
           f'config {args.config}, {args.threads} threads, {args.repeats} repeats')
     print(f'encode median {statistics.median(encode_seconds):.2f} s '
           f'(all: {", ".join(f"{s:.2f}" for s in encode_seconds)})')
     print(f'segment median {statistics.median(segment_seconds):.2f} s '
-          f'(all: {", ".join(f"{s:.2f}" for s in segment_seconds)})')
+          f'(all: {", ".join(f"{s:.2f}" for s in segment_seconds)}); '
+          f'CPU time median {statistics.median(segment_cpu_seconds):.2f} s')
     print(f'mask on the input grid: {tuple(mask.volume.baseshape)}, '
           f'{int(mask.volume.tensor.sum())} voxels')
 

@@ -58,7 +58,7 @@ class BenchSettings:
         fov_scale: Multiplies the field of view (1 = the paper's; smaller for smoke runs).
     """
     device: str = 'cpu'
-    samples: int = 3
+    samples: int = 2
     max_scans: int = 5
     config: str = 'small'
     seed: int = 0

@@ -38,10 +38,11 @@ def _root(version: bool = typer.Option(False, '--version', callback=_version, is
 from vpcli.cli import example_cmd  # noqa: E402,F401
 from vpcli.cli import exec_cmd  # noqa: E402,F401
 from vpcli.cli import functions_cmd  # noqa: E402,F401
+from vpcli.cli import bench_cmd  # noqa: E402,F401
+from vpcli.cli import info_cmd  # noqa: E402,F401
+from vpcli.cli import recipes_cmd  # noqa: E402,F401
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
-from vpcli.cli import recipes_cmd  # noqa: E402,F401
-from vpcli.cli import info_cmd  # noqa: E402,F401

@@ -320,3 +320,56 @@ class Agent:
                 or '\n ' in candidate:
             return False  # one statement per line, no blank lines or indentation
         return grammar.check_prefix(candidate, scope)
+
+
+class DryExecutor:
+    """Checks steps without running them (program evaluation without scans or a vision network).
+
+    Each step is parsed and, where the sandbox module is present, validated by its rules
+    against the names defined so far; ``read`` feedback is simulated as in code-only
+    training (:func:`vpcli.agent.episodes.simulated_feedback`).
+
+    Args:
+        scan_names: The scans' variable names.
+        seed: Seeds the simulated feedback values.
+        encoding_width: Width of simulated ε rows.
+    """
+
+    def __init__(self, scan_names: Sequence[str], seed: int = 0, encoding_width: int = 256):
+        import numpy as np
+
+        self.names = set(scan_names)
+        self.streams: dict[str, int | None] = {name: None for name in scan_names}
+        self.rng = np.random.default_rng(seed)
+        self.encoding_width = encoding_width
+        self.steps: list[str] = []
+
+    def define(self, name: str, value: Any) -> None:
+        self.names.add(name)
+
+    def run(self, code: str) -> list:
+        import ast
+
+        from vpcli.agent.episodes import simulated_feedback
+        from vpcli.agent.program import _track_streams
+        from vpcli.library.context import FeedbackItem
+
+        tree = ast.parse(code)
+        try:
+            from vpcli.library.registry import registry
+            from vpcli.sandbox import Step, validate_step
+        except ImportError:
+            pass
+        else:
+            validate_step(Step(len(self.steps) + 1, code), set(self.names), registry())
+        self.steps.append(code)
+        text, rows = simulated_feedback(code, self.streams, self.rng)
+        for statement in tree.body:
+            _track_streams(statement, self.streams)
+            if isinstance(statement, ast.Assign):
+                self.names.update(t.id for t in statement.targets if isinstance(t, ast.Name))
+        items = [FeedbackItem(text=line) for line in text.split('\n') if line and not line.startswith('encoding')]
+        if rows:
+            items.append(FeedbackItem(text='encoding', embeddings=torch.from_numpy(
+                self.rng.standard_normal((rows, self.encoding_width)).astype('float32'))))
+        return items

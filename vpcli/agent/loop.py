@@ -363,13 +363,17 @@ class DryExecutor:
         else:
             validate_step(Step(len(self.steps) + 1, code), set(self.names), registry())
         self.steps.append(code)
-        text, rows = simulated_feedback(code, self.streams, self.rng)
         for statement in tree.body:
             _track_streams(statement, self.streams)
             if isinstance(statement, ast.Assign):
                 self.names.update(t.id for t in statement.targets if isinstance(t, ast.Name))
-        items = [FeedbackItem(text=line) for line in text.split('\n') if line and not line.startswith('encoding')]
-        if rows:
-            items.append(FeedbackItem(text='encoding', embeddings=torch.from_numpy(
-                self.rng.standard_normal((rows, self.encoding_width)).astype('float32'))))
+        text, rows = simulated_feedback(code, self.streams, self.rng)
+        items = []
+        for line in text.split('\n') if text else []:
+            if line.startswith('encoding of '):  # as vision's Encoding.to_feedback gives it
+                count = line.count(',') + 1
+                items.append(FeedbackItem(text=line, embeddings=torch.from_numpy(
+                    self.rng.standard_normal((count, self.encoding_width)).astype('float32'))))
+            else:
+                items.append(FeedbackItem(text=line))
         return items

@@ -134,7 +134,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.step += 1
-        return float(loss)
+        return loss.item()
 
     def train(self, until: int | None = None, checkpoint: Path | None = None,
               log: Callable[[str], None] = print) -> None:

@@ -97,6 +97,8 @@ def tokenize(text: str) -> list[Token]:
     while position < length:
         char = text[position]
         if char == ' ':
+            if position == 0 or text[position - 1] == '\n':
+                raise Invalid('no indentation')
             position += 1
             continue
         if char == '\n':

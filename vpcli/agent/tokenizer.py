@@ -119,8 +119,8 @@ class Tokenizer:
         return list(self.processor.encode(text)) if text else []
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids (special tokens written as their strings)."""
-        return ''.join(self.surface(i) for i in ids)
+        """Text of token ids (special tokens written as their strings; bytes joined as UTF-8)."""
+        return self.processor.decode(list(ids))
 
     def surface(self, index: int) -> str:
         """The exact text one token id stands for."""

@@ -45,9 +45,9 @@ _HOST_PATTERNS = [
 
 _INJECTION_PATTERNS = [
     r'\b(ignore|disregard|forget|override|bypass)\b.{0,40}\b(instructions?|rules?|restrictions?|'
-    r'guidelines?|prompts?|polic(y|ies)|safety|sandbox|constraints?|above|previous)\b',
+    r'guidelines?|guidance|prompts?|polic(y|ies)|safety|sandbox|constraints?|above|previous)\b',
     r'\b(system prompt|developer mode|jailbreak|dan mode|you are now|act as|pretend (to be|you)|'
-    r'role-?play|new instructions|hidden instructions|admin mode|sudo mode|unrestricted)\b',
+    r'role-?play|new instructions|hidden instructions|admin mode|sudo mode|no restrictions)\b',
     r'(^|\s)(system|assistant|user)\s*:', r'<\s*/?\s*(system|instructions?|im_start|im_end)\s*>',
     r'\[(inst|system)\]',
 ]
@@ -63,7 +63,9 @@ NON_BRAIN_ANATOMY = (
     'fetus', 'fetal', 'placenta', 'testicle', 'testis', 'cartilage', 'meniscus', 'tendon', 'ligament',
     'bone marrow', 'coronary', 'myocardium', 'vertebra', 'vertebrae', 'lumbar spine', 'sacrum',
 )
-_NON_BRAIN = re.compile(r'\b(' + '|'.join(re.escape(word) for word in NON_BRAIN_ANATOMY) + r')\b')
+# hyphenated words are axis names ('head-foot'), not body parts
+_NON_BRAIN = re.compile(r'(?<![\w-])(' + '|'.join(re.escape(word) for word in NON_BRAIN_ANATOMY)
+                        + r')(?![\w-])')
 
 
 def gate_reason(prompt: str) -> str | None:

@@ -1,0 +1,101 @@
+"""The program-subset recognizer and the model-text <-> executable-code conversions."""
+
+import ast
+
+import pytest
+
+from vpcli.agent.grammar import MOD_CHAR, Invalid, Scope, check_complete, check_prefix
+from vpcli.agent.loop import library_scope
+from vpcli.agent.program import join_steps, phi_step, split_steps, to_executable, to_model_text
+from vpcli.sandbox import Sandbox, Step, validate_step
+from vpcli.library.registry import registry
+
+PROGRAM = '''# step 1
+enc = encode(img0, img1)
+read(enc)
+masks = segment(enc, "left hippocampus")
+# step 2
+before = volume(masks[0])
+after = volume(masks[1])
+change = percent_change(before, after)
+output("left hippocampus volume change", change, "%")
+answer(f"It changed by {change:.1f} % over {days_between(img0, img1)} days" if change > 0 else "no growth")
+# step 3
+box = crop(img1, masks[1], margin_mm=5.0)
+save(box, "cropped")
+'''
+
+
+def model_steps():
+    streams = {'img0': None, 'img1': None}
+    return [to_model_text(step, streams) for step in split_steps(PROGRAM)]
+
+
+def test_every_prefix_of_valid_steps_is_accepted():
+    scope = library_scope(['img0', 'img1'])
+    for step in model_steps():
+        text = step.replace('<MOD>', MOD_CHAR)
+        rejected = [text[:i] for i in range(len(text) + 1) if not check_prefix(text[:i], scope)]
+        assert rejected == []
+        scope = check_complete(text, scope)
+    assert scope.variables['enc'] == 2 and scope.variables['masks'] is None
+
+
+def test_mod_rule_one_per_encoded_stream():
+    steps = model_steps()
+    assert 'encode(img0<MOD>, img1<MOD>)' in steps[0]
+    assert 'segment(enc<MOD><MOD>, ' in steps[0]
+    scope = library_scope(['img0', 'img1'])
+    for wrong in ('enc = encode(img0)\n', 'enc = encode(img0\x00\x00)\n',
+                  'enc = encode(img0\x00)\nm = segment(enc, "x")\n',
+                  'enc = encode(img0\x00)\nm = segment(enc\x00\x00, "x")\n',
+                  'm = volume(img0\x00)\n', 'enc = encode(img0\x00, phi=1)\n'):
+        with pytest.raises(Invalid):
+            check_complete(wrong, scope)
+
+
+HOSTILE = [
+    'import os\n', 'x = __import__("os")\n', 'x = open("/etc/passwd")\n', 'x = eval("1")\n',
+    'x = img0.__class__\n', 'x = img0.volume\n', 'def f():\n', 'x = lambda: 1\n', 'while True:\n',
+    'for i in range(9):\n', 'x = getattr(img0, "path")\n', 'x = globals()\n', '# comment\n',
+    'x = 1; y = 2\n', 'PHI = [1]\n', 'encode = 3\n', 'x = undefined_name\n', 'img0\n',
+    'x = volume(mask=img0, other=1)\n', 'x = f"{img0.__dict__}"\n', 'x = [i for i in img0]\n',
+    'x = 1 << 400\n', 'x = compile("1", "f", "eval")\n', '  x = 1\n', 'x = "a\\nb"\n',
+]
+
+
+@pytest.mark.parametrize('text', HOSTILE)
+def test_hostile_or_foreign_text_is_not_a_valid_step(text):
+    scope = library_scope(['img0'])
+    with pytest.raises(Invalid):
+        check_complete(text, scope)
+
+
+def test_executable_code_replays_phi_exactly_and_passes_the_sandbox():
+    executable = [to_executable(step, 0) for step in model_steps()[:1]]
+    assert executable[0].code.count('phi=PHI[') == 2
+    assert 'encode(img0, img1, phi=PHI[0])' in executable[0].code
+    assert "segment(enc, 'left hippocampus', phi=PHI[1])" in executable[0].code
+    assert executable[0].phi_calls == [[0, 1], [2, 3]]
+    phi = [[[0.1, -1e-7], [3.0, 2.5]], [[0.125, 1 / 3], [7.0, 8.0]]]
+    constant = phi_step(phi)
+    assert ast.literal_eval(constant.split('=', 1)[1]) == phi  # exact float round trip
+    # the whole replayable script passes the sandbox's rules
+    steps = [constant] + [to_executable(s, 0 if i == 0 else 2).code for i, s in enumerate(model_steps())]
+    known = {'img0', 'img1'}
+    for index, code in enumerate(steps, 1):
+        validate_step(Step(index, code), known, registry())
+        for node in ast.parse(code).body:
+            if isinstance(node, ast.Assign):
+                known.update(t.id for t in node.targets)
+    assert join_steps(['a = 1\n', 'b = 2\n']) == '# step 1\na = 1\n# step 2\nb = 2\n'
+
+
+def test_phi_constant_is_usable_in_the_sandbox():
+    from vpcli.library.context import RunContext
+    from vpcli.sandbox import Tracked
+
+    sandbox = Sandbox(RunContext(scans=[]))
+    sandbox.namespace['PHI'] = Tracked([[[0.5, 1.5]]], ())
+    sandbox.run_step('x = PHI[0][0][1] * 2\n')
+    assert sandbox.value('x') == 3.0

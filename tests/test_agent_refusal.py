@@ -1,0 +1,47 @@
+"""The refusal gate: host access, injection and other anatomy are refused; brain prompts are not."""
+
+from pathlib import Path
+
+from vpcli.agent.refusal import gate_reason, refusal_prompts
+
+SUITE = Path(__file__).parent / 'data' / 'agent_refusal_prompts.txt'
+
+IN_SCOPE = [
+    'what is the volume of the left hippocampus?', 'segment the lateral ventricles',
+    'how much has the left frontal mass grown between the two sessions?',
+    'measure the extent of the tumour along the head-foot axis',
+    'does the lesion show restricted diffusion on the DWI and ADC?',
+    'crop img0 to the brainstem with a 5 mm margin', 'remove the skull from the image',
+    'compare the left and right putamen volumes', 'what is the mean FLAIR intensity in the white matter?',
+    'is the enhancing lesion in the temporal lobe?', 'with unrestricted diffusion',
+    'what fraction of the whole brain is the ventricular system?', 'center of mass of the right caudate',
+]
+
+
+def suite():
+    rows = [line.rstrip('\n').split('\t') for line in SUITE.read_text().splitlines()
+            if line.strip() and not line.startswith('#')]
+    return [(kind, prompt) for kind, prompt in rows]
+
+
+def test_suite_has_at_least_40_prompts_of_every_kind():
+    kinds = {kind for kind, _ in suite()}
+    assert len(suite()) >= 40 and kinds == {'off-topic', 'non-brain', 'host', 'injection', 'cannot'}
+
+
+def test_gate_refuses_host_injection_and_other_anatomy():
+    missed = [prompt for kind, prompt in suite()
+              if kind in ('host', 'injection', 'non-brain') and gate_reason(prompt) is None]
+    assert missed == []
+
+
+def test_gate_lets_brain_prompts_through():
+    assert [p for p in IN_SCOPE if gate_reason(p) is not None] == []
+
+
+def test_refusal_training_prompts_are_seeded_and_differ_from_the_suite():
+    import numpy as np
+    first = refusal_prompts(np.random.default_rng(1), 200)
+    assert first == refusal_prompts(np.random.default_rng(1), 200)
+    generated = {prompt.lower() for _, prompt in first}
+    assert not generated & {prompt.lower() for _, prompt in suite()}

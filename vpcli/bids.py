@@ -316,8 +316,10 @@ def gather_group(out_dir: Path) -> Path:
             raise BadInputError(f'{metrics_path}: cannot be read ({error})') from None
         for output in metrics.get('outputs', []):
             for name, value in _flatten(output['name'], output['value']):
+                sources = [s.get('name', '') if isinstance(s, dict) else str(s)
+                           for s in output.get('sources', [])]
                 writer.writerow([participant, session, name, value, output.get('unit', ''),
-                                 ','.join(output.get('sources', []))])
+                                 ','.join(sources)])
                 count += 1
     if count == 0 and not list(out_dir.glob('sub-*')):
         raise BadInputError(f'{out_dir}: no participant results to gather (run the '

@@ -107,6 +107,11 @@ def _value_text(value) -> str:
     return html.escape(str(value))
 
 
+def _source_name(source) -> str:
+    """``img0`` from a metrics source entry (``{"name", "file"}``) or a plain string."""
+    return source.get('name', '') if isinstance(source, dict) else str(source)
+
+
 def report_page(metrics: dict, pictures: Sequence[tuple[str, str]], title: str) -> str:
     """The HTML QC page of one run: answer, measured values, program, pictures.
 
@@ -118,7 +123,7 @@ def report_page(metrics: dict, pictures: Sequence[tuple[str, str]], title: str) 
     rows = ''.join(
         f'<tr><td>{html.escape(o["name"])}</td><td>{_value_text(o["value"])}</td>'
         f'<td>{html.escape(str(o.get("unit", "")))}</td>'
-        f'<td>{html.escape(", ".join(o.get("sources", [])))}</td></tr>'
+        f'<td>{html.escape(", ".join(_source_name(s) for s in o.get("sources", [])))}</td></tr>'
         for o in metrics.get('outputs', []))
     figures = ''.join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'

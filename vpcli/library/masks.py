@@ -305,3 +305,32 @@ def resample_mask(mask: Mask, scan: Scan) -> Mask:
     resampled = volume.resample_like(scan.volume.geometry, mode='nearest')
     moved = scan.volume.new((resampled.tensor > 0.5).to(scan.volume.device), keep_labels=False)
     return Mask(moved, union_sources(mask.sources, scan.sources), mask.description)
+
+
+@agent_function('mask algebra', returns='mask')
+def threshold(scan: Scan, low: float, high: float | None = None) -> Mask:
+    """Mask of the voxels whose intensity lies in [low, high], in the image's own units.
+
+    Useful where intensities have physical meaning (CT in HU: e.g. acute blood about 50
+    to 90 HU) or for a quick foreground mask.
+
+    Args:
+        scan: An input scan (or an image derived from one).
+        low: Lowest intensity included, in the image's units (HU for CT).
+        high: Highest intensity included, in the image's units (None: no upper bound).
+
+    Returns:
+        A binary mask on the scan's grid.
+    """
+    import torch
+
+    scan = require_scan('threshold', scan)
+    low = require_number('threshold', low, 'low')
+    high = math.inf if high is None else require_number('threshold', high, 'high')
+    if high < low:
+        raise ProgramError(f'threshold: high ({high:g}) is below low ({low:g})')
+    image = scan.volume.tensor
+    inside = (image >= low) & (image <= high) if math.isfinite(high) else image >= low
+    description = f'intensity {low:g} to {high:g}' if math.isfinite(high) else f'intensity >= {low:g}'
+    return Mask(scan.volume.new(inside.to(torch.bool), keep_labels=False), scan.sources,
+                description)

@@ -36,6 +36,7 @@ def _root(version: bool = typer.Option(False, '--version', callback=_version, is
 
 # each command module registers itself on `app` when imported
 from vpcli.cli import example_cmd  # noqa: E402,F401
+from vpcli.cli import functions_cmd  # noqa: E402,F401
 
 
 def main() -> None:

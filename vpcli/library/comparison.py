@@ -1,0 +1,153 @@
+"""Comparison: differences, changes, asymmetry and ratios of measured numbers, and time.
+
+The arithmetic functions take two numbers, or two tuples of the same length (e.g. two
+``center_of_mass`` or ``bbox`` results), which are compared element by element. The
+result keeps the unit of the inputs (``difference``) or is a percentage / ratio.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from vpcli.errors import BadInputError, ProgramError
+from vpcli.library.masks import require_number, require_scan
+from vpcli.library.registry import agent_function
+from vpcli.volumes import Scan
+
+
+def _elementwise(function: str, first, second, combine: Callable[[float, float], float],
+                 names: tuple[str, str]):
+    """Apply ``combine`` to two numbers, or pairwise to two equal-length tuples."""
+    if isinstance(first, (tuple, list)) or isinstance(second, (tuple, list)):
+        if not (isinstance(first, (tuple, list)) and isinstance(second, (tuple, list))):
+            raise ProgramError(f'{function}: {names[0]} and {names[1]} must both be numbers or '
+                               f'both be tuples')
+        if len(first) != len(second):
+            raise ProgramError(f'{function}: {names[0]} has {len(first)} values but {names[1]} '
+                               f'has {len(second)}')
+        return tuple(_elementwise(function, a, b, combine, names) for a, b in zip(first, second))
+    return combine(require_number(function, first, names[0]),
+                   require_number(function, second, names[1]))
+
+
+@agent_function('comparison', returns='float or tuple, unit of the inputs')
+def difference(a, b):
+    """Difference ``b - a`` (how much the second value exceeds the first).
+
+    Positive when ``b`` is larger; e.g. ``difference(volume(before), volume(after))``
+    is the growth in mL.
+
+    Args:
+        a: The first (reference) number, or a tuple of numbers.
+        b: The second number, or a tuple of the same length (same unit as ``a``).
+
+    Returns:
+        ``b - a`` in the unit of the inputs (element by element for tuples).
+    """
+    return _elementwise('difference', a, b, lambda x, y: y - x, ('a', 'b'))
+
+
+def _percent_change(before: float, after: float) -> float:
+    if before == 0:
+        raise ProgramError('percent_change: before is 0, so a relative change is undefined')
+    return 100.0 * (after - before) / abs(before)
+
+
+@agent_function('comparison', returns='float or tuple, %')
+def percent_change(before, after):
+    """Relative change from ``before`` to ``after``, in percent.
+
+    Computed as 100 * (after - before) / |before|: positive for growth, negative for
+    shrinkage (e.g. 2.0 mL -> 3.0 mL is +50 %).
+
+    Args:
+        before: The earlier (reference) value, non-zero; a number or a tuple.
+        after: The later value, same unit (and length) as ``before``.
+
+    Returns:
+        Percent change (element by element for tuples).
+
+    Raises:
+        ProgramError: when ``before`` is 0.
+    """
+    return _elementwise('percent_change', before, after, _percent_change, ('before', 'after'))
+
+
+def _asymmetry(left: float, right: float) -> float:
+    if left + right == 0:
+        raise ProgramError('asymmetry: left + right is 0, so the asymmetry index is undefined')
+    return 100.0 * (left - right) / ((left + right) / 2.0)
+
+
+@agent_function('comparison', returns='float or tuple, %')
+def asymmetry(left, right):
+    """Left-right asymmetry index, in percent.
+
+    Computed as 100 * (L - R) / ((L + R) / 2): the difference relative to the mean of
+    both sides. Positive when the left value is larger; 0 for perfect symmetry; the
+    range is -200 to +200 for non-negative values (e.g. volumes).
+
+    Args:
+        left: The left-side value (e.g. ``volume`` of the left structure).
+        right: The right-side value, same unit.
+
+    Returns:
+        Asymmetry index in percent (element by element for tuples).
+
+    Raises:
+        ProgramError: when L + R is 0.
+    """
+    return _elementwise('asymmetry', left, right, _asymmetry, ('left', 'right'))
+
+
+def _ratio(a: float, b: float) -> float:
+    if b == 0:
+        raise ProgramError('ratio: b is 0, so a / b is undefined')
+    return a / b
+
+
+@agent_function('comparison', returns='float or tuple, ratio (unitless when a and b share a unit)')
+def ratio(a, b):
+    """Ratio ``a / b``, e.g. a structure's volume relative to the whole brain.
+
+    Args:
+        a: The numerator, a number or a tuple.
+        b: The denominator, non-zero; same unit (and length) as ``a``.
+
+    Returns:
+        ``a / b`` (element by element for tuples); multiply by 100 for percent.
+
+    Raises:
+        ProgramError: when ``b`` is 0.
+    """
+    return _elementwise('ratio', a, b, _ratio, ('a', 'b'))
+
+
+@agent_function('comparison', returns='int, days')
+def days_between(scan_a: Scan, scan_b: Scan) -> int:
+    """Days from the acquisition of ``scan_a`` to that of ``scan_b``.
+
+    Dates come from each scan's metadata (JSON sidecar ``AcquisitionDateTime`` or
+    ``AcquisitionDate``, else a date-like BIDS session label). Positive when
+    ``scan_b`` was acquired later. Use with ``difference`` for rates, e.g.
+    ``difference(v0, v1) / days_between(img0, img1) * 365.25`` mL per year.
+
+    Args:
+        scan_a: The earlier (reference) scan.
+        scan_b: The later scan.
+
+    Returns:
+        Whole days ``date(scan_b) - date(scan_a)``.
+
+    Raises:
+        BadInputError: when either scan's acquisition date is unknown.
+    """
+    for parameter, scan in (('scan_a', scan_a), ('scan_b', scan_b)):
+        require_scan('days_between', scan, parameter)
+        if scan.date is None:
+            raise BadInputError(
+                f'days_between: acquisition date of {scan.label} is unknown (give a JSON sidecar '
+                f'with AcquisitionDateTime or AcquisitionDate, or a date-like session such as '
+                f'ses-20210304)')
+    return int((scan_b.date - scan_a.date).days)
+

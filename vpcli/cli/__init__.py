@@ -37,6 +37,7 @@ def _root(version: bool = typer.Option(False, '--version', callback=_version, is
 # each command module registers itself on `app` when imported
 from vpcli.cli import example_cmd  # noqa: E402,F401
 from vpcli.cli import functions_cmd  # noqa: E402,F401
+from vpcli.cli import exec_cmd  # noqa: E402,F401
 
 
 def main() -> None:

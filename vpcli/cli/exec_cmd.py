@@ -1,0 +1,60 @@
+"""``voxelprompt exec``: run a program (hand-written, or a ``script.py`` from a run) over scans."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vpcli.cli import app
+from vpcli.cli._common import reports_errors
+
+
+@app.command('exec')
+@reports_errors
+def exec_program(
+    script: Annotated[Path, typer.Argument(help='Program file: the restricted Python of '
+                                                'docs/programs.md, steps split by "# step N" lines.')],
+    scans: Annotated[list[Path], typer.Argument(help='Input scans (NIfTI/MGH), bound to img0, '
+                                                     'img1, ... in this order.')],
+    output: Annotated[Path, typer.Option('--output', '-o', help='Output folder (metrics.json, '
+                                         'NIfTI volumes, script.py); written atomically.')],
+    overwrite: Annotated[bool, typer.Option('--overwrite', help='Replace an existing non-empty '
+                                            'output folder.')] = False,
+    json_output: Annotated[bool, typer.Option('--json', help='Print metrics.json to stdout '
+                                              'instead of the answer.')] = False,
+    quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No progress lines on '
+                                        'stderr.')] = False,
+    step_timeout: Annotated[float, typer.Option('--step-timeout', min=0.001, metavar='SECONDS',
+                                                help='Wall-clock limit per program step.')] = 600.0,
+    seed: Annotated[Optional[int], typer.Option('--seed', help='Random seed (Python, NumPy, '
+                                                'torch).')] = 0,
+) -> None:
+    """Run a program over scans; write masks, metrics.json and script.py to OUTPUT.
+
+    stdout carries only the answer (or, with --json, the metrics JSON); progress goes to
+    stderr. Exit codes: 0 ok, 3 bad input, 4 refused program, 5 failed step, 130 Ctrl-C
+    (docs/exit-codes.md).
+    """
+    import json
+
+    from vpcli.runner import RunSettings, execute_script
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+
+    command_line = ['voxelprompt', 'exec', str(script), *map(str, scans), '-o', str(output)]
+    command_line += ['--overwrite'] * overwrite + ['--json'] * json_output + ['--quiet'] * quiet
+    command_line += ['--step-timeout', f'{step_timeout:g}']
+    if seed is not None:
+        command_line += ['--seed', str(seed)]
+    settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
+                           mode='exec')
+    metrics = execute_script(script, scans, output, settings, overwrite=overwrite, log=log)
+    if json_output:
+        print(json.dumps(metrics, indent=2, allow_nan=False))
+    elif metrics['answer'] is not None:
+        print(metrics['answer'])

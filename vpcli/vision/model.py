@@ -1,0 +1,329 @@
+"""The vision network m = (m_enc, m_gen): native resolution, φ-conditioned, any number of scans.
+
+Paper mapping (VoxelPrompt v2 §3.1 and App. A.3; v1 §3.1 and App. A.1):
+
+- each input scan is a *stream* that keeps its own geometry through the network;
+- every level: 3x3x3 convolution (3x3x1 where slice/in-plane spacing ratio > 2),
+  SiLU, GroupNorm (groups of 4 channels), φ mixing, and below the top level attention
+  across streams on a shared grid;
+- max pooling by 2 that leaves the slice axis alone while the ratio is > 2
+  (``voxel``'s ``pool(..., spacing_ratio_thresh=2)``), trilinear upsampling to the
+  skip connection's geometry;
+- ``encode`` runs the encoder once (features per level + ε per scan), each ``segment``
+  runs the generator with its own φ; sigmoid, and a max over the scans of a session.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+import voxel as vx
+from torch import nn
+from torch.nn import functional as F
+
+from vpcli.errors import BadInputError, ProgramError
+from vpcli.library.context import FeedbackItem
+from vpcli.vision.config import VisionConfig
+from vpcli.vision.layers import LevelBlock
+from vpcli.vision.preprocess import PreparedScan, prepare_scan
+from vpcli.volumes import Mask, union_sources
+
+if TYPE_CHECKING:
+    from vpcli.volumes import Scan
+
+
+def phi_matrix(phi: Any, count: int, size: int, device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Latent instructions φ as a ``(count, size)`` tensor, one row per volume stream.
+
+    Args:
+        phi: None (zeros), one ``size``-vector (the same φ for every stream), or one
+            ``size``-vector per stream (a list, or a ``(count, size)`` tensor/array).
+            Tensors keep their autograd graph.
+        count: Number of streams.
+        size: Length of one φ vector.
+        device: Where the result lives.
+
+    Raises:
+        ProgramError: ``phi`` has another shape or non-numeric entries.
+    """
+    if phi is None:
+        return torch.zeros(count, size, device=device)
+    try:
+        if torch.is_tensor(phi):
+            matrix = phi
+        elif isinstance(phi, (list, tuple)) and phi and all(torch.is_tensor(p) for p in phi):
+            matrix = torch.stack([p.reshape(-1) for p in phi])
+        else:
+            matrix = torch.as_tensor(phi, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ProgramError(f'phi must be numbers: one {size}-vector or one per scan ({error})') \
+            from None
+    matrix = matrix.to(device=device, dtype=torch.float32)
+    if matrix.ndim == 1 and matrix.shape[0] == size:
+        return matrix.unsqueeze(0).expand(count, size)
+    if matrix.ndim == 2 and tuple(matrix.shape) == (count, size):
+        return matrix
+    raise ProgramError(f'phi has shape {tuple(matrix.shape)}; expected one {size}-vector or '
+                       f'{count} of them (one per scan)')
+
+
+def session_groups(scans: Sequence['Scan']) -> list[list[int]]:
+    """Indices of the scans of each session, sessions in time order.
+
+    Scans with equal ``session`` labels form a session (scans without a label form one
+    shared session). Sessions are sorted by their earliest acquisition date when every
+    session has one, else kept in the order they first appear.
+    """
+    groups: dict[str | None, list[int]] = {}
+    for index, scan in enumerate(scans):
+        groups.setdefault(scan.session, []).append(index)
+    ordered = list(groups.values())
+    dates = [min((scans[i].date for i in group if scans[i].date is not None), default=None)
+             for group in ordered]
+    if all(date is not None for date in dates):
+        ordered = [group for _, group in sorted(zip(dates, ordered), key=lambda pair: pair[0])]
+    return ordered
+
+
+@dataclasses.dataclass(eq=False)
+class SegmentationRecord:
+    """One ``segment`` call made while the network trains (for the soft-Dice loss).
+
+    Attributes:
+        target: The target text the program named.
+        phi: ``(n, phi_size)`` generator φ (with its autograd graph).
+        probabilities: Per session (in :func:`session_groups` order) the max-merged
+            probability volume on the session's first scan grid, before thresholding.
+        masks: The masks ``segment`` returned.
+    """
+    target: str
+    phi: torch.Tensor
+    probabilities: list[vx.Volume]
+    masks: tuple[Mask, ...]
+
+
+@dataclasses.dataclass(eq=False)
+class Encoding:
+    """What ``encode`` returns: encoder features of every scan, kept for ``segment``.
+
+    Attributes:
+        scans: The encoded scans, in call order.
+        prepared: Each scan as the network saw it (normalised, RAS, cropped).
+        features: ``features[level][stream]``: ``(C, X, Y, Z)`` encoder outputs.
+        geometries: ``geometries[level][stream]``: their voxel -> scanner RAS mm grids.
+        embeddings: ε, ``(n_scans, embedding_width)``: global max pool of the deepest
+            level through a fully connected layer.
+        phi: ``(n_scans, phi_size)`` encoder φ.
+        segmentations: Records of ``segment`` calls made in training mode.
+    """
+    scans: tuple['Scan', ...]
+    prepared: tuple[PreparedScan, ...]
+    features: list[list[torch.Tensor]]
+    geometries: list[list[vx.AcquisitionGeometry]]
+    embeddings: torch.Tensor
+    phi: torch.Tensor
+    segmentations: list[SegmentationRecord] = dataclasses.field(default_factory=list)
+
+    def __str__(self) -> str:
+        return f'Encoding({", ".join(scan.name for scan in self.scans)})'
+
+    __repr__ = __str__
+
+    @property
+    def sessions(self) -> list[list[int]]:
+        """Stream indices per session, in time order (see :func:`session_groups`)."""
+        return session_groups(self.scans)
+
+    def to_feedback(self) -> FeedbackItem:
+        """What ``read(enc)`` hands to the language model: one ε row per scan."""
+        names = ', '.join(scan.name for scan in self.scans)
+        return FeedbackItem(text=f'encoding of {names}', embeddings=self.embeddings.detach())
+
+
+class VisionNetwork(nn.Module):
+    """Encoder/generator UNet over any number of scans at native resolution.
+
+    Args:
+        config: Levels, widths, φ and attention sizes; weights are initialised from
+            ``config.seed`` without touching the global random state.
+    """
+
+    def __init__(self, config: VisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        widths, levels = config.widths, config.levels
+
+        def block(in_channels: int, level: int) -> LevelBlock:
+            return LevelBlock(in_channels, widths[level], config.phi_size, config.group_size,
+                              config.attention_size, level >= config.interaction_from_level,
+                              config.anisotropy_threshold)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.encoder = nn.ModuleList(
+                block(1 if level == 0 else widths[level - 1], level) for level in range(levels))
+            # the generator starts with a block at the deepest level so its φ reaches the
+            # coarsest (most global) features too
+            self.bottleneck = block(widths[-1], levels - 1)
+            self.decoder = nn.ModuleList(
+                block(widths[level + 1] + widths[level], level) for level in range(levels - 1))
+            self.head = nn.Conv3d(widths[0], 1, 1)
+            self.embed = nn.Linear(widths[-1], config.embedding_width)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return self.head.weight.device
+
+    # ---------------------------------------------------------------- encoder
+    def encode(self, scans: Sequence['Scan'], phi: Any = None) -> Encoding:
+        """Run the encoder once over a set of scans.
+
+        Args:
+            scans: One or more input scans (any shapes, spacings, orientations).
+            phi: Encoder φ: None, one vector, or one vector per scan (see
+                :func:`phi_matrix`).
+
+        Returns:
+            The :class:`Encoding` (features per level and stream, ε per scan).
+        """
+        if not scans:
+            raise ProgramError('encode needs at least one scan')
+        prepared = [prepare_scan(scan, self.config, self.device) for scan in scans]
+        return self.encode_prepared(prepared, phi)
+
+    def encode_prepared(self, prepared: Sequence[PreparedScan], phi: Any = None) -> Encoding:
+        """:meth:`encode` on scans already passed through :func:`prepare_scan`."""
+        phi = phi_matrix(phi, len(prepared), self.config.phi_size, self.device)
+        streams = [p.volume.tensor.to(self.device) for p in prepared]
+        geometries = [p.volume.geometry.to(self.device) for p in prepared]
+        features, level_geometries = [], []
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                streams, geometries = self._pool(streams, geometries)
+            streams = block(streams, geometries, phi)
+            features.append(streams)
+            level_geometries.append(geometries)
+        pooled = torch.stack([s.flatten(1).max(dim=1).values for s in streams])
+        embeddings = self.embed(pooled)
+        return Encoding(scans=tuple(p.scan for p in prepared), prepared=tuple(prepared),
+                        features=features, geometries=level_geometries,
+                        embeddings=embeddings, phi=phi)
+
+    def _pool(self, streams, geometries):
+        pooled_streams, pooled_geometries = [], []
+        for features, geometry in zip(streams, geometries):
+            pooled = vx.Volume(features, geometry).pool(
+                2, mode='max', spacing_ratio_thresh=self.config.anisotropy_threshold)
+            pooled_streams.append(pooled.tensor)
+            pooled_geometries.append(pooled.geometry)
+        return pooled_streams, pooled_geometries
+
+    # -------------------------------------------------------------- generator
+    def generate(self, encoding: Encoding, phi: Any = None) -> list[torch.Tensor]:
+        """Run the generator; differentiable.
+
+        Args:
+            encoding: From :meth:`encode`.
+            phi: Generator φ (see :func:`phi_matrix`).
+
+        Returns:
+            Per stream, foreground probabilities ``(1, X, Y, Z)`` on the stream's prepared
+            grid (``encoding.prepared[i].volume``).
+        """
+        n = len(encoding.scans)
+        phi = phi_matrix(phi, n, self.config.phi_size, self.device)
+        levels = self.config.levels
+        geometries = encoding.geometries
+        streams = self.bottleneck(encoding.features[-1], geometries[-1], phi)
+        for level in reversed(range(levels - 1)):
+            upsampled = []
+            for index, features in enumerate(streams):
+                moved = vx.Volume(features, geometries[level + 1][index]).resample_like(
+                    geometries[level][index], mode='linear', padding_mode='border')
+                upsampled.append(torch.cat([moved.tensor, encoding.features[level][index]]))
+            streams = self.decoder[level](upsampled, geometries[level], phi)
+        return [torch.sigmoid(self.head(features)) for features in streams]
+
+    def segment_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
+        """Per-scan probabilities on each input scan's own grid (shape and geometry)."""
+        probabilities = self.generate(encoding, phi)
+        return [prepared.restore(p) for prepared, p in zip(encoding.prepared, probabilities)]
+
+    def session_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
+        """Max-merged probabilities per session, on the grid of each session's first scan.
+
+        Differentiable. Sessions in :func:`session_groups` order.
+        """
+        probabilities = self.generate(encoding, phi)
+        merged = []
+        for group in encoding.sessions:
+            first = encoding.prepared[group[0]]
+            session = first.restore(probabilities[group[0]]).tensor
+            target = first.scan.volume.geometry.to(self.device)
+            for index in group[1:]:
+                prepared = encoding.prepared[index]
+                other = vx.Volume(probabilities[index], prepared.volume.geometry.to(self.device))
+                session = torch.maximum(session, other.resample_like(target).tensor)
+            merged.append(vx.Volume(session, target))
+        return merged
+
+    def segment(self, encoding: Encoding, target: str, phi: Any = None) -> Mask | tuple[Mask, ...]:
+        """Segment ``target`` (text for the reader; φ conditions the network).
+
+        Returns:
+            A boolean :class:`Mask` per session on the grid of the session's first scan
+            (probability > 0.5); one Mask for one session, else a tuple in time order.
+            In training mode (with gradients enabled) a :class:`SegmentationRecord` with
+            the differentiable probabilities is appended to ``encoding.segmentations``.
+        """
+        phi_rows = phi_matrix(phi, len(encoding.scans), self.config.phi_size, self.device)
+        probabilities = self.session_probabilities(encoding, phi_rows)
+        masks = []
+        for group, probability in zip(encoding.sessions, probabilities):
+            first = encoding.scans[group[0]]
+            binary = (probability.tensor.detach() > 0.5).cpu()
+            sources = union_sources(*(encoding.scans[i].sources for i in group))
+            masks.append(Mask(volume=first.volume.new(binary, keep_labels=False),
+                              sources=sources, description=str(target)))
+        masks = tuple(masks)
+        if self.training and torch.is_grad_enabled():
+            encoding.segmentations.append(SegmentationRecord(target=str(target), phi=phi_rows,
+                                                             probabilities=probabilities,
+                                                             masks=masks))
+        return masks[0] if len(masks) == 1 else masks
+
+    # ------------------------------------------------------------- checkpoints
+    def save(self, path: os.PathLike | str) -> Path:
+        """Write a self-describing checkpoint ``{'config': dict, 'state': state_dict}``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()}
+        temporary = path.with_name(f'.{path.name}.tmp')
+        torch.save({'config': self.config.to_dict(), 'state': state}, temporary)
+        os.replace(temporary, path)
+        return path
+
+    @classmethod
+    def load(cls, path: os.PathLike | str, device: torch.device | str = 'cpu') -> 'VisionNetwork':
+        """Rebuild a network from :meth:`save`'s file, loading weights strictly.
+
+        Raises:
+            BadInputError: the file is missing, not a checkpoint, or its weights do not
+                match its config.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f'{path}: no such vision checkpoint')
+        try:
+            data = torch.load(path, map_location='cpu', weights_only=True)
+            network = cls(VisionConfig.from_dict(data['config']))
+            network.load_state_dict(data['state'], strict=True)
+        except (KeyError, TypeError, ValueError, RuntimeError, EOFError, OSError) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BadInputError(f'{path}: not a usable vision checkpoint ({reason})') from None
+        return network.to(device).eval()

@@ -1,0 +1,133 @@
+"""Input normalisation of the vision network (paper App. B.2) and its exact inverse.
+
+Each scan is conformed to RAS voxel order, cropped to the head with a margin and its
+intensities mapped robustly to [0, 1]. Reorienting is a permutation/flip of voxel axes
+and cropping is integer slicing, so nothing is interpolated on the way in, and the way
+out (:meth:`PreparedScan.restore`) pads and un-permutes exactly: outputs land on the
+input grid with the input's own shape and geometry object (header preserved).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING
+
+from vpcli.vision.config import VisionConfig
+
+if TYPE_CHECKING:
+    import torch
+    import voxel as vx
+
+    from vpcli.volumes import Scan
+
+#: at most this many voxels are used to estimate intensity percentiles (torch.quantile
+#: refuses inputs over 2^24 elements, and a strided subsample is plenty for a percentile)
+_PERCENTILE_SAMPLE = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedScan:
+    """A scan as the network sees it, plus what is needed to map outputs back.
+
+    Attributes:
+        scan: The input scan.
+        volume: Float32 single-channel volume in [0, 1], RAS voxel order, cropped to
+            the head; its geometry maps voxels to the scan's scanner RAS mm.
+        ras_geometry: Geometry of the whole scan after RAS reordering (before cropping).
+        crop_start: First kept voxel index along each RAS-ordered axis.
+        intensity_range: Input intensities (the image's own units) mapped to 0 and 1.
+    """
+    scan: 'Scan'
+    volume: 'vx.Volume'
+    ras_geometry: 'vx.AcquisitionGeometry'
+    crop_start: tuple[int, int, int]
+    intensity_range: tuple[float, float]
+
+    def restore(self, tensor: 'torch.Tensor', fill: float = 0.0) -> 'vx.Volume':
+        """Map features on the prepared grid back onto the input scan's grid.
+
+        Differentiable (padding and axis permutation only).
+
+        Args:
+            tensor: ``(C, X, Y, Z)`` tensor on the grid of :attr:`volume`.
+            fill: Value outside the head crop.
+
+        Returns:
+            A volume with the input's exact shape and geometry (voxel -> scanner RAS mm).
+        """
+        import torch
+        import voxel as vx
+
+        full = tuple(int(n) for n in self.ras_geometry.baseshape)
+        padding = []
+        for start, size, total in reversed(list(zip(self.crop_start, tensor.shape[1:], full))):
+            padding += [start, total - start - int(size)]
+        if any(padding):
+            tensor = torch.nn.functional.pad(tensor, padding, value=fill)
+        original = self.scan.volume.geometry
+        ras = vx.Volume(tensor, self.ras_geometry.to(tensor.device))
+        restored = ras.reorient(original.orientation)
+        if tuple(restored.baseshape) != tuple(original.baseshape):  # pragma: no cover - invariant
+            raise RuntimeError(f'{self.scan.label}: restored grid {tuple(restored.baseshape)} '
+                               f'differs from the input grid {tuple(original.baseshape)}')
+        if original.device != tensor.device:
+            original = original.to(tensor.device)
+        return vx.Volume(restored.tensor, original)
+
+
+def robust_range(tensor: 'torch.Tensor', percentiles: tuple[float, float]) -> tuple[float, float]:
+    """Low and high intensity percentiles of a tensor (a strided subsample for big ones)."""
+    import torch
+
+    flat = tensor.reshape(-1).float()
+    if flat.numel() > _PERCENTILE_SAMPLE:
+        flat = flat[::math.ceil(flat.numel() / _PERCENTILE_SAMPLE)]
+    quantiles = torch.tensor([p / 100 for p in percentiles], device=flat.device)
+    low, high = torch.quantile(flat, quantiles).tolist()
+    return float(low), float(high)
+
+
+def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str' = 'cpu') \
+        -> PreparedScan:
+    """Normalise one scan for the network: RAS voxel order, head crop, intensities to [0, 1].
+
+    Args:
+        scan: An input scan (any voxel order, any spacing; integer or float voxels).
+        config: Supplies the percentiles, head threshold and head margin (mm).
+        device: Where the prepared volume lives.
+
+    Returns:
+        The prepared scan; :meth:`PreparedScan.restore` undoes the geometry changes.
+    """
+    import torch
+
+    volume = scan.volume.to(device)
+    volume = volume.new(volume.tensor[:1].float())  # scans are single-channel (load_volume)
+    ras = volume.reorient('RAS')
+    ras_geometry = ras.geometry
+    tensor = ras.tensor
+    low, high = robust_range(tensor, config.intensity_percentiles)
+    if high <= low:  # (nearly) constant image: fall back to the full range
+        low, high = float(tensor.min()), float(tensor.max())
+
+    # head bounding box: voxels clearly above the background level, plus a margin in mm
+    shape = tuple(int(n) for n in ras.baseshape)
+    start, stop = [0, 0, 0], list(shape)
+    if high > low:
+        head = tensor[0] > low + config.head_threshold * (high - low)
+        if bool(head.any()):
+            spacing_mm = ras.geometry.spacing.tolist()
+            for axis in range(3):
+                others = tuple(a for a in range(3) if a != axis)
+                present = head.any(dim=others).nonzero().flatten()
+                margin = math.ceil(config.head_margin_mm / spacing_mm[axis] - 1e-6)
+                start[axis] = max(0, int(present[0]) - margin)
+                stop[axis] = min(shape[axis], int(present[-1]) + 1 + margin)
+    if start != [0, 0, 0] or stop != list(shape):
+        ras = ras.crop((slice(None), *(slice(a, b) for a, b in zip(start, stop))))
+
+    scale = high - low if high > low else 1.0
+    normalised = ((ras.tensor - low) / scale).clamp(0, 1)
+    return PreparedScan(scan=scan, volume=ras.new(normalised), ras_geometry=ras_geometry,
+                        crop_start=tuple(start), intensity_range=(low, high))

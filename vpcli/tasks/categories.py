@@ -642,7 +642,10 @@ def _direction(case: CaseInfo) -> str | None:
 
 
 def _direction_filter(w: Writer) -> str | None:
-    """Use a direction-worded template only now and then, and only the matching direction."""
+    """Use a direction-worded template only now and then, and only the matching direction
+    (known for anatomy changes; a lesion's own change is not part of the case summary)."""
+    if w.plan.params.get('lesion'):
+        return None
     return _direction(w.case) if w.rng.random() < 0.3 else None
 
 

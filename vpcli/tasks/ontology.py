@@ -72,13 +72,18 @@ class LesionClass:
         parent: Parent key, or None at the root.
         terms: Interchangeable terms (first canonical).
         plural: Plural of the canonical term.
-        leaf: Synthesised lesions have leaf classes.
+        synth: The :mod:`vpcli.synth` lesion class this class names (leaf classes only).
     """
     key: str
     parent: str | None
     terms: tuple[str, ...]
     plural: str
-    leaf: bool
+    synth: str | None
+
+    @property
+    def leaf(self) -> bool:
+        """Synthesised lesions have leaf classes."""
+        return self.synth is not None
 
     @property
     def name(self) -> str:
@@ -124,6 +129,13 @@ class Ontology:
     def leaf_classes(self) -> list[str]:
         """Keys of the classes lesions are synthesised as."""
         return [k for k, c in self.lesion_classes.items() if c.leaf]
+
+    def class_of_synth(self, synth_class: str) -> str:
+        """The ontology class of a :mod:`vpcli.synth` lesion class (``haemorrhage`` -> ``hemorrhage``)."""
+        for key, cls in self.lesion_classes.items():
+            if cls.synth == synth_class:
+                return key
+        raise KeyError(f'lesions.toml: no class has synth = "{synth_class}"')
 
     def class_by_term(self) -> dict[str, str]:
         """Every lesion term (lower case, singular and plural) -> class key."""
@@ -214,7 +226,7 @@ def load_ontology() -> Ontology:
     classes = {}
     for key, spec in lesions['class'].items():
         classes[key] = LesionClass(key, spec['parent'] or None, tuple(spec['names']),
-                                   spec['plural'], bool(spec.get('leaf', False)))
+                                   spec['plural'], spec.get('synth'))
     for cls in classes.values():
         if cls.parent is not None and cls.parent not in classes:
             raise ValueError(f'lesions.toml: class {cls.key!r} has unknown parent {cls.parent!r}')

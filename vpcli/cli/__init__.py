@@ -39,6 +39,7 @@ from vpcli.cli import example_cmd  # noqa: E402,F401
 from vpcli.cli import functions_cmd  # noqa: E402,F401
 from vpcli.cli import exec_cmd  # noqa: E402,F401
 from vpcli.cli import bench_cmd  # noqa: E402,F401
+from vpcli.cli import synth_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -179,17 +179,16 @@ class SynthWorld:
             mask = Mask(scan0.volume.new(torch.from_numpy(maps[0][None].copy()), keep_labels=False),
                         scan0.sources, 'lesion')
             tags = {}
-            regions = [self.mask(r, 0) for r in LOCATION_REGIONS]
-            where = lib['location'](mask, *regions)
-            key = where.split(' ', 1)
-            if where in LOCATION_REGIONS:
+            where = self._largest_overlap(maps[0], LOCATION_REGIONS, first[0])
+            if where is not None:
+                key = where.split(' ', 1)
                 if key[0] in ('left', 'right'):
                     tags['side'] = key[0]
                     tags['lobe'] = REGION_LOBE[key[1]]
                 else:
                     tags['lobe'] = REGION_LOBE[where]
-            territory = lib['location'](mask, *[self.mask(r, 0) for r in TERRITORY_REGIONS])
-            if territory in TERRITORY_REGIONS:
+            territory = self._largest_overlap(maps[0], TERRITORY_REGIONS, first[0])
+            if territory is not None:
                 tags['territory'] = territory.split(' ')[1]
             session_scans = [self.case.scans[i] for i in self.case.scan_indices(self.session_labels[0])]
             try:
@@ -211,6 +210,20 @@ class SynthWorld:
             infos.append(LesionInfo(info.instance, self.ontology.class_of_synth(info.lesion_class),
                                     tags, lib['volume'](mask)))
         return tuple(infos)
+
+    @functools.lru_cache(maxsize=None)
+    def _region_arrays(self, regions: tuple[str, ...], index: int) -> tuple[np.ndarray, ...]:
+        return tuple(self.anatomy_array(self.ontology.targets[r], index) for r in regions)
+
+    def _largest_overlap(self, lesion: np.ndarray, regions: tuple[str, ...], index: int) -> str | None:
+        """The region holding the largest part of ``lesion`` (first on a tie), or None.
+
+        The same rule as the library's ``location`` (which the location task's program
+        runs); computed on arrays here because every lesion of every case is tagged.
+        """
+        overlaps = [int((lesion & region).sum()) for region in self._region_arrays(regions, index)]
+        best = int(np.argmax(overlaps))
+        return regions[best] if overlaps[best] > 0 else None
 
     def case_info(self) -> CaseInfo:
         """What prompt and program writing may know about the case."""

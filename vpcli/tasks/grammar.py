@@ -30,7 +30,7 @@ Slots = Mapping[str, Sequence[str]]
 def tidy(text: str) -> str:
     """Collapse whitespace and remove spaces left before punctuation by empty slots."""
     text = ' '.join(text.split())
-    return re.sub(r' ([?,.:;)])', r'\1', text).replace('( ', '(')
+    return re.sub(r' ([?!,.:;)])', r'\1', text).replace('( ', '(')
 
 
 def slot_references(text: str) -> list[str]:

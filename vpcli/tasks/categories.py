@@ -381,10 +381,14 @@ def write_extent(w: Writer) -> TaskDraft:
     return w.draft(prompt, evaluate)
 
 
-def _measured_scan(w: Writer, session: int = 0) -> ScanInfo:
+def _measured_scan(w: Writer, targets: list[str], session: int = 0) -> ScanInfo:
+    """The scan a measurement is made on: the planned one when every target still has
+    voxels there after resampling, else the session's first scan (the mask's own grid)."""
     scans = w.case.sessions[session]
-    index = w.plan.params.get('scan_index', 0) % len(scans)
-    return scans[index]
+    chosen = scans[w.plan.params.get('scan_index', 0) % len(scans)]
+    if all(w.case.can_measure(t, chosen.name) for t in targets):
+        return chosen
+    return scans[0]
 
 
 def _mask_on(w: Writer, mask: str, scan: ScanInfo, session_scans: list[ScanInfo]) -> str:
@@ -409,7 +413,7 @@ def write_intensity(w: Writer) -> TaskDraft:
     phrase = w.roi()
     w.bind_roi(phrase)
     session = w.case.sessions[0]
-    scan = _measured_scan(w)
+    scan = _measured_scan(w, [phrase.canonical])
     w.bind_modality(scan, session)
     prompt = w.prompt(modality='ct' if scan.modality == 'CT' else 'mri')
     w.encode()
@@ -448,7 +452,7 @@ def write_intensity_comparison(w: Writer) -> TaskDraft:
     w.bind_roi(phrase)
     w.bind_roi(reference_phrase, 'roi2')
     session = w.case.sessions[0]
-    scan = _measured_scan(w)
+    scan = _measured_scan(w, [phrase.canonical, reference.name])
     w.bind_modality(scan, session)
     prompt = w.prompt(modality='ct' if scan.modality == 'CT' else 'mri')
     w.encode()
@@ -731,6 +735,8 @@ def write_intensity_change(w: Writer) -> TaskDraft:
     sessions = w.case.sessions
     index = w.plan.params['scan_index'] % len(sessions[0])
     scans = [sessions[0][index], sessions[1][index]]
+    if not all(w.case.can_measure(phrase.canonical, s.name) for s in scans):
+        scans = [sessions[0][0], sessions[1][0]]
     w.bind_modality(scans[0], sessions[0])
     prompt = w.prompt(modality='ct' if scans[0].modality == 'CT' else 'mri')
     w.encode()
@@ -865,7 +871,7 @@ def write_signal_intensity(w: Writer) -> TaskDraft:
     phrase, _ = w.lesion(exclude_tags=('signal',))
     w.bind_roi(phrase)
     session = w.case.sessions[0]
-    scan = _measured_scan(w)
+    scan = _measured_scan(w, [phrase.canonical])
     w.bind_modality(scan, session)
     prompt = w.prompt(modality='mri')
     w.encode()

@@ -234,7 +234,16 @@ class SynthWorld:
         if self.case.anatomy_changes:
             change = {'atrophy': 'atrophy', 'ventricular_enlargement': 'enlargement'}.get(
                 self.case.anatomy_changes[0].kind)
-        return CaseInfo(scans, self.lesions(), self.present_targets(), change)
+        return CaseInfo(scans, self.lesions(), self.present_targets(), change, self.measurable)
+
+    def measurable(self, target: str, scan_name: str) -> bool:
+        """Whether the target's session mask, resampled onto ``scan_name``, has voxels."""
+        from vpcli.library.registry import registry
+        session = self.session_of(scan_name)
+        mask = self.mask(target, session)
+        if scan_name != self.first_scan(session).name:
+            mask = registry()['resample_mask'].func(mask, self.scan(scan_name))
+        return bool(mask.volume.tensor.bool().any())
 
 
 # -----------------------------------------------------------------------------

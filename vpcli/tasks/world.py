@@ -11,7 +11,7 @@ plain text and numbers, so prompt and program writing is testable without scans.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import Callable, Protocol
 
 #: modality string of a post-contrast T1w scan in a :class:`CaseRequest`
 POST_CONTRAST = 'T1w+contrast'
@@ -91,11 +91,20 @@ class CaseInfo:
         lesions: Lesions (empty for a healthy case).
         present: Canonical names of anatomical targets that are non-empty in every session.
         change: The longitudinal change the case was made with, or None.
+        measurable: ``(target text, scan name) -> bool``: whether the target's session mask,
+            resampled onto that scan, still has voxels (a small lesion can vanish on a
+            coarse grid). None means always (cases described without voxels).
     """
     scans: tuple[ScanInfo, ...]
     lesions: tuple[LesionInfo, ...] = ()
     present: frozenset[str] = frozenset()
     change: str | None = None
+    measurable: Callable[[str, str], bool] | None = dataclasses.field(default=None, compare=False,
+                                                                      repr=False)
+
+    def can_measure(self, target: str, scan_name: str) -> bool:
+        """See ``measurable``."""
+        return self.measurable is None or self.measurable(target, scan_name)
 
     @property
     def sessions(self) -> list[list[ScanInfo]]:

@@ -115,4 +115,4 @@ def test_synth_oracle_check_command():
     result = CliRunner().invoke(app, ['synth', '--oracle-check', '-n', str(len(CATEGORIES)),
                                       '--seed', '9'])
     assert result.exit_code == 0, result.output
-    assert 'overall: 17/17 passed (100.0%)' in result.output
+    assert 'overall: 17/17 passed (100.00%)' in result.output

@@ -103,7 +103,7 @@ def _run_oracle_check(count: int, seed: int, tasks_per_case: int) -> bool:
         table.add_row(category, str(passed), str(total), rate)
     Console().print(table)
     print(f'overall: {report.passed}/{len(report.results)} passed '
-          f'({100 * report.passed / max(len(report.results), 1):.1f}%); '
+          f'({100 * report.passed / max(len(report.results), 1):.2f}%); '
           f'{report.cases_made} synthesised cases ({report.synthesis_seconds:.0f} s), '
           f'total {report.total_seconds:.0f} s')
     for failure in failures[:20]:

@@ -267,7 +267,7 @@ class _Library:
 LIB = _Library()
 
 
-def _expected(gt, segments, sessions: int, outputs=None, answer=None, images=None) -> Expected:
+def _expected(segments, outputs=None, answer=None, images=None) -> Expected:
     """Expected results; ``masks`` maps each segment variable to its target text."""
     return Expected(outputs or {}, answer, {name: target for name, target in segments},
                     images or {})
@@ -296,7 +296,7 @@ def write_segmentation(w: Writer) -> TaskDraft:
     w.encode()
     w.segment(phrase.canonical, 'roi')
     segments = list(w.segments)
-    return w.draft(prompt, lambda gt: _expected(gt, segments, 1))
+    return w.draft(prompt, lambda gt: _expected(segments))
 
 
 def plan_volume(rng):
@@ -315,7 +315,7 @@ def write_volume(w: Writer) -> TaskDraft:
     segments = list(w.segments)
 
     def evaluate(gt):
-        return _expected(gt, segments, 1, {'volume': (LIB.volume(gt.mask(phrase.canonical, 0)), 'mL')})
+        return _expected(segments, {'volume': (LIB.volume(gt.mask(phrase.canonical, 0)), 'mL')})
     return w.draft(prompt, evaluate)
 
 
@@ -336,7 +336,7 @@ def write_center_of_mass(w: Writer) -> TaskDraft:
 
     def evaluate(gt):
         value = LIB.center_of_mass(gt.mask(phrase.canonical, 0))
-        return _expected(gt, segments, 1, {'center_of_mass': (value, 'mm')})
+        return _expected(segments, {'center_of_mass': (value, 'mm')})
     return w.draft(prompt, evaluate)
 
 
@@ -369,14 +369,14 @@ def write_extent(w: Writer) -> TaskDraft:
         w.add(f'output("{name}", e, "mm")')
 
         def evaluate(gt):
-            return _expected(gt, segments, 1,
+            return _expected(segments,
                              {name: (LIB.extent(gt.mask(phrase.canonical, 0), axis), 'mm')})
     else:
         w.add(f'b = bbox({mask})')
         w.add('output("bounding_box", b, "mm")')
 
         def evaluate(gt):
-            return _expected(gt, segments, 1,
+            return _expected(segments,
                              {'bounding_box': (LIB.bbox(gt.mask(phrase.canonical, 0)), 'mm')})
     return w.draft(prompt, evaluate)
 
@@ -430,7 +430,7 @@ def write_intensity(w: Writer) -> TaskDraft:
         if scan.name != session[0].name:
             m = LIB.resample_mask(m, gt.scan(scan.name))
         value = LIB.mean_intensity(gt.scan(scan.name), m)
-        return _expected(gt, segments, 1, {'mean_intensity': (value, unit)})
+        return _expected(segments, {'mean_intensity': (value, unit)})
     return w.draft(prompt, evaluate)
 
 
@@ -478,7 +478,7 @@ def write_intensity_comparison(w: Writer) -> TaskDraft:
                 m = LIB.resample_mask(m, gt.scan(scan.name))
             values.append(LIB.mean_intensity(gt.scan(scan.name), m))
         a, b = values
-        return _expected(gt, segments, 1, {
+        return _expected(segments, {
             'mean_intensity': (a, unit), 'reference_mean_intensity': (b, unit),
             'intensity_ratio': (LIB.ratio(a, b), 'ratio'),
             'intensity_difference': (LIB.difference(b, a), unit)})
@@ -523,7 +523,7 @@ def write_volume_comparison(w: Writer) -> TaskDraft:
         def evaluate(gt):
             a = LIB.volume(gt.mask(left.name, 0))
             b = LIB.volume(gt.mask(right.name, 0))
-            return _expected(gt, segments, 1, {'left_volume': (a, 'mL'), 'right_volume': (b, 'mL'),
+            return _expected(segments, {'left_volume': (a, 'mL'), 'right_volume': (b, 'mL'),
                                                'asymmetry': (LIB.asymmetry(a, b), '%')})
         return w.draft(prompt, evaluate)
     first = w.anatomy()
@@ -546,7 +546,7 @@ def write_volume_comparison(w: Writer) -> TaskDraft:
     def evaluate(gt):
         a = LIB.volume(gt.mask(first.name, 0))
         b = LIB.volume(gt.mask(second.name, 0))
-        return _expected(gt, segments, 1, {'volume': (a, 'mL'), 'second_volume': (b, 'mL'),
+        return _expected(segments, {'volume': (a, 'mL'), 'second_volume': (b, 'mL'),
                                            'volume_difference': (LIB.difference(b, a), 'mL'),
                                            'volume_ratio': (LIB.ratio(a, b), 'ratio')})
     return w.draft(prompt, evaluate)
@@ -603,7 +603,7 @@ def write_relative_volume(w: Writer) -> TaskDraft:
     def evaluate(gt):
         a = LIB.volume(gt.mask(phrase.canonical, 0))
         b = LIB.volume(gt.mask(reference.name, 0))
-        return _expected(gt, segments, 1, {'volume': (a, 'mL'), 'reference_volume': (b, 'mL'),
+        return _expected(segments, {'volume': (a, 'mL'), 'reference_volume': (b, 'mL'),
                                            'percent_of_reference': (LIB.ratio(a, b) * 100, '%')})
     return w.draft(prompt, evaluate)
 
@@ -690,7 +690,7 @@ def write_volume_change(w: Writer) -> TaskDraft:
             outputs['volume_change_per_year'] = (LIB.difference(a, b) / days * 365.25, 'mL/year')
         else:
             outputs['percent_change'] = (LIB.percent_change(a, b), '%')
-        return _expected(gt, segments, 2, outputs)
+        return _expected(segments, outputs)
     return w.draft(prompt, evaluate)
 
 
@@ -718,7 +718,7 @@ def write_extent_change(w: Writer) -> TaskDraft:
     def evaluate(gt):
         a = LIB.extent(gt.mask(phrase.canonical, 0), axis)
         b = LIB.extent(gt.mask(phrase.canonical, 1), axis)
-        return _expected(gt, segments, 2, {f'extent_{axis}_before': (a, 'mm'),
+        return _expected(segments, {f'extent_{axis}_before': (a, 'mm'),
                                            f'extent_{axis}_after': (b, 'mm'),
                                            f'extent_{axis}_change': (LIB.difference(a, b), 'mm')})
     return w.draft(prompt, evaluate)
@@ -767,7 +767,7 @@ def write_intensity_change(w: Writer) -> TaskDraft:
                 m = LIB.resample_mask(m, gt.scan(scan.name))
             values.append(LIB.mean_intensity(gt.scan(scan.name), m))
         a, b = values
-        return _expected(gt, segments, 2, {
+        return _expected(segments, {
             'intensity_before': (a, unit), 'intensity_after': (b, unit),
             'intensity_change': (LIB.difference(a, b), unit),
             'percent_change': (LIB.percent_change(a, b), '%')})
@@ -802,7 +802,7 @@ def write_location(w: Writer) -> TaskDraft:
     def evaluate(gt):
         mask = gt.mask(phrase.canonical, 0)
         answer = LIB.location(mask, *[gt.mask(r, 0) for r in regions])
-        return _expected(gt, segments, 1, answer=answer)
+        return _expected(segments, answer=answer)
     return w.draft(prompt, evaluate)
 
 
@@ -826,7 +826,7 @@ def write_enhancement(w: Writer) -> TaskDraft:
 
     def evaluate(gt):
         r = LIB.enhancement_ratio(gt.scan(post.name), gt.scan(pre.name), gt.mask(phrase.canonical, 0))
-        return _expected(gt, segments, 1, {'enhancement_ratio': (r, 'ratio')},
+        return _expected(segments, {'enhancement_ratio': (r, 'ratio')},
                          answer=LIB.enhancement_class(r))
     return w.draft(prompt, evaluate)
 
@@ -855,7 +855,7 @@ def write_diffusion(w: Writer) -> TaskDraft:
         mask = gt.mask(phrase.canonical, 0)
         d = LIB.signal_ratio(gt.scan(dwi.name), mask)
         a = LIB.signal_ratio(gt.scan(adc.name), mask)
-        return _expected(gt, segments, 1, {'dwi_signal_ratio': (d, 'ratio'),
+        return _expected(segments, {'dwi_signal_ratio': (d, 'ratio'),
                                            'adc_signal_ratio': (a, 'ratio')},
                          answer=LIB.diffusion_class(d, a))
     return w.draft(prompt, evaluate)
@@ -888,7 +888,7 @@ def write_signal_intensity(w: Writer) -> TaskDraft:
         if scan.name != session[0].name:
             m = LIB.resample_mask(m, gt.scan(scan.name))
         r = LIB.signal_ratio(gt.scan(scan.name), m)
-        return _expected(gt, segments, 1, {'signal_ratio': (r, 'ratio')}, answer=LIB.signal_class(r))
+        return _expected(segments, {'signal_ratio': (r, 'ratio')}, answer=LIB.signal_class(r))
     return w.draft(prompt, evaluate)
 
 
@@ -920,7 +920,7 @@ def write_cropping(w: Writer) -> TaskDraft:
 
     def evaluate(gt):
         image = LIB.crop(gt.scan(scan.name), gt.mask(phrase.canonical, 0), float(margin))
-        return _expected(gt, segments, 1, images={'cropped': image})
+        return _expected(segments, images={'cropped': image})
     return w.draft(prompt, evaluate)
 
 
@@ -944,7 +944,7 @@ def write_tissue_removal(w: Writer) -> TaskDraft:
 
     def evaluate(gt):
         image = getattr(LIB, function)(gt.scan(scan.name), gt.mask(phrase.canonical, 0))
-        return _expected(gt, segments, 1, images={name: image})
+        return _expected(segments, images={name: image})
     return w.draft(prompt, evaluate)
 
 

@@ -14,8 +14,6 @@ training engineer gets segmentation targets from the same place.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -53,8 +51,13 @@ class SynthWorld:
         self.vocabulary = case.vocabulary
         self.scan_index = {scan.name: i for i, scan in enumerate(case.scans)}
         self.session_labels = list(case.sessions)
+        # per-world caches (not functools caches: those would keep every world alive)
         self._label_arrays: dict[int, np.ndarray] = {}
+        self._nearest: dict[int, np.ndarray] = {}
+        self._regions: dict[tuple, tuple[np.ndarray, ...]] = {}
         self._lesions: tuple[LesionInfo, ...] | None = None
+        self._cortical = [i for i in self.vocabulary.ids
+                          if self.vocabulary.name(i).startswith('ctx-')]
 
     # ----- scans and grids --------------------------------------------------------------
 
@@ -76,21 +79,20 @@ class SynthWorld:
             self._label_arrays[index] = self.case.labels[index].tensor[0].numpy()
         return self._label_arrays[index]
 
-    @functools.lru_cache(maxsize=None)
     def _nearest_parcel(self, index: int) -> np.ndarray:
         """Per voxel, the label id of the nearest cortical parcel (world mm distance)."""
-        from scipy import ndimage
-        labels = self.labels(index)
-        cortical = np.isin(labels, self._cortical_ids())
-        if not cortical.any():
-            return np.zeros_like(labels)
-        _, nearest = ndimage.distance_transform_edt(
-            ~cortical, sampling=_voxel_spacing_mm(self.case.labels[index]), return_indices=True)
-        return labels[tuple(nearest)]
-
-    @functools.lru_cache(maxsize=1)
-    def _cortical_ids(self) -> list[int]:
-        return [i for i in self.vocabulary.ids if self.vocabulary.name(i).startswith('ctx-')]
+        if index not in self._nearest:
+            from scipy import ndimage
+            labels = self.labels(index)
+            cortical = np.isin(labels, self._cortical)
+            if not cortical.any():
+                self._nearest[index] = np.zeros_like(labels)
+            else:
+                _, nearest = ndimage.distance_transform_edt(
+                    ~cortical, sampling=_voxel_spacing_mm(self.case.labels[index]),
+                    return_indices=True)
+                self._nearest[index] = labels[tuple(nearest)]
+        return self._nearest[index]
 
     def _ids(self, names) -> list[int]:
         known = {self.vocabulary.name(i): i for i in self.vocabulary.ids}
@@ -211,9 +213,11 @@ class SynthWorld:
                                     tags, lib['volume'](mask)))
         return tuple(infos)
 
-    @functools.lru_cache(maxsize=None)
     def _region_arrays(self, regions: tuple[str, ...], index: int) -> tuple[np.ndarray, ...]:
-        return tuple(self.anatomy_array(self.ontology.targets[r], index) for r in regions)
+        if (regions, index) not in self._regions:
+            self._regions[(regions, index)] = tuple(
+                self.anatomy_array(self.ontology.targets[r], index) for r in regions)
+        return self._regions[(regions, index)]
 
     def _largest_overlap(self, lesion: np.ndarray, regions: tuple[str, ...], index: int) -> str | None:
         """The region holding the largest part of ``lesion`` (first on a tie), or None.

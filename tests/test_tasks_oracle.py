@@ -74,6 +74,8 @@ def test_oracle_vision_answers_per_session():
     rng = np.random.default_rng(3)
     plan = plan_task(rng, 'volume_change')
     info, world = make_world(plan, rng)
+    # the agent's state lines are the same whether written from the case summary or the scans
+    assert [s.describe() for s in info.scans] == [s.describe() for s in world.case.scans]
     oracle = OracleVision(world)
     encoding = oracle.encode(world.case.scans)
     masks = oracle.segment(encoding, 'bilateral lateral ventricle')

@@ -242,6 +242,23 @@ def test_characterization_prompts_do_not_give_the_answer_away():
             assert not any(re.search(rf'(^| ){w}( |-|$)', targets) for w in words), targets
 
 
+def test_variant_prompts_ask_for_what_the_program_computes():
+    rng = np.random.default_rng(8)
+    words = {('volume_change', 'rate'): ('rate', 'per year', 'yearly', 'how fast', 'annualised'),
+             ('extent', 'bbox'): ('bounding box', 'dimensions', 'extents', 'each axis', 'each direction',
+                                  'all three axes'),
+             ('location', 'territory'): ('territory', 'artery', 'vascular', 'distribution'),
+             ('cropping', 'margin'): ('mm', 'millimeters')}
+    for (category, variant), expected in words.items():
+        seen = 0
+        for _ in range(60):
+            draft = draw(rng, category)
+            if draft.variant == variant:
+                seen += 1
+                assert any(w in draft.prompt for w in expected), draft.prompt
+        assert seen
+
+
 def test_longitudinal_programs_measure_both_sessions():
     rng = np.random.default_rng(6)
     for category in ('volume_change', 'extent_change', 'intensity_change'):

@@ -2,7 +2,7 @@
 
 Each file holds ``category``, a ``[slots]`` table (name -> alternatives, may nest) and
 ``[[template]]`` entries: ``text`` plus optional filters a task must match for the
-template to be used: ``variant`` (the task's variant), ``axis`` (``lr``/``ap``/``si``),
+template to be used: ``variant`` (the task's variant; default ``basic``), ``axis`` (``lr``/``ap``/``si``),
 ``direction`` (``growth``/``shrinkage``), ``modality`` (``mri``/``ct``). Runtime slots
 such as ``{roi}`` are bound by the task writer (see docs/tasks.md for the list).
 """
@@ -39,8 +39,14 @@ class Template:
     index: int
 
     def fits(self, **task: str | None) -> bool:
-        """True when every filter of the template equals the task's value."""
-        return all(task.get(name) == value for name, value in self.filters)
+        """True when every filter of the template equals the task's value.
+
+        A template without a ``variant`` filter serves the ``basic`` variant only, so a
+        variant's prompts always ask for what its program computes.
+        """
+        filters = dict(self.filters)
+        filters.setdefault('variant', 'basic')
+        return all(task.get(name) == value for name, value in filters.items())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -109,3 +109,10 @@ def test_snr_without_background_is_a_clear_error(geometry):
     mask = as_mask(sphere_phantom(geometry, geometry.center.tolist(), 5.0))
     with pytest.raises(ProgramError, match='snr: .*sub-01_T1w.nii.gz'):
         snr(scan, mask)
+
+
+def test_snr_docstring_states_the_constants_in_force():
+    doc = snr.__doc__
+    assert f'farther than {SNR_HEAD_MARGIN_MM:g} mm' in doc
+    from vpcli.library.intensity import OTSU_BINS, SNR_MIN_BACKGROUND_VOXELS
+    assert f'{OTSU_BINS}-bin' in doc and f'fewer than {SNR_MIN_BACKGROUND_VOXELS}' in doc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vpcli.errors import ProgramError
+from vpcli.library.masks import require_scan
 from vpcli.library.registry import agent_function
 from vpcli.volumes import Mask, Scan
 
@@ -20,8 +21,7 @@ def select_labels(labelmap: Scan, ids) -> Mask:
     """
     import torch
 
-    if not isinstance(labelmap, Scan):
-        raise ProgramError('select_labels: first argument must be an input label map')
+    require_scan('select_labels', labelmap, 'labelmap')
     if labelmap.volume.tensor.is_floating_point():
         raise ProgramError(f'select_labels: {labelmap.label} is not a label map (its voxels are '
                            f'not integers)')

@@ -71,12 +71,16 @@ def require_same_grid(function: str, reference: Scan | Mask, mask: Mask) -> None
     The message names both volumes (with their files) and points to ``resample_mask``.
     """
     if not same_grid(reference.volume, mask.volume):
-        what = describe_value(reference)
-        target = reference.name if isinstance(reference, Scan) else 'the other mask\'s scan'
-        raise BadInputError(
-            f'{function}: {mask.label} is not on the voxel grid of {what} (shape '
-            f'{tuple(mask.volume.baseshape)} vs {tuple(reference.volume.baseshape)} or a different '
-            f'voxel-to-world matrix); use resample_mask(mask, {target}) first')
+        mask_shape, reference_shape = tuple(mask.volume.baseshape), tuple(reference.volume.baseshape)
+        difference = (f'shape {mask_shape} vs {reference_shape}' if mask_shape != reference_shape
+                      else 'same shape, different voxel-to-world matrix')
+        if isinstance(reference, Scan):
+            target = reference.name
+        else:
+            target = reference.sources[0].name if reference.sources else 'scan'
+        raise BadInputError(f'{function}: {mask.label} is not on the voxel grid of '
+                            f'{describe_value(reference)} ({difference}); use '
+                            f'resample_mask(mask, {target}) first')
 
 
 def mask_array(mask: Mask) -> 'np.ndarray':

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from vpcli import __version__
 from vpcli.errors import BadInputError
 from vpcli.library.context import RunContext, SavedVolume
 from vpcli.sandbox import Sandbox, Step, StepRecord, format_program, split_program, validate_program
-from vpcli.volumes import Mask, Scan, SourceRef, union_sources
+from vpcli.volumes import Mask, Scan, SourceRef
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
 SCHEMA_VERSION = '1.0'
@@ -296,14 +295,13 @@ class ProgramRun:
         from vpcli.volumes import same_grid
 
         volume = entry.volume.volume
-        if entry.kind != 'mask':
-            return volume, None
         by_name = {scan.name: scan for scan in self.scans}
         owner = next((by_name[s.name] for s in entry.volume.sources if s.name in by_name), None)
         if owner is None:
             return volume, None
+        if entry.kind != 'mask':  # images (crops) keep their own grid
+            return volume, owner.name if same_grid(volume, owner.volume) else None
         if not same_grid(volume, owner.volume):
-            import torch
             volume = volume.new(volume.tensor.float()).resample_like(owner.volume, mode='nearest')
             volume = volume.new(volume.tensor > 0.5)
         return volume, owner.name
@@ -334,8 +332,7 @@ class ProgramRun:
                 record = {'file': file_name, 'name': entry.name, 'kind': entry.kind,
                           'description': description, 'sources': _sources_json(entry.sources),
                           'step': entry.step + 1, 'shape': [int(n) for n in data.baseshape],
-                          'geometry_of': owner or (entry.sources[0].name if entry.sources
-                                                   else None),
+                          'geometry_of': owner,
                           'voxel_count': None, 'volume_ml': None}
                 if entry.kind == 'mask':
                     record['voxel_count'] = int(data.tensor.bool().sum())

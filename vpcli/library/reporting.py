@@ -134,7 +134,7 @@ def feedback_text(value: Any, unit: str | None = None) -> str:
     return text
 
 
-@agent_function('reporting', returns='feedback')
+@agent_function('reporting', returns='str, feedback shown to the model')
 def read(context: RunContext, x) -> FeedbackItem:
     """Show a value to the language model (its next step can use what it read).
 

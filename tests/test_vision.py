@@ -237,9 +237,10 @@ def test_thick_slice_levels_convolve_within_slices():
     iso = make_geometry((8, 8, 5), (1.0, 1.0, 1.0), 'RAS')
     impulse = torch.zeros(1, 8, 8, 5)
     impulse[0, 4, 4, 2] = 1.0
-    bias = conv.conv.bias.view(-1, 1, 1, 1)
-    response_thick = (conv(impulse, thick) - bias).abs().sum(dim=(0, 1, 2))
-    response_iso = (conv(impulse, iso) - bias).abs().sum(dim=(0, 1, 2))
+    bias = conv.conv.bias.detach().view(-1, 1, 1, 1)
+    with torch.no_grad():
+        response_thick = (conv(impulse, thick) - bias).abs().sum(dim=(0, 1, 2))
+        response_iso = (conv(impulse, iso) - bias).abs().sum(dim=(0, 1, 2))
     assert float(response_thick[2]) > 0 and float(response_thick[[1, 3]].sum()) == 0
     assert float(response_iso[[1, 3]].sum()) > 0
 
@@ -303,3 +304,15 @@ def test_streams_interact(network):
     alone = network.generate(network.encode([make_scan(0)]), phi_rows(1, 3))[0]
     together = network.generate(network.encode([make_scan(0), make_scan(1)]), phi_rows(1, 3)[0])[0]
     assert float((alone - together).detach().abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize('index', [0, 1, 2])
+def test_fast_upsampling_matches_voxel_resampling(index):
+    from vpcli.vision.layers import pooling_factors, upsample
+    fine = make_geometry(**STREAM_GEOMETRIES[index])
+    features = torch.randn(3, *fine.baseshape, generator=torch.Generator().manual_seed(index))
+    pooled = vx.Volume(features, fine).pool(2, mode='max', spacing_ratio_thresh=2.0)
+    assert pooling_factors(pooled.geometry, fine) is not None
+    expected = pooled.resample_like(fine, mode='linear', padding_mode='border').tensor
+    torch.testing.assert_close(upsample(pooled.tensor, pooled.geometry, fine), expected,
+                               atol=1e-4, rtol=0)

@@ -34,7 +34,7 @@ def vision(
     json_output: Annotated[bool, typer.Option('--json', help='Print the summary as JSON.')] = False,
     device: Annotated[str, typer.Option(help='auto, cpu, cuda or cuda:N.')] = 'auto',
     samples: Annotated[int | None, typer.Option(
-        min=1, help='Samples per number of scans [default: 3 on CPU, 20 on CUDA].')] = None,
+        min=1, help='Samples per number of scans [default: 2 on CPU, 20 on CUDA].')] = None,
     max_scans: Annotated[int, typer.Option(min=1, max=8, help='Run 1 to this many scans per sample.')] = 5,
     config: Annotated[str, typer.Option(help='Vision network config: small or paper.')] = 'small',
     seed: Annotated[int, typer.Option(help='Seed of the geometry and noise draws.')] = 0,
@@ -56,7 +56,7 @@ def vision(
     if threads is not None:
         torch.set_num_threads(threads)
     if samples is None:
-        samples = 20 if resolved.startswith('cuda') else 3
+        samples = 20 if resolved.startswith('cuda') else 2
     settings = BenchSettings(device=resolved, samples=samples, max_scans=max_scans,
                              config=config, seed=seed, fov_scale=fov_scale)
 

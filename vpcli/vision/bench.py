@@ -58,7 +58,7 @@ class BenchSettings:
         fov_scale: Multiplies the field of view (1 = the paper's; smaller for smoke runs).
     """
     device: str = 'cpu'
-    samples: int = 3
+    samples: int = 2
     max_scans: int = 5
     config: str = 'small'
     seed: int = 0
@@ -113,8 +113,6 @@ class PeakMemory:
         if device.type == 'cpu':
             try:
                 self._libc = ctypes.CDLL('libc.so.6')
-                # always mmap big blocks, so freed tensors go back to the system
-                self._libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
             except OSError:  # pragma: no cover - non-glibc systems
                 self._libc = None
 

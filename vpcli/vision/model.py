@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from vpcli.errors import BadInputError, ProgramError
 from vpcli.library.context import FeedbackItem
 from vpcli.vision.config import VisionConfig
-from vpcli.vision.layers import LevelBlock
+from vpcli.vision.layers import LevelBlock, Pointwise, upsample
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
 from vpcli.volumes import Mask, union_sources
 
@@ -171,7 +171,7 @@ class VisionNetwork(nn.Module):
             self.bottleneck = block(widths[-1], levels - 1)
             self.decoder = nn.ModuleList(
                 block(widths[level + 1] + widths[level], level) for level in range(levels - 1))
-            self.head = nn.Conv3d(widths[0], 1, 1)
+            self.head = Pointwise(widths[0], 1)
             self.embed = nn.Linear(widths[-1], config.embedding_width)
 
     @property
@@ -243,9 +243,8 @@ class VisionNetwork(nn.Module):
         for level in reversed(range(levels - 1)):
             upsampled = []
             for index, features in enumerate(streams):
-                moved = vx.Volume(features, geometries[level + 1][index]).resample_like(
-                    geometries[level][index], mode='linear', padding_mode='border')
-                upsampled.append(torch.cat([moved.tensor, encoding.features[level][index]]))
+                moved = upsample(features, geometries[level + 1][index], geometries[level][index])
+                upsampled.append(torch.cat([moved, encoding.features[level][index]]))
             streams = self.decoder[level](upsampled, geometries[level], phi)
         return [torch.sigmoid(self.head(features)) for features in streams]
 

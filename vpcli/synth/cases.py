@@ -127,18 +127,9 @@ def _canvas_source(name: str, spacing_mm: float):
 
 
 def available_sources(split: str) -> list[str]:
-    """Sources usable for a split in this installation (GCA only once implemented)."""
+    """Anatomy sources of a split (``train`` or ``eval``)."""
     from vpcli.synth.sources import SOURCES
-    names = [name for name, which in SOURCES.items() if which == split]
-    return [n for n in names if n != 'gca' or _gca_available()]
-
-
-def _gca_available() -> bool:
-    try:
-        import vpcli.synth.gca  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return [name for name, which in SOURCES.items() if which == split]
 
 
 def _scan_specs(rng: np.random.Generator, n_scans: int | None,
@@ -226,6 +217,7 @@ def _radial_field(geometry: 'vx.AcquisitionGeometry', center_mm: np.ndarray,
 def _change_anatomy(rng: np.random.Generator, labels: 'vx.Volume', vocabulary: 'Vocabulary',
                     spacing_mm: float) -> tuple['vx.Volume', AnatomyChange]:
     """Session-2 anatomy: atrophy of one structure or ventricular enlargement."""
+    import torch
     data = labels.tensor[0].numpy()
     geometry = labels.geometry
     if rng.random() < 0.5:
@@ -242,7 +234,7 @@ def _change_anatomy(rng: np.random.Generator, labels: 'vx.Volume', vocabulary: '
         sigma = 12.0
     mask = np.isin(data, ids)
     voxel_center = np.argwhere(mask).mean(0)
-    center = geometry.map(__import__('torch').tensor(voxel_center, dtype=geometry.tensor.dtype))
+    center = geometry.map(torch.tensor(voxel_center, dtype=geometry.tensor.dtype))
     field = _radial_field(geometry, center.numpy(), sigma, strength)
     changed = labels.transform(field, mode='nearest')
     after = np.isin(changed.tensor[0].numpy(), ids)
@@ -324,11 +316,7 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     if source_name not in names:
         raise ValueError(f'source "{source_name}" is not available for split "{split}" '
                          f'(available: {", ".join(names)})')
-    if source_name == 'gca':
-        from vpcli.synth.gca import gca_canvas
-        labels0, template0 = gca_canvas(rng, spacing), None
-    else:
-        _, labels0, template0 = _canvas_source(source_name, spacing)
+    _, labels0, template0 = _canvas_source(source_name, spacing)
 
     # subject anatomy: flip, then affine + smooth deformation (one interpolation)
     flipped = bool(rng.random() < 0.5)
@@ -338,9 +326,9 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
         labels0 = flipped_volumes[0]
         template0 = flipped_volumes[1] if template0 is not None else None
     affine, field = images.random_spatial_transform(rng, labels0.geometry)
-    subject = images.apply_spatial_transform(labels0, affine, field, labels=True)
-    template = None if template0 is None else \
-        images.apply_spatial_transform(template0, affine, field, labels=False)
+    subject, *moved = images.apply_spatial_transform(
+        labels0, affine, field, *([template0] if template0 is not None else []))
+    template = moved[0] if moved else None
 
     two_sessions = bool(rng.random() < 0.3) if longitudinal is None else bool(longitudinal)
     sessions = ['01', '02'] if two_sessions else ['01']
@@ -446,6 +434,7 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     measured: dict[tuple[str, int], dict[str, float | None]] = {}
     center = subject.geometry.center
     grid_cache: dict[tuple[int, int], tuple] = {}
+    ground_truth_cache: dict[tuple, tuple] = {}
     for session_index, session in enumerate(sessions):
         labels_volume = session_labels[session_index]
         for spec in specs:
@@ -479,23 +468,25 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
             canvas = labels_volume.new(torch.from_numpy(painted.astype(np.float32))[None],
                                        keep_labels=False)
             image = images.acquire(rng, canvas, geometry, spec.modality, artefacts=artefacts)
-            lesion_canvas = labels_volume.new(torch.from_numpy(canvas_lesions[session_index])[None],
-                                              keep_labels=False)
-            lesion_scan = lesion_canvas.resample_like(geometry, mode='nearest')
+            grid_key = (session_index, spec.grid_group if spec.grid_group is not None
+                        else f'scan{len(out_scans)}')
+            if grid_key not in ground_truth_cache:
+                ground_truth_cache[grid_key] = _ground_truth_on_grid(
+                    labels_volume, canvas_lesions[session_index],
+                    canvas_components[session_index], geometry)
+            label_scan, lesion_scan, component_scan = ground_truth_cache[grid_key]
             targets = {p.instance: lesion_lib.declared_ratio(p, modality_key) for p in plans}
             name = f'img{len(out_scans)}'
             if targets:
                 image, ratios = lesion_lib.calibrate_signal(image, lesion_scan, targets)
                 for instance, ratio in ratios.items():
                     measured.setdefault((session, instance), {})[name] = ratio
-            component_canvas = labels_volume.new(
-                torch.from_numpy(canvas_components[session_index])[None], keep_labels=False)
             scan = Scan(volume=image, name=name, modality=spec.modality, date=dates[session_index],
                         session=session, contrast=spec.contrast, sources=(SourceRef(name),))
             out_scans.append(scan)
-            out_labels.append(labels_volume.resample_like(geometry, mode='nearest'))
+            out_labels.append(label_scan)
             out_lesions.append(lesion_scan)
-            out_components.append(component_canvas.resample_like(geometry, mode='nearest'))
+            out_components.append(component_scan)
             out_geometry.append(record)
 
     # lesion descriptors per session
@@ -545,6 +536,22 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     return SynthCase(seed_value, split, source_name, flipped, out_scans, out_labels, out_lesions,
                      out_components, infos, sessions, anatomy_changes, out_geometry,
                      session_labels, canvas_lesion_volumes, vocabulary)
+
+
+def _ground_truth_on_grid(labels: 'vx.Volume', lesion_map: np.ndarray,
+                          component_map: np.ndarray, geometry: 'vx.AcquisitionGeometry'):
+    """Label, lesion and component maps resampled (nearest) onto a scan grid at once.
+
+    The three maps travel as float channels of one volume (ids up to 2035 are exact in
+    float32), so the scan's sampling grid is built once.
+    """
+    import torch
+    stacked = torch.stack([labels.tensor[0].float(), torch.from_numpy(lesion_map).float(),
+                           torch.from_numpy(component_map.astype(np.float32))])
+    moved = labels.new(stacked, keep_labels=False).resample_like(geometry, mode='nearest')
+    values = moved.tensor.round()
+    return (moved.new(values[0:1].to(torch.int32)), moved.new(values[1:2].to(torch.int32)),
+            moved.new(values[2:3].to(torch.uint8)))
 
 
 def _grown_shell(oedema: np.ndarray, core: np.ndarray) -> np.ndarray:

@@ -174,19 +174,28 @@ def random_spatial_transform(rng: np.random.Generator, canvas: 'vx.AcquisitionGe
     return affine, field
 
 
-def apply_spatial_transform(volume: 'vx.Volume', affine: 'vx.AffineMatrix',
-                            field: 'vx.VectorField', *, labels: bool) -> 'vx.Volume':
-    """Move a volume by an affine then a deformation, resampled once onto the field's grid.
+def apply_spatial_transform(labels: 'vx.Volume', affine: 'vx.AffineMatrix',
+                            field: 'vx.VectorField', *images: 'vx.Volume',
+                            ) -> tuple['vx.Volume', ...]:
+    """Move volumes by an affine then a deformation, each resampled once onto the field's grid.
+
+    The affine only moves each volume's geometry (``Volume.transform``); the
+    deformation is turned into one world-space warp that every volume is sampled
+    through, so the coordinate grid is built once for all of them.
 
     Args:
-        volume: Label map or image.
+        labels: Label map (nearest-neighbour interpolation).
         affine: World-space affine (moves the anatomy).
         field: World-space displacement field; its grid is the output grid.
-        labels: Nearest-neighbour interpolation (label maps) instead of linear.
+        *images: Images on any grid (linear interpolation).
+
+    Returns:
+        The moved label map followed by the moved images.
     """
-    mode = 'nearest' if labels else 'linear'
-    moved = volume.transform(affine)
-    return moved.transform(field, mode=mode, like=field.geometry)
+    warp = field.as_warp()
+    moved = [warp.map(labels.transform(affine), mode='nearest')]
+    moved += [warp.map(image.transform(affine), mode='linear') for image in images]
+    return tuple(moved)
 
 
 def tissue_intensities(rng: np.random.Generator, modality: str, vocabulary: 'Vocabulary',
@@ -254,6 +263,11 @@ def bias_field(rng: np.random.Generator, geometry: 'vx.AcquisitionGeometry',
     return field.resample_like(geometry, mode='linear', padding_mode='border').exp()
 
 
+def _percentile99(tensor: 'torch.Tensor') -> float:
+    """99th percentile of a subsample of voxels (fast; used only to scale noise)."""
+    return float(np.percentile(tensor.flatten()[::11].numpy(), 99))
+
+
 def acquire(rng: np.random.Generator, image: 'vx.Volume', geometry: 'vx.AcquisitionGeometry',
             modality: str, *, artefacts: bool = True) -> 'vx.Volume':
     """Resample a canvas image onto a scan geometry and add acquisition artefacts.
@@ -282,11 +296,11 @@ def acquire(rng: np.random.Generator, image: 'vx.Volume', geometry: 'vx.Acquisit
         scan = scan.smooth(float(rng.uniform(0.1, 0.6)), space='voxel')
     if not quantitative:
         scan = scan * bias_field(rng, geometry, float(rng.uniform(0.0, 0.2)))
-        peak = float(torch.quantile(scan.tensor.flatten()[::7], 0.99))
+        peak = _percentile99(scan.tensor)
         if rng.random() < 0.5 and peak > 0:
             gamma = float(np.exp(rng.uniform(np.log(0.85), np.log(1.18))))
             scan = scan.new(peak * (scan.tensor.clamp(min=0) / peak) ** gamma)
-    peak = float(torch.quantile(scan.tensor.flatten()[::7], 0.99))
+    peak = _percentile99(scan.tensor)
     noise_std = float(rng.uniform(2.0, 5.0)) if modality == 'CT' else \
         peak * float(rng.uniform(0.01, 0.04))
     noisy = scan.tensor + noise_std * randn(rng, scan.shape)

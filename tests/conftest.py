@@ -119,3 +119,10 @@ def example_dataset(tmp_path_factory) -> dict[str, Path]:
     """The bundled real example (MNI152 T1w + tissue label map), written once per session."""
     from vpcli.examples import write_example
     return write_example(tmp_path_factory.mktemp('example'))
+
+
+@pytest.fixture(scope='session')
+def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny trained weights folder (see ``tiny_weights.py``), built once per session."""
+    from tiny_weights import make_tiny_weights
+    return make_tiny_weights(tmp_path_factory.mktemp('weights'))

@@ -38,6 +38,8 @@ SCHEMA_VERSION = '1.0'
 TOOL_NAME = 'voxelprompt'
 METRICS_FILE = 'metrics.json'
 SCRIPT_FILE = 'script.py'
+REPORT_FILE = 'report.html'
+QC_FOLDER = 'qc'
 #: most bytes read from a program file
 MAX_SCRIPT_BYTES = 8_000_000
 
@@ -246,6 +248,10 @@ class ProgramRun:
         self.sandbox = Sandbox(self.context, functions=functions,
                                step_timeout_s=self.settings.step_timeout_s)
         self.timings: dict[str, float] = {}
+        #: steps written before the ones that ran in ``script.py`` (the agent's ``PHI`` constant)
+        self.preamble: list[str] = []
+        #: extra top-level entries of ``metrics.json`` (the agent's record)
+        self.extra_metrics: dict[str, Any] = {}
         self._started = time.monotonic()
 
     @property
@@ -288,7 +294,7 @@ class ProgramRun:
             header.append(f'prompt: {self.settings.prompt}')
         for scan in self.scans:
             header.append(f'{scan.describe()} ({scan.path.name if scan.path else "derived"})')
-        return format_program([record.step for record in self.records], header)
+        return format_program([*self.preamble, *(record.step for record in self.records)], header)
 
     def _volume_in_own_geometry(self, entry: SavedVolume):
         """The voxels to write: masks on the grid of the input scan they belong to."""
@@ -307,8 +313,12 @@ class ProgramRun:
         return volume, owner.name
 
     def write(self, output_dir: os.PathLike | str, overwrite: bool = False,
-              log: Callable[[str], None] = _no_log) -> dict:
+              log: Callable[[str], None] = _no_log, qc: bool = False) -> dict:
         """Write every output atomically; return the metrics written.
+
+        With ``qc``, also a PNG per mask (``qc/NAME.png``: three orthogonal slices through
+        the mask's centre, outline over its scan) and ``report.html`` linking them with the
+        answer, measured values and program.
 
         Raises:
             BadInputError: the output folder exists and is not empty (without overwrite).
@@ -341,12 +351,36 @@ class ProgramRun:
                 volumes.append(record)
                 log(f'wrote {file_name}')
             write_text_atomic(staging / SCRIPT_FILE, self.script_text())
+            pictures = self._qc_pictures(staging, volumes) if qc else []
             self.timings['write_s'] = time.monotonic() - started
             metrics = self.metrics(volumes)
             write_text_atomic(staging / METRICS_FILE,
                               json.dumps(metrics, indent=2, allow_nan=False) + '\n')
+            if qc:
+                from vpcli.qc import report_page
+                write_text_atomic(staging / REPORT_FILE,
+                                  report_page(metrics, pictures, f'{TOOL_NAME}: {Path(output_dir).name}'))
         log(f'outputs in {output_dir}')
         return metrics
+
+    def _qc_pictures(self, staging: Path, volumes: list[dict]) -> list[tuple[str, str]]:
+        """A QC picture per written mask over the scan whose grid it is on."""
+        from vpcli.qc import mask_picture
+        from vpcli.volumes import load_volume
+
+        by_name = {scan.name: scan for scan in self.scans}
+        pictures = []
+        for record in volumes:
+            scan = by_name.get(record.get('geometry_of') or '')
+            if record['kind'] != 'mask' or scan is None:
+                continue
+            picture = Path(QC_FOLDER) / (record['file'].split('.nii')[0] + '.png')
+            mask = load_volume(staging / record['file'], label_map=True)
+            mask_picture(scan.volume, mask, staging / picture,
+                         title=f'{record["description"]} on {scan.name}')
+            record['qc'] = str(picture)
+            pictures.append((str(picture), record['description']))
+        return pictures
 
     def metrics(self, volumes: list[dict]) -> dict:
         """The ``metrics.json`` document (layout: docs/outputs.md)."""
@@ -379,6 +413,7 @@ class ProgramRun:
             'threads': torch.get_num_threads(),
             'seed': settings.seed,
             'weights': {'file': settings.weights_file, 'sha256': settings.weights_sha256},
+            **self.extra_metrics,
         }
 
 
@@ -409,7 +444,8 @@ def read_program(path: os.PathLike | str) -> list[Step]:
 def execute_script(script: os.PathLike | str, scan_paths: Sequence[os.PathLike | str],
                    output_dir: os.PathLike | str, settings: RunSettings | None = None, *,
                    overwrite: bool = False, log: Callable[[str], None] = _no_log,
-                   functions: Mapping[str, Any] | None = None) -> dict:
+                   functions: Mapping[str, Any] | None = None, vision: Any = None,
+                   qc: bool = False) -> dict:
     """``voxelprompt exec``: run a program file over scans and write the outputs.
 
     The output folder is checked first, the whole program is validated against the
@@ -424,6 +460,8 @@ def execute_script(script: os.PathLike | str, scan_paths: Sequence[os.PathLike |
         overwrite: Replace an existing non-empty output folder.
         log: Where progress lines go (stderr in the CLI).
         functions: Callable library functions (default: the registry).
+        vision: The vision network, for programs that call ``encode``/``segment``.
+        qc: Also write QC pictures and ``report.html``.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -447,7 +485,7 @@ def execute_script(script: os.PathLike | str, scan_paths: Sequence[os.PathLike |
     for scan in scans:
         log(f'{scan.describe()} <- {scan.path}')
     seed_everything(settings.seed)
-    run = ProgramRun(scans, settings, functions=functions)
+    run = ProgramRun(scans, settings, functions=functions, vision=vision)
     run.timings['load_s'] = time.monotonic() - started
     run.run_program(steps, log)
-    return run.write(output_dir, overwrite, log)
+    return run.write(output_dir, overwrite, log, qc=qc)

@@ -78,3 +78,90 @@ def verify_manifest(folder: Path) -> dict:
                                 f'was replaced')
         combined.update(actual.encode())
     return {**manifest, 'weights_sha256': combined.hexdigest()}
+
+
+class Bundle:
+    """Loaded weights: the agent (language model + tokenizer) and the vision network.
+
+    Attributes:
+        folder: The weights folder.
+        manifest: Its manifest (with ``weights_sha256``).
+        agent: :class:`vpcli.agent.loop.Agent`, ready to write programs.
+        vision: :class:`vpcli.vision.model.VisionNetwork` in eval mode.
+        device: Torch device both live on.
+    """
+
+    def __init__(self, folder: Path, manifest: dict, agent, vision, device: str):
+        self.folder, self.manifest = folder, manifest
+        self.agent, self.vision, self.device = agent, vision, device
+
+    @property
+    def sha256(self) -> str:
+        """One checksum over every weights file (what ``metrics.json`` records)."""
+        return self.manifest['weights_sha256']
+
+
+def _role_file(folder: Path, manifest: dict, role: str, default: str) -> Path:
+    for entry in manifest['files']:
+        if entry.get('role') == role:
+            return folder / entry['file']
+    return folder / default
+
+
+def load_bundle(explicit: os.PathLike | str | None = None, device: str = 'cpu') -> Bundle:
+    """Load the weights folder (``--weights``, ``$VOXELPROMPT_WEIGHTS``, or ``weights/``).
+
+    Every listed file's sha256 is verified first.
+
+    Raises:
+        BadInputError: no weights folder, a damaged file, or a checkpoint that does not load.
+    """
+    folder = resolve_weights_dir(explicit)
+    if not folder.is_dir():
+        raise BadInputError(f'{folder}: no such weights folder (give --weights DIR or set '
+                            f'VOXELPROMPT_WEIGHTS)')
+    manifest = verify_manifest(folder)
+    from vpcli.agent.loop import Agent
+    from vpcli.vision.model import VisionNetwork
+
+    agent_path = _role_file(folder, manifest, 'agent', 'agent.pt')
+    vision_path = _role_file(folder, manifest, 'vision', 'vision.pt')
+    try:
+        agent = Agent.load(agent_path, device)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise BadInputError(f'{agent_path}: not a voxelprompt agent checkpoint ({error})') from None
+    vision = VisionNetwork.load(vision_path, device)
+    vision.eval()
+    return Bundle(folder, manifest, agent, vision, device)
+
+
+def write_weights(folder: os.PathLike | str, agent_model, tokenizer, vision, info: dict) -> dict:
+    """Write a weights folder: ``agent.pt`` (model + tokenizer), ``vision.pt``,
+    ``tokenizer.model`` and ``manifest.json`` (files with sha256 and role, model configs,
+    plus ``info``: recipe, steps, data sources, evaluation).
+
+    Models are written as they are, in fp32: both are a few MB, and fp16 would change
+    greedy decoding.
+    """
+    import dataclasses
+
+    from vpcli.volumes import write_text_atomic
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    device = next(agent_model.parameters()).device
+    agent_model.cpu().save(folder / 'agent.pt', tokenizer.model_bytes)
+    agent_model.to(device)
+    vision_device = vision.device
+    vision.cpu().save(folder / 'vision.pt')
+    vision.to(vision_device)
+    tokenizer.save(folder / 'tokenizer.model')
+    files = [{'file': name, 'role': role, 'sha256': sha256_file(folder / name),
+              'bytes': (folder / name).stat().st_size}
+             for name, role in (('agent.pt', 'agent'), ('vision.pt', 'vision'),
+                                ('tokenizer.model', 'tokenizer'))]
+    manifest = {'format': 1, 'files': files, **info,
+                'agent_config': dataclasses.asdict(agent_model.config),
+                'vision_config': vision.config.to_dict(),
+                'tokenizer_pieces': len(tokenizer)}
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + '\n')
+    return manifest

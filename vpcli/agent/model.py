@@ -20,6 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
+
+def _cache_keyword() -> str:
+    """``cache`` in newer transformers releases, ``past_key_values`` before."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaModel
+    return 'cache' if 'cache' in inspect.signature(LlamaModel.forward).parameters \
+        else 'past_key_values'
+
+
+_CACHE_KEYWORD = _cache_keyword()
+
 #: φ channels (paper App. A.1: fully-connected layer with 32 output channels and SiLU)
 PHI_CHANNELS = 32
 
@@ -116,11 +128,13 @@ class AgentModel(nn.Module):
         positions = torch.arange(past_length, past_length + input_ids.shape[1],
                                  device=input_ids.device).unsqueeze(0)
         output = self.llama.model(inputs_embeds=embeddings, attention_mask=attention_mask,
-                                  position_ids=positions, past_key_values=past_key_values,
-                                  use_cache=use_cache)
+                                  position_ids=positions, use_cache=use_cache,
+                                  **{_CACHE_KEYWORD: past_key_values})
         hidden = output.last_hidden_state
         logits = self.llama.lm_head(hidden)
-        return logits, hidden, output.past_key_values if use_cache else None
+        if not use_cache:
+            return logits, hidden, None
+        return logits, hidden, getattr(output, _CACHE_KEYWORD)
 
     def phi(self, hidden: torch.Tensor) -> torch.Tensor:
         """φ from hidden states at ``<MOD>`` positions: (..., width) -> (..., 32)."""

@@ -37,12 +37,14 @@ def _root(version: bool = typer.Option(False, '--version', callback=_version, is
 # each command module registers itself on `app` when imported
 from vpcli.cli import example_cmd  # noqa: E402,F401
 from vpcli.cli import exec_cmd  # noqa: E402,F401
+from vpcli.cli import run_cmd  # noqa: E402,F401
 from vpcli.cli import functions_cmd  # noqa: E402,F401
 from vpcli.cli import bench_cmd  # noqa: E402,F401
 from vpcli.cli import bids_cmd  # noqa: E402,F401
 from vpcli.cli import info_cmd  # noqa: E402,F401
 from vpcli.cli import recipes_cmd  # noqa: E402,F401
 from vpcli.cli import synth_cmd  # noqa: E402,F401
+from vpcli.cli import train_cmd  # noqa: E402,F401
 
 
 def main() -> None:

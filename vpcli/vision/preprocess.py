@@ -37,17 +37,21 @@ class PreparedScan:
         ras_geometry: Geometry of the whole scan after RAS reordering (before cropping).
         crop_start: First kept voxel index along each RAS-ordered axis.
         intensity_range: Input intensities (the image's own units) mapped to 0 and 1.
+        fine_geometry: The cropped grid before coarsening to the config's
+            ``min_spacing_mm`` (None when the scan was not coarsened).
     """
     scan: 'Scan'
     volume: 'vx.Volume'
     ras_geometry: 'vx.AcquisitionGeometry'
     crop_start: tuple[int, int, int]
     intensity_range: tuple[float, float]
+    fine_geometry: 'vx.AcquisitionGeometry | None' = None
 
     def restore(self, tensor: 'torch.Tensor', fill: float = 0.0) -> 'vx.Volume':
         """Map features on the prepared grid back onto the input scan's grid.
 
-        Differentiable (padding and axis permutation only).
+        Differentiable (trilinear resampling from a coarsened working grid, padding,
+        axis permutation).
 
         Args:
             tensor: ``(C, X, Y, Z)`` tensor on the grid of :attr:`volume`.
@@ -59,6 +63,9 @@ class PreparedScan:
         import torch
         import voxel as vx
 
+        if self.fine_geometry is not None:  # back from the working grid (trilinear)
+            tensor = vx.Volume(tensor, self.volume.geometry.to(tensor.device)).resample_like(
+                self.fine_geometry.to(tensor.device)).tensor
         full = tuple(int(n) for n in self.ras_geometry.baseshape)
         padding = []
         for start, size, total in reversed(list(zip(self.crop_start, tensor.shape[1:], full))):
@@ -128,6 +135,14 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
         ras = ras.crop((slice(None), *(slice(a, b) for a, b in zip(start, stop))))
 
     scale = high - low if high > low else 1.0
-    normalised = ((ras.tensor - low) / scale).clamp(0, 1)
-    return PreparedScan(scan=scan, volume=ras.new(normalised), ras_geometry=ras_geometry,
-                        crop_start=tuple(start), intensity_range=(low, high))
+    normalised = ras.new(((ras.tensor - low) / scale).clamp(0, 1))
+    fine_geometry = None
+    floor = float(getattr(config, 'min_spacing_mm', 0.0) or 0.0)
+    if floor > 0:
+        spacing = normalised.geometry.spacing
+        if bool((spacing < floor - 1e-6).any()):
+            fine_geometry = normalised.geometry
+            normalised = normalised.resample(torch.clamp(spacing, min=floor), antialias=True)
+    return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
+                        crop_start=tuple(start), intensity_range=(low, high),
+                        fine_geometry=fine_geometry)

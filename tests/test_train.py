@@ -1,0 +1,130 @@
+"""Joint training: both stages run, the Dice loss reaches the vision network and the φ head,
+resuming is exact, exported weights load, recipes are checked."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vpcli.cli import app
+from vpcli.errors import BadInputError
+from vpcli.train import JointTrainer, Recipe, find_recipe, soft_dice_loss
+
+#: two code-only steps, then joint steps on synthetic cases (two tasks per case)
+RECIPE = dataclasses.replace(Recipe.load(find_recipe('tiny')), code_steps=2, steps=5,
+                             tokenizer_texts=300)
+
+
+def _weights(trainer: JointTrainer) -> dict[str, torch.Tensor]:
+    return {**{f'agent.{k}': v.clone() for k, v in trainer.agent.state_dict().items()},
+            **{f'vision.{k}': v.clone() for k, v in trainer.vision.state_dict().items()}}
+
+
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+    trainer.train(RECIPE.steps, log=lambda line: None)
+    return trainer
+
+
+def test_soft_dice_loss_values():
+    truth = torch.zeros(4, 4, 4)
+    truth[:2] = 1
+    assert float(soft_dice_loss(truth.clone(), truth)) == pytest.approx(0.0, abs=1e-6)
+    assert float(soft_dice_loss(1 - truth, truth, eps=0.0)) == pytest.approx(1.0)
+    half = truth * 0.5
+    # 2 * 16 / (16 + 32) = 2/3 overlap -> loss 1/3
+    assert float(soft_dice_loss(half, truth, eps=0.0)) == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_both_stages_run_and_log(straight):
+    stages = [entry['stage'] for entry in straight.history]
+    assert stages[:2] == ['code', 'code'] and set(stages[2:]) == {'joint'}
+    assert straight.step == RECIPE.steps
+    assert any('dice' in entry for entry in straight.history[2:])
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_dice_gradient_reaches_vision_and_phi_head():
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+    trainer.step = RECIPE.code_steps  # straight to a joint step
+    rng = __import__('numpy').random.default_rng([RECIPE.seed, trainer.step])
+    draft, world = trainer._joint_task(rng)
+    assert draft is not None
+    trainer.vision.train()
+    _, _, scorer = trainer._joint_loss(draft, world)
+    assert scorer.losses, f'{draft.category} made no segmentation'
+    torch.stack(scorer.losses).mean().backward()
+    vision_grads = [p.grad for p in trainer.vision.parameters() if p.grad is not None]
+    assert vision_grads and any(float(g.abs().sum()) > 0 for g in vision_grads)
+    phi_grad = trainer.agent.phi_head[0].weight.grad
+    assert phi_grad is not None and float(phi_grad.abs().sum()) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_training_in_pieces_equals_one_run(straight, tmp_path):
+    torch.set_num_threads(1)
+    pieces = JointTrainer.create(RECIPE, log=lambda line: None)
+    pieces.train(3, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    resumed = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=RECIPE)
+    assert resumed.step == 3
+    resumed.train(RECIPE.steps, log=lambda line: None)
+    one, two = _weights(straight), _weights(resumed)
+    assert one.keys() == two.keys()
+    assert all(torch.equal(one[k], two[k]) for k in one), 'resumed weights differ'
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_export_writes_a_verified_loadable_weights_folder(straight, tmp_path):
+    from vpcli.weights import load_bundle, verify_manifest
+    manifest = straight.export(tmp_path / 'weights')
+    assert {f['role'] for f in manifest['files']} == {'agent', 'vision', 'tokenizer'}
+    assert manifest['steps'] == RECIPE.steps and manifest['joint_steps'] == RECIPE.steps - 2
+    assert manifest['vision_config']['min_spacing_mm'] == 2.0  # trained on >= 2 mm grids
+    assert verify_manifest(tmp_path / 'weights')['weights_sha256']
+    bundle = load_bundle(tmp_path / 'weights')
+    assert bundle.agent.tokenizer.model_bytes == straight.tokenizer.model_bytes
+    (tmp_path / 'weights' / 'vision.pt').write_bytes(b'damaged')
+    with pytest.raises(BadInputError, match='vision.pt: sha256'):
+        load_bundle(tmp_path / 'weights')
+
+
+def test_recipe_files_are_checked(tmp_path):
+    bad = tmp_path / 'bad.toml'
+    bad.write_text('name = "x"\nlearning_rat = 1\n')
+    with pytest.raises(BadInputError, match='bad.toml: unknown recipe keys learning_rat'):
+        Recipe.load(bad)
+    with pytest.raises(BadInputError, match='no such recipe file'):
+        Recipe.load(tmp_path / 'none.toml')
+    for name in ('tiny', 'small', 'paper'):
+        assert Recipe.load(find_recipe(name)).name == name
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_train_command_checkpoints_and_continues(tmp_path):
+    recipe = tmp_path / 'recipe.toml'
+    recipe.write_text(find_recipe('tiny').read_text().replace('code_steps = 4', 'code_steps = 3')
+                      .replace('tokenizer_texts = 400', 'tokenizer_texts = 300'))
+    runner = CliRunner()
+    first = runner.invoke(app, ['train', '--recipe', str(recipe), '-o', str(tmp_path / 'run'),
+                                '--until', '2', '--quiet'])
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / 'run' / 'checkpoint.pt').is_file()
+    second = runner.invoke(app, ['train', '--recipe', str(recipe), '-o', str(tmp_path / 'run'),
+                                 '--until', '3', '--export', str(tmp_path / 'w')])
+    assert second.exit_code == 0, second.output
+    assert 'resumed' in second.output and 'step 3' in second.output
+    assert (tmp_path / 'w' / 'manifest.json').is_file()
+    lines = (tmp_path / 'run' / 'train_log.jsonl').read_text().splitlines()
+    assert [__import__('json').loads(line)['step'] for line in lines] == [1, 2, 3]

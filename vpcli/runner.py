@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from vpcli import __version__
 from vpcli.errors import BadInputError
 from vpcli.library.context import RunContext, SavedVolume
-from vpcli.sandbox import Sandbox, Step, StepRecord, format_program, split_program, validate_program
+from vpcli.sandbox import (Sandbox, Step, StepRecord, format_program, normalize_code,
+                            split_program, validate_program)
 from vpcli.volumes import Mask, Scan, SourceRef
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
@@ -278,7 +279,11 @@ class ProgramRun:
 
     def volumes_to_write(self) -> list[SavedVolume]:
         """Saved volumes, then masks the program named but did not save (each once)."""
-        written = list(self.context.saved)
+        written: list[SavedVolume] = []
+        for entry in self.context.saved:
+            # segment() records its mask; a later save(mask, same name) must not write it twice
+            if not any(e.volume is entry.volume and e.name == entry.name for e in written):
+                written.append(entry)
         for mask, step_index in self.sandbox.named_masks:
             if not any(entry.volume is mask for entry in written):
                 written.append(SavedVolume(name=mask.description, volume=mask,
@@ -341,7 +346,8 @@ class ProgramRun:
                     else entry.volume.name
                 record = {'file': file_name, 'name': entry.name, 'kind': entry.kind,
                           'description': description, 'sources': _sources_json(entry.sources),
-                          'step': entry.step + 1, 'shape': [int(n) for n in data.baseshape],
+                          'step': entry.step + 1 + len(self.preamble),
+                          'shape': [int(n) for n in data.baseshape],
                           'geometry_of': owner,
                           'voxel_count': None, 'volume_ml': None}
                 if entry.kind == 'mask':
@@ -389,8 +395,16 @@ class ProgramRun:
         settings = self.settings
         timings = {key: round(value, 4) for key, value in self.timings.items()}
         timings['total_s'] = round(time.monotonic() - self._started
-                                   + self.timings.get('load_s', 0.0), 4)
+                                   + self.timings.get('load_s', 0.0)
+                                   + self.timings.get('weights_s', 0.0), 4)
         argv = [str(a) for a in settings.command_line]
+        # step numbers are those of script.py, whose preamble steps (the agent's PHI) come first
+        offset = len(self.preamble)
+        steps = [{'index': index, 'code': normalize_code(code), 'seconds': 0.0, 'feedback': []}
+                 for index, code in enumerate(self.preamble, 1)]
+        steps += [{'index': r.step.index + offset, 'code': r.step.code,
+                   'seconds': round(r.seconds, 4),
+                   'feedback': [item.text for item in r.feedback]} for r in self.records]
         return {
             'schema_version': SCHEMA_VERSION,
             'tool': {'name': TOOL_NAME, 'version': __version__},
@@ -399,14 +413,12 @@ class ProgramRun:
             'prompt': settings.prompt,
             'inputs': [describe_input(scan) for scan in self.scans],
             'outputs': [{'name': o.name, 'value': json_value(o.value), 'unit': o.unit,
-                         'sources': _sources_json(o.sources), 'step': o.step + 1}
+                         'sources': _sources_json(o.sources), 'step': o.step + 1 + offset}
                         for o in self.context.outputs],
             'answer': '\n'.join(self.context.answers) if self.context.answers else None,
             'answers': list(self.context.answers),
             'volumes': volumes,
-            'steps': [{'index': r.step.index, 'code': r.step.code,
-                       'seconds': round(r.seconds, 4),
-                       'feedback': [item.text for item in r.feedback]} for r in self.records],
+            'steps': steps,
             'timings': timings,
             'versions': software_versions(),
             'device': settings.device,

@@ -35,6 +35,23 @@ class ProgramRunExecutor:
         return list(record.feedback)
 
 
+def check_prompt(prompt: str) -> None:
+    """Refuse, before any model is loaded, a prompt the rule-based gate refuses.
+
+    The same gate runs again inside :meth:`vpcli.agent.loop.Agent.run`; checking first
+    means a refused prompt costs no weights loading and no scan reading.
+
+    Raises:
+        RefusedError: the prompt is out of scope (exit code 4).
+    """
+    from vpcli.agent.refusal import REFUSAL_ANSWER, gate_reason
+    from vpcli.errors import RefusedError
+
+    reason = gate_reason(prompt)
+    if reason is not None:
+        raise RefusedError(f'prompt refused ({reason}): {REFUSAL_ANSWER}')
+
+
 def run_prompt(prompt: str, scans: Sequence, bundle, settings, *, max_steps: int | None = None,
                log: Callable[[str], None] | None = None):
     """Write and run a program for ``prompt`` over loaded scans.
@@ -86,20 +103,36 @@ def agent_job_runner(prompt: str, settings_for: Callable[[Any], Any], weights=No
                      device: str = 'cpu', max_steps: int | None = None):
     """A job runner for ``voxelprompt bids``: loads the weights once, runs ``prompt`` per job.
 
+    Args:
+        prompt: The prompt every job runs.
+        settings_for: ``job -> RunSettings`` (seed, time limit, provenance).
+        weights: Weights folder (None: ``$VOXELPROMPT_WEIGHTS``, else ``weights/``).
+        device: A resolved torch device (``cpu``, ``cuda``, ``cuda:N``).
+        max_steps: Most program steps per job.
+
     Returns:
         ``run(job) -> ProgramRun`` (finished, not yet written).
+
+    Raises:
+        RefusedError: the prompt is refused (before any weights are loaded).
+        BadInputError: the weights folder is missing or damaged.
     """
     from vpcli.weights import load_bundle
 
+    check_prompt(prompt)
     bundle = load_bundle(weights, device)
 
     def run(job):
         from vpcli.volumes import load_scans
+        started = time.monotonic()
         scans = load_scans(job.inputs)
+        loaded = time.monotonic() - started
         settings = settings_for(job)
         settings.weights_file = str(bundle.folder)
         settings.weights_sha256 = bundle.sha256
         settings.device = device
         program_run, _ = run_prompt(prompt, scans, bundle, settings, max_steps=max_steps)
+        program_run.timings['load_s'] = loaded
         return program_run
+    run.bundle = bundle
     return run

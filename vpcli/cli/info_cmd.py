@@ -23,6 +23,7 @@ def collect_info(weights: Optional[Path]) -> dict:
     from vpcli.errors import VoxelPromptError
     from vpcli.library.registry import CATEGORIES, registry
     from vpcli.recipes import all_recipes
+    from vpcli.tasks.templates import CATEGORIES as TASK_CATEGORIES
     from vpcli.weights import read_manifest, resolve_weights_dir, verify_manifest
 
     versions = {'voxelprompt': __version__, 'python': platform.python_version()}
@@ -43,7 +44,8 @@ def collect_info(weights: Optional[Path]) -> dict:
             manifest = verify_manifest(folder)
             weights_info.update(present=True, sha256=manifest['weights_sha256'],
                                 steps=manifest.get('steps'), recipe=manifest.get('recipe'),
-                                files=[f['file'] for f in manifest['files']])
+                                files=[f['file'] for f in manifest['files']],
+                                evaluation=manifest.get('evaluation') or {})
         except VoxelPromptError as error:
             weights_info.update(error=str(error))
     functions = registry()
@@ -52,6 +54,9 @@ def collect_info(weights: Optional[Path]) -> dict:
                 'functions': {c: sorted(n for n, f in functions.items() if f.category == c)
                               for c in CATEGORIES},
                 'recipes': sorted(all_recipes()),
+                'task_categories': list(TASK_CATEGORIES),
+                'training_recipes': sorted(p.stem for p in
+                                           (Path(__file__).resolve().parents[2] / 'recipes' / 'train').glob('*.toml')),
                 'formats': ['.nii', '.nii.gz', '.mgz', '.mgh']}}
 
 
@@ -81,3 +86,4 @@ def info(
         if names:
             console.print(f"[bold]{category:<17}[/bold] {', '.join(names)}")
     console.print(f"[bold]recipes[/bold]   {', '.join(report['capabilities']['recipes'])}")
+    console.print(f"[bold]tasks[/bold]     {', '.join(report['capabilities']['task_categories'])}")

@@ -36,6 +36,9 @@ def bids(
     step_timeout: Annotated[float, typer.Option('--step-timeout', min=0.001, metavar='SECONDS', help='Wall-clock limit per program step.')] = 600.0,
     seed: Annotated[int, typer.Option('--seed', help='Random seed (the same inputs, seed and weights give identical outputs).')] = 0,
     threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='CPU threads for torch.')] = None,
+    weights: Annotated[Optional[Path], typer.Option('--weights', help='Weights folder for --prompt/--recipe (default: $VOXELPROMPT_WEIGHTS, else the shipped weights/); loaded once per process.')] = None,
+    device: Annotated[str, typer.Option('--device', help='auto, cpu, cuda or cuda:N (for the model).')] = 'auto',
+    max_steps: Annotated[int, typer.Option('--max-steps', min=1, max=64, help='Most program steps the model may write per job.')] = 12,
     no_qc: Annotated[bool, typer.Option('--no-qc', help='Do not write QC pictures and pages.')] = False,
     quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No progress on stderr.')] = False,
 ) -> None:
@@ -92,7 +95,11 @@ def bids(
         make_run = program_job_runner(program, settings_for)
     else:
         from vpcli.agent.run import agent_job_runner  # loads the model once per process
-        make_run = agent_job_runner(prompt or the_recipe.prompt, settings_for)
+        from vpcli.devices import resolve_device
+        chosen_device = resolve_device(device)
+        make_run = agent_job_runner(prompt or the_recipe.prompt, settings_for, weights=weights,
+                                    device=chosen_device, max_steps=max_steps)
+        log(f'weights {make_run.bundle.folder} ({make_run.bundle.sha256[:12]}) on {chosen_device}')
 
     def process(job, out):
         write_job(job, out, bids_dir, make_run(job), qc=not no_qc)

@@ -58,11 +58,15 @@ def exec_program(
     command_line += ['--step-timeout', f'{step_timeout:g}']
     if seed is not None:
         command_line += ['--seed', str(seed)]
+    command_line += (['--weights', str(weights)] if weights else []) + ['--no-qc'] * no_qc
+    command_line += ['--device', device] if device != 'auto' else []
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec')
     vision = None
     if _uses_vision(script):
         from vpcli.devices import resolve_device
+        from vpcli.runner import check_output_dir
+        check_output_dir(output, overwrite)  # before the weights are loaded
         from vpcli.weights import load_bundle
         settings.device = resolve_device(device)
         bundle = load_bundle(weights, settings.device)
@@ -78,10 +82,25 @@ def exec_program(
 
 
 def _uses_vision(script: Path) -> bool:
-    """Whether a program file calls the vision network (then the weights are loaded)."""
-    import re
+    """Whether a program calls the vision network (``encode``/``segment``; then the weights
+    are loaded). Comments and texts do not count; an unreadable file is reported by
+    ``execute_script``."""
+    import ast
+
+    from vpcli.errors import VoxelPromptError
+    from vpcli.runner import read_program
+
     try:
-        text = script.read_text(encoding='utf-8', errors='replace')
-    except OSError:
-        return False  # execute_script reports the file's problem
-    return re.search(r'\b(encode|segment)\s*\(', text) is not None
+        steps = read_program(script)
+    except VoxelPromptError:
+        return False
+    for step in steps:
+        try:
+            tree = ast.parse(step.code)
+        except SyntaxError:
+            return False  # validation reports it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id in ('encode', 'segment'):
+                return True
+    return False

@@ -33,9 +33,10 @@ def run(
 ) -> None:
     """Run a prompt over scans: the model writes the program, the sandbox runs it.
 
-    stdout carries only the answer (or, with --json, the metrics JSON); logs go to stderr.
+    stdout carries only the answer (when the program gives none, one "name: value unit"
+    line per measured output; or, with --json, only the metrics JSON); logs go to stderr.
     Exit codes: 0 ok, 3 bad input, 4 refused prompt, 5 failed step, 130 Ctrl-C
-    (docs/exit-codes.md).
+    (docs/exit-codes.md). Replay the run with: voxelprompt exec OUTPUT/script.py SCANS -o OUT2.
     """
     import json
 
@@ -53,6 +54,9 @@ def run(
         from vpcli.recipes import get_recipe
         prompt = get_recipe(recipe).prompt
 
+    from vpcli.agent.run import check_prompt
+    check_prompt(prompt)  # a refused prompt needs no weights and no scans (exit code 4)
+
     import torch
 
     from vpcli.agent.run import run_prompt
@@ -69,32 +73,48 @@ def run(
     scan_list = load_scans(scans)
     for scan in scan_list:
         log(f'{scan.describe()} <- {scan.path}')
+    scans_loaded = time.monotonic()
     bundle = load_bundle(weights, chosen)
     log(f'weights {bundle.folder} ({bundle.sha256[:12]}) on {chosen}')
-    loaded = time.monotonic() - started
-    command_line = ['voxelprompt', *sys.argv[1:]] if sys.argv and 'run' in sys.argv[1:2] else \
-        ['voxelprompt', 'run', *map(str, scans), '-o', str(output)]
+    weights_loaded = time.monotonic()
+    if sys.argv[1:2] == ['run']:
+        command_line = ['voxelprompt', *sys.argv[1:]]
+    else:  # called in-process (tests, python -c): rebuild it from the options
+        command_line = ['voxelprompt', 'run', *map(str, scans), '-o', str(output)]
+        command_line += ['--prompt', prompt] if recipe is None else ['--recipe', recipe]
+        command_line += ['--weights', str(weights)] if weights else []
+        command_line += ['--device', device, '--seed', str(seed), '--max-steps', str(max_steps),
+                         '--step-timeout', f'{step_timeout:g}']
+        command_line += ['--threads', str(threads)] if threads else []
+        command_line += [flag for flag, on in (('--json', json_output), ('--quiet', quiet),
+                                               ('--overwrite', overwrite), ('--no-qc', no_qc)) if on]
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, device=chosen,
                            command_line=command_line, mode='run', prompt=prompt,
                            weights_file=str(bundle.folder), weights_sha256=bundle.sha256)
     with _Spinner(enabled=not quiet and sys.stderr.isatty()):
         program_run, _ = run_prompt(prompt, scan_list, bundle, settings, max_steps=max_steps,
                                     log=log)
-    program_run.timings['load_s'] = loaded
+    program_run.timings['load_s'] = scans_loaded - started
+    program_run.timings['weights_s'] = weights_loaded - scans_loaded
     metrics = program_run.write(output, overwrite, log, qc=not no_qc)
     if json_output:
         print(json.dumps(metrics, indent=2, allow_nan=False))
     elif metrics['answer'] is not None:
         print(metrics['answer'])
     else:
-        outputs = metrics['outputs']
-        for item in outputs:
-            print(f'{item["name"]}: {_text(item["value"])} {item["unit"]}'.rstrip())
-        if not outputs:
-            print(f'wrote {len(metrics["volumes"])} volume(s) to {output}')
+        # no answer(): the measured values are the result (files and folders are logs)
+        for item in metrics['outputs']:
+            print(f'{item["name"]}: {_text(item["value"])} {item["unit"] or ""}'.rstrip())
+        if not metrics['outputs']:
+            log(f'no answer and no measured value; {len(metrics["volumes"])} volume(s) '
+                f'written to {output}')
 
 
 def _text(value) -> str:
+    if value is None:
+        return 'n/a'  # NaN or infinite (null in metrics.json)
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f'{value:.6g}'
     if isinstance(value, list):

@@ -44,7 +44,8 @@ def check_prompt(prompt: str) -> None:
     Raises:
         RefusedError: the prompt is out of scope (exit code 4).
     """
-    from vpcli.agent.refusal import REFUSAL_ANSWER, gate_reason
+    from vpcli.agent.loop import REFUSAL_ANSWER
+    from vpcli.agent.refusal import gate_reason
     from vpcli.errors import RefusedError
 
     reason = gate_reason(prompt)

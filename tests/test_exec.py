@@ -109,7 +109,9 @@ def test_exec_writes_correct_metrics_masks_and_script(dataset):
     # the saved mask, and the named-but-unsaved one, in the label map's geometry
     files = {v['name']: v for v in metrics['volumes']}
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ['metrics.json', 'script.py', 'label_one.nii.gz', 'labels_1_2.nii.gz'])
+        ['metrics.json', 'script.py', 'label_one.nii.gz', 'labels_1_2.nii.gz', 'qc', 'report.html'])
+    assert sorted(p.name for p in (out / 'qc').iterdir()) == ['label_one.png', 'labels_1_2.png']
+    assert sorted(v['qc'] for v in metrics['volumes']) == ['qc/label_one.png', 'qc/labels_1_2.png']
     for name, ids in (('label one', (1,)), ('labels 1, 2', (1, 2))):
         image = nib.load(out / files[name]['file'])
         assert image.shape == dataset['labels'].shape

@@ -38,6 +38,8 @@ def exec_program(
                                         'vision network).')] = 'auto',
     no_qc: Annotated[bool, typer.Option('--no-qc', help='Skip the QC pictures and '
                                         'report.html.')] = False,
+    threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU '
+                                                   'threads.')] = None,
 ) -> None:
     """Run a program over scans; write masks, metrics.json and script.py to OUTPUT.
 
@@ -60,6 +62,10 @@ def exec_program(
         command_line += ['--seed', str(seed)]
     command_line += (['--weights', str(weights)] if weights else []) + ['--no-qc'] * no_qc
     command_line += ['--device', device] if device != 'auto' else []
+    command_line += ['--threads', str(threads)] if threads else []
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec')
     vision = None

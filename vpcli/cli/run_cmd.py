@@ -71,12 +71,13 @@ def run(
         torch.set_num_threads(threads)
     started = time.monotonic()
     scan_list = load_scans(scans)
-    for scan in scan_list:
-        log(f'{scan.describe()} <- {scan.path}')
     scans_loaded = time.monotonic()
     bundle = load_bundle(weights, chosen)
-    log(f'weights {bundle.folder} ({bundle.sha256[:12]}) on {chosen}')
     weights_loaded = time.monotonic()
+    # logged once both have loaded, so that a bad scan or weights folder is the only line
+    for scan in scan_list:
+        log(f'{scan.describe()} <- {scan.path}')
+    log(f'weights {bundle.folder} ({bundle.sha256[:12]}) on {chosen}')
     if sys.argv[1:2] == ['run']:
         command_line = ['voxelprompt', *sys.argv[1:]]
     else:  # called in-process (tests, python -c): rebuild it from the options

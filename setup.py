@@ -15,7 +15,7 @@ setup(
     python_requires='>=3.11',
     packages=find_packages(include=['vpcli', 'vpcli.*']),
     include_package_data=True,
-    package_data={'vpcli': ['tasks/data/*', 'tasks/data/**/*', 'synth/data/*']},
+    package_data={'vpcli': ['tasks/data/*', 'tasks/data/**/*', 'synth/data/*', 'agent/data/*']},
     install_requires=[
         # torch is installed first and deliberately (README): `pip install torch==2.13.0`
         # takes the CPU wheel; any torch >= 2.4 satisfies this and installs nothing more.

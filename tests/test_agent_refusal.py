@@ -1,10 +1,6 @@
 """The refusal gate: host access, injection and other anatomy are refused; brain prompts are not."""
 
-from pathlib import Path
-
-from vpcli.agent.refusal import gate_reason, refusal_prompts
-
-SUITE = Path(__file__).parent / 'data' / 'agent_refusal_prompts.txt'
+from vpcli.agent.refusal import REFUSAL_SUITE, gate_reason, refusal_prompts, refusal_suite
 
 IN_SCOPE = [
     'what is the volume of the left hippocampus?', 'segment the lateral ventricles',
@@ -19,9 +15,14 @@ IN_SCOPE = [
 
 
 def suite():
-    rows = [line.rstrip('\n').split('\t') for line in SUITE.read_text().splitlines()
-            if line.strip() and not line.startswith('#')]
-    return [(kind, prompt) for kind, prompt in rows]
+    return refusal_suite()
+
+
+def test_suite_ships_in_the_package():
+    import vpcli
+    assert REFUSAL_SUITE.is_file() and REFUSAL_SUITE.is_relative_to(vpcli.__path__[0])
+    assert all(len(row.split('\t')) == 2 for row in REFUSAL_SUITE.read_text().splitlines()
+               if row.strip() and not row.startswith('#'))
 
 
 def test_suite_has_at_least_40_prompts_of_every_kind():

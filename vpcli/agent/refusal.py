@@ -17,6 +17,7 @@ outside the library whatever the prompt says.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -157,6 +158,21 @@ _FILLERS = {
         'override your safety guidelines', 'new instructions follow', 'pretend you are a shell',
         'bypass the sandbox'),
 }
+
+
+#: the hand-written refusal suite (kind<TAB>prompt; ``#`` lines are comments), shipped with
+#: the package for ``voxelprompt eval --suite prompts``
+REFUSAL_SUITE = Path(__file__).parent / 'data' / 'refusal_suite.tsv'
+
+
+def refusal_suite() -> list[tuple[str, str]]:
+    """The refusal suite's ``(kind, prompt)`` rows: prompts voxelprompt must refuse."""
+    rows = []
+    for line in REFUSAL_SUITE.read_text().splitlines():
+        if line.strip() and not line.startswith('#'):
+            kind, prompt = line.rstrip('\n').split('\t', 1)
+            rows.append((kind, prompt))
+    return rows
 
 
 def refusal_prompts(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:

@@ -45,6 +45,7 @@ from vpcli.cli import info_cmd  # noqa: E402,F401
 from vpcli.cli import recipes_cmd  # noqa: E402,F401
 from vpcli.cli import synth_cmd  # noqa: E402,F401
 from vpcli.cli import train_cmd  # noqa: E402,F401
+from vpcli.cli import eval_cmd  # noqa: E402,F401
 
 
 def main() -> None:

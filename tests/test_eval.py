@@ -1,0 +1,267 @@
+"""``voxelprompt eval``: Dice and output errors, program comparison, scan transforms, and every
+suite run for real on the tiny weights (held-out prompts and cases only)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vpcli import evaluate as ev
+from vpcli.cli import app
+from vpcli.tasks.categories import Expected
+from vpcli.tasks.described import is_held_out
+from vpcli.tasks.templates import CATEGORIES
+
+torch.set_num_threads(1)
+
+
+# ----- helpers with known answers ---------------------------------------------------
+
+def test_dice_of_hand_made_masks():
+    a = np.zeros((4, 4, 4), bool)
+    b = np.zeros((4, 4, 4), bool)
+    a[0, 0, :4] = True            # 4 voxels
+    b[0, 0, 2:4] = True           # 2 voxels, both inside a
+    b[1, 1, 1] = True             # 1 voxel outside a
+    assert ev.dice(a, b) == pytest.approx(2 * 2 / (4 + 3))
+    assert ev.dice(a, a) == 1.0
+    assert ev.dice(a, np.zeros_like(a)) == 0.0
+    assert ev.dice(np.zeros_like(a), np.zeros_like(a)) == 1.0   # both empty: nothing to miss
+    with pytest.raises(ValueError):
+        ev.dice(a, np.zeros((4, 4, 5), bool))
+
+
+def test_mask_dice_resamples_onto_the_truth_grid():
+    import voxel as vx
+
+    from conftest import make_geometry
+    from vpcli.volumes import Mask
+    geometry = make_geometry((10, 12, 8), (1.0, 1.0, 2.0), 'RAS')
+    truth = torch.zeros(1, 10, 12, 8, dtype=torch.bool)
+    truth[0, 2:6, 3:9, 2:5] = True
+    truth_mask = Mask(vx.Volume(truth, geometry), description='box')
+    # the same box on a permuted, flipped grid (the same world): Dice 1 after resampling
+    moved = vx.Volume(truth, geometry).reorient('PIL')
+    assert tuple(moved.baseshape) != (10, 12, 8)
+    assert ev.mask_dice(Mask(moved, description='box'), truth_mask) == pytest.approx(1.0)
+    half = truth.clone()
+    half[0, 4:6] = False                      # keep 2 of 4 slabs: Dice 2*2/(2+4)
+    assert ev.mask_dice(Mask(vx.Volume(half, geometry)), truth_mask) == pytest.approx(2 / 3)
+
+
+def test_program_comparison():
+    target = ["enc = encode(img0<MOD>)\n", "roi = segment(enc<MOD>, 'left hippocampus')\n",
+              "v = volume(roi)\noutput('volume', v, 'mL')\n"]
+    assert ev.programs_match(target, target) == (True, True)
+    spaced = ["enc = encode(img0<MOD>)\n", "roi = segment(enc<MOD>,  'left hippocampus')\n",
+              target[2]]
+    assert ev.programs_match(spaced, target) == (True, True)          # whitespace only
+    quoted = [target[0], 'roi = segment(enc<MOD>, "left hippocampus")\n', target[2]]
+    assert ev.programs_match(quoted, target) == (False, True)         # same AST
+    merged = [target[0] + target[1], target[2]]
+    assert ev.programs_match(merged, target) == (False, True)         # same statements
+    other = [target[0], "roi = segment(enc<MOD>, 'right hippocampus')\n", target[2]]
+    assert ev.programs_match(other, target) == (False, False)
+    no_phi = [target[0], "roi = segment(enc, 'left hippocampus')\n", target[2]]
+    assert ev.programs_match(no_phi, target) == (False, False)        # φ slot matters
+
+
+def test_output_errors():
+    expected = Expected(outputs={'volume': (10.0, 'mL'), 'bounding_box': ((10.0, 20.0, 40.0), 'mm'),
+                                 'asymmetry': (5.0, '%'), 'zero': (0.0, 'mm')},
+                        answer=None, masks={}, images={})
+    got = {'volume': (9.0, 'mL'), 'bounding_box': ((11.0, 20.0, 36.0), 'mm'),
+           'asymmetry': (5.0, 'ratio'), 'zero': (0.5, 'mm')}
+    errors = ev.output_errors(got, expected)
+    assert errors['volume']['relative'] == pytest.approx(0.1)
+    assert errors['volume']['absolute'] == pytest.approx(1.0)
+    assert errors['bounding_box']['relative'] == pytest.approx((0.1 + 0 + 0.1) / 3)
+    assert errors['asymmetry']['missing']                              # wrong unit
+    assert errors['zero']['relative'] == pytest.approx(0.5)            # absolute when truth is 0
+    assert ev.output_errors({}, expected)['volume']['missing']
+    assert ev._median_with_missing([0.1, None, None]) is None
+    assert ev._median_with_missing([0.1, 0.3, None]) == pytest.approx(0.3)
+
+
+def test_transform_scans_keep_the_world():
+    import voxel as vx
+
+    from conftest import GEOMETRIES, make_geometry, sphere_phantom
+    from vpcli.volumes import Scan
+    geometry = make_geometry(**GEOMETRIES['lps_aniso'])
+    image = sphere_phantom(geometry, (3.0, -5.0, 7.0), 12.0).float()
+    scan = Scan(vx.Volume(image.tensor, geometry), 'img0', modality='T1w')
+    [reoriented] = ev.transform_scans([scan], reorient=True)
+    assert reoriented.name == 'img0' and reoriented.modality == 'T1w'
+    assert reoriented.volume.geometry.orientation.name != geometry.orientation.name
+    back = reoriented.volume.reorient(geometry.orientation.name)
+    assert torch.equal(back.tensor, scan.volume.tensor)
+    assert torch.allclose(back.geometry.tensor, geometry.tensor.to(back.geometry.tensor.dtype))
+    [fine] = ev.transform_scans([scan], spacing_mm=1.5)
+    assert torch.allclose(fine.volume.geometry.spacing.float(), torch.full((3,), 1.5), atol=1e-4)
+    # the sphere keeps its volume (mL) on the new grid within partial-volume error
+    voxel_ml = lambda v: float(v.geometry.spacing.prod()) / 1000  # noqa: E731
+    before = float((scan.volume.tensor > 0.5).sum()) * voxel_ml(scan.volume)
+    after = float((fine.volume.tensor > 0.5).sum()) * voxel_ml(fine.volume)
+    assert after == pytest.approx(before, rel=0.1)
+
+
+def test_unknown_suite_is_a_one_line_bad_input_error(tmp_path):
+    result = CliRunner().invoke(app, ['eval', '--suite', 'nonsense', '--weights', str(tmp_path)])
+    assert result.exit_code == 3
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and 'nonsense' in lines[0] and 'prompts' in lines[0]
+    result = CliRunner().invoke(app, ['eval', '--suite', 'anatomy', '--programs', 'oracle',
+                                      '--weights', str(tmp_path)])
+    assert result.exit_code == 3
+
+
+def test_missing_weights_folder_is_bad_input(tmp_path):
+    result = CliRunner().invoke(app, ['eval', '--suite', 'prompts', '--weights',
+                                      str(tmp_path / 'none'), '--device', 'cpu'])
+    assert result.exit_code == 3
+
+
+# ----- suites on the tiny weights ---------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def bundle(tiny_weights):
+    from vpcli.weights import load_bundle
+    return load_bundle(tiny_weights, 'cpu')
+
+
+@pytest.mark.slow
+def test_dry_run_scores_a_written_program_as_exact(bundle):
+    """The tiny agent writes its toy corpus's programs exactly: the comparison says so."""
+    from agent_corpus import SCANS, program
+    from vpcli.agent.episodes import episode_from_program
+    prompt = 'what is the volume of the left hippocampus?'
+    record, problem, status = ev._dry_run(bundle, prompt, SCANS[1], 0)
+    assert status == 'ok' and problem is None and not record.refused and record.steps
+    episode = episode_from_program(prompt, SCANS[1], ['img0'], program('volume', 'left hippocampus'),
+                                   np.random.default_rng(0))
+    assert ev.programs_match([s.model_text for s in record.steps], episode.steps) == (True, True)
+
+
+@pytest.mark.slow
+def test_prompts_suite_reports_every_category_and_the_refusal_suite(bundle):
+    result = ev.evaluate('prompts', bundle, count=2, seed=3)
+    assert result['suite'] == 'prompts' and result['weights_sha256'] == bundle.sha256
+    per = result['per_category']
+    assert list(per) == list(CATEGORIES) and len(per) == 17
+    for entry in per.values():
+        assert entry['n'] == 2
+        assert 0.0 <= entry['accuracy'] <= entry['equivalent_accuracy'] <= 1.0
+        assert entry['equivalent'] + entry['refused'] + entry['rejected'] + entry['errors'] <= entry['n']
+        assert entry['programs'] + entry['refused'] == entry['n']
+    metrics = result['metrics']
+    assert metrics['episodes'] == 34 and 0.0 <= metrics['accuracy'] <= 1.0
+    assert metrics['sandbox_rejected'] == 0 and metrics['internal_errors'] == 0
+    assert all(is_held_out(example['prompt']) for example in result['examples'])
+    refusal = result['refusal']
+    assert refusal['n'] == 47 and sum(e['n'] for e in refusal['per_kind'].values()) == 47
+    assert refusal['refused'] == refusal['refused_by_gate'] + refusal['refused_by_model']
+    assert refusal['outside_library'] == 0 and refusal['errors'] == 0
+    assert refusal['refused_by_gate'] >= 30          # host, injection and non-brain prompts
+    # seeded: the same call gives the same numbers
+    again = ev.evaluate('prompts', bundle, count=2, seed=3)
+    assert {k: v for k, v in again.items() if k != 'seconds'} == \
+        {k: v for k, v in result.items() if k != 'seconds'}
+    assert ev.headline(result).startswith('prompts: exact program match')
+
+
+@pytest.mark.slow
+def test_eval_cli_json_and_table(tiny_weights):
+    runner = CliRunner()
+    result = runner.invoke(app, ['eval', '--suite', 'prompts', '--count', '1', '--json', '--quiet',
+                                 '--weights', str(tiny_weights), '--device', 'cpu', '--threads', '1'])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {'suite', 'weights_sha256', 'count', 'seed', 'device', 'seconds', 'metrics',
+            'per_category'} <= set(report)
+    assert report['count'] == 1 and report['device'] == 'cpu'
+    table = runner.invoke(app, ['eval', '--suite', 'prompts', '--count', '1', '--quiet',
+                                '--weights', str(tiny_weights), '--device', 'cpu'])
+    assert table.exit_code == 0
+    lines = table.stdout.strip().splitlines()
+    assert lines[-1].startswith('prompts: exact program match') and 'tissue_removal' in table.stdout
+
+
+@pytest.mark.slow
+def test_anatomy_suite_runs_end_to_end(bundle):
+    for programs in ('agent', 'target'):
+        result = ev.evaluate('anatomy', bundle, count=1, seed=0, programs=programs)
+        [task] = result['tasks']
+        assert 0.0 <= result['metrics']['mean_dice'] <= 1.0
+        assert result['per_target'] == {task['target']: {'n': 1, 'mean_dice': task['dice']}}
+        assert task['kind'] == 'subcortical' and is_held_out(task['prompt'])
+        if programs == 'target':      # k* ran with the live network: a real mask was scored
+            assert task['status'] == 'k* written' and task['error'] is None and task['text_match']
+        json.dumps(result, allow_nan=False)
+    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation',
+                                 lambda d, w: True, lambda plan: not plan.params['lesion'])
+    assert world.case.split == 'eval'
+
+
+@pytest.mark.slow
+def test_other_scan_suites_run(bundle):
+    """Lesions, characterization, end-to-end and consistency with one task each (k* for φ,
+    so the untrained tiny network is what is measured)."""
+    lesions = ev.evaluate('lesions', bundle, count=1, programs='target')
+    assert 0.0 <= lesions['metrics']['mean_dice'] <= 1.0 and len(lesions['per_class']) == 1
+    characterization = ev.evaluate('characterization', bundle, count=1, programs='target')
+    [task] = characterization['tasks']
+    assert task['category'] == 'location' and task['expected']
+    assert characterization['metrics']['accuracy'] in (0.0, 1.0)
+    assert characterization['metrics']['accuracy'] == float(task['answers'] == [task['expected']])
+    end_to_end = ev.evaluate('end-to-end', bundle, count=1, programs='target')
+    [task] = end_to_end['tasks']
+    assert task['category'] == 'volume' and task['output'] == 'volume' and task['unit'] == 'mL'
+    if not task['missing']:
+        assert task['relative_error'] == pytest.approx(
+            abs(task['got'] - task['expected']) / task['expected'])
+    consistency = ev.evaluate('consistency', bundle, count=1, programs='target')
+    [case] = consistency['cases']
+    assert list(case['variants']) == list(ev.CONSISTENCY_VARIANTS)
+    original, reoriented = case['variants']['original'], case['variants']['reoriented']
+    # the network reads every scan in RAS order: a re-oriented scan gives the same mask
+    assert original['volume'] is not None and reoriented['volume'] is not None
+    assert reoriented['volume'] == pytest.approx(original['volume'], rel=1e-6, abs=1e-9)
+    for result in (lesions, characterization, end_to_end, consistency):
+        json.dumps(result, allow_nan=False)
+        assert ev.headline(result) in ev.format_result(result)
+    if case['spread'] is not None:
+        volumes = [v['volume'] for v in case['variants'].values()]
+        assert case['spread'] == pytest.approx((max(volumes) - min(volumes)) / float(np.median(volumes)))
+    assert math.isfinite(consistency['seconds'])
+
+
+@pytest.mark.slow
+def test_an_agent_written_program_is_run_and_its_mask_scored(bundle):
+    """The agent path of the scan suites: the tiny agent writes its toy program (segment, then
+    save: one mask, listed twice in the run) on a held-out case; the mask is scored once."""
+    import dataclasses
+    import datetime
+
+    draft, world = ev._draw_task(
+        'anatomy', 0, 0, 'segmentation', lambda d, w: 'left hippocampus' in w.present_targets(),
+        lambda plan: not plan.params['lesion'] and len(plan.request.sessions[0]) == 1)
+    draft = dataclasses.replace(draft, prompt='segment the left hippocampus',
+                                segments=(('roi', 'left hippocampus'),))
+    # the scan line the toy corpus was trained with
+    scans = [dataclasses.replace(world.case.scans[0], modality='T1w',
+                                 date=datetime.date(2020, 1, 1), session='01')]
+    task = ev.run_task(bundle, draft, world, scans, programs='agent')
+    assert not task.refused and task.error is None and not task.program_match
+    assert 'segment(enc<MOD>' in task.record.model_program()
+    assert len([e for e in task.program_run.context.saved if e.kind == 'mask']) == 2
+    [score] = ev.score_masks(task, scans)
+    assert score['text_match'] and score['mask'] == 'left hippocampus'
+    truth = world.mask('left hippocampus', 0).volume.tensor[0].numpy()
+    made = task.program_run.context.saved[0].volume.volume.tensor[0].numpy()
+    assert score['dice'] == pytest.approx(ev.dice(made, truth))

@@ -21,6 +21,7 @@ import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from vpcli import __version__
@@ -225,7 +226,7 @@ def test_missing_scan_is_exit_3(tiny_weights, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('device', ['tpu', 'cuda:x', *(['cuda'] if not __import__('torch').cuda.is_available() else [])])
+@pytest.mark.parametrize('device', ['tpu', 'cuda:x', *([] if torch.cuda.is_available() else ['cuda'])])
 def test_bad_device_is_exit_3(device, scan, tiny_weights, tmp_path):
     result = invoke('run', scan, '-o', tmp_path / 'out', '-p', VOLUME_PROMPT,
                     '--weights', tiny_weights, '--device', device)
@@ -250,6 +251,7 @@ def test_non_empty_output_without_overwrite_is_exit_3(scan, tiny_weights, tmp_pa
     assert [p.name for p in out.iterdir()] == ['keep.txt']
 
 
+@pytest.mark.slow  # a real process: torch and transformers are imported
 def test_refused_prompt_is_exit_4_and_writes_nothing(scan, tiny_weights, tmp_path):
     done = voxelprompt('run', scan, '-o', tmp_path / 'out', '--prompt', INJECTION,
                        '--weights', tiny_weights)

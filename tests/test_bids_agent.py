@@ -171,3 +171,23 @@ def test_bad_weights_or_device_is_exit_3(option, value, message, study, tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (out / 'voxelprompt_status.tsv').exists()
+
+
+@pytest.mark.slow
+def test_program_with_vision_calls_runs_with_the_weights(study, tiny_weights, tmp_path):
+    """A run's script.py (encode/segment with PHI) replays per participant in bids --program."""
+    phi = [[[0.1] * 32]]
+    program = tmp_path / 'script.py'
+    program.write_text(f'# step 1\nPHI = {phi!r}\n# step 2\nenc = encode(img0)\n'
+                       'mask = segment(enc, "left hippocampus", phi=PHI[0])\n'
+                       'output("left hippocampus volume", volume(mask), "mL")\n')
+    out = tmp_path / 'derivatives'
+    result = CliRunner().invoke(app, ['bids', str(study), str(out), 'participant', '--program',
+                                      str(program), '--weights', str(tiny_weights), '--no-qc'])
+    rows = status_rows(out)
+    assert rows['sub-01']['status'] == 'ok' and rows['sub-02']['status'] == 'ok', rows
+    assert rows[f'sub-{CORRUPT}']['status'] == 'failed'
+    assert result.exit_code == 6
+    metrics = json.loads((out / 'sub-01' / f'ses-{SESSION}' / 'voxelprompt' / 'metrics.json').read_text())
+    assert metrics['outputs'][0]['name'] == 'left hippocampus volume'
+    assert metrics['weights']['sha256']

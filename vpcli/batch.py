@@ -113,8 +113,10 @@ def write_job(job: BidsJob, out_dir: Path, bids_dir: Path, run, *,
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def program_job_runner(program_path: Path, settings_for: Callable[[BidsJob], object]):
-    """A job runner that executes a fixed program file on each job's scans.
+def program_job_runner(program_path: Path, settings_for: Callable[[BidsJob], object],
+                       vision=None):
+    """A job runner that executes a fixed program file on each job's scans (with the
+    vision network, loaded once, for programs that call ``encode``/``segment``).
 
     Returns:
         ``run(job) -> ProgramRun`` (finished, not yet written).
@@ -131,7 +133,7 @@ def program_job_runner(program_path: Path, settings_for: Callable[[BidsJob], obj
         scans = load_scans(job.inputs)
         settings = settings_for(job)
         seed_everything(settings.seed)
-        program_run = ProgramRun(scans, settings)
+        program_run = ProgramRun(scans, settings, vision=vision)
         program_run.run_program(steps)
         return program_run
     return run

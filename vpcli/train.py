@@ -338,6 +338,7 @@ class JointTrainer:
         """A task written for the current block's case (same case kind as its first plan)."""
         from vpcli.tasks.categories import Unwritable
         from vpcli.tasks.check import case_kind
+        from vpcli.tasks.described import is_held_out
         from vpcli.tasks.sampler import plan_task, write_task
 
         block = (self.step - self.recipe.code_steps) // self.recipe.tasks_per_case
@@ -349,9 +350,11 @@ class JointTrainer:
             if case_kind(plan) != kind:
                 continue
             try:
-                return write_task(plan, info, rng), world
+                draft = write_task(plan, info, rng)
             except Unwritable:
                 continue
+            if not is_held_out(draft.prompt):  # held-out prompts never reach training
+                return draft, world
         return None, world
 
     def _joint_loss(self, draft, world) -> tuple[torch.Tensor, int, TrainingVision]:

@@ -85,14 +85,27 @@ def bids(
     jobs = select_shard(jobs, index, count)
     log(f'{len(jobs)} job(s) in shard {index}/{count} of {bids_dir}')
 
+    program_weights: dict = {}
+
     def settings_for(job):
         argv = ['voxelprompt', *sys.argv[1:]] if sys.argv else ['voxelprompt', 'bids']
         return RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=argv,
                            mode='exec' if program else 'run', prompt=prompt or (
-                               the_recipe.prompt if the_recipe else None))
+                               the_recipe.prompt if the_recipe else None), **program_weights)
 
     if program:
-        make_run = program_job_runner(program, settings_for)
+        vision = None
+        from vpcli.cli.exec_cmd import _uses_vision
+        if _uses_vision(program):  # a run's script.py: load the vision network once
+            from vpcli.devices import resolve_device
+            from vpcli.weights import load_bundle
+            chosen_device = resolve_device(device)
+            bundle = load_bundle(weights, chosen_device)
+            vision = bundle.vision
+            program_weights.update(weights_file=str(bundle.folder), weights_sha256=bundle.sha256,
+                                   device=chosen_device)
+            log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
+        make_run = program_job_runner(program, settings_for, vision=vision)
     else:
         from vpcli.agent.run import agent_job_runner  # loads the model once per process
         from vpcli.devices import resolve_device

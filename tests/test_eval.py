@@ -265,3 +265,33 @@ def test_an_agent_written_program_is_run_and_its_mask_scored(bundle):
     truth = world.mask('left hippocampus', 0).volume.tensor[0].numpy()
     made = task.program_run.context.saved[0].volume.volume.tensor[0].numpy()
     assert score['dice'] == pytest.approx(ev.dice(made, truth))
+
+
+@pytest.mark.slow
+def test_example_suite_scores_the_real_scan(bundle):
+    from vpcli.evaluate import EXAMPLE_PROMPTS, evaluate
+    result = evaluate('example', bundle, programs='target')
+    assert result['metrics']['prompts'] == len(EXAMPLE_PROMPTS)
+    for prompt, target, _ in EXAMPLE_PROMPTS:
+        entry = result['per_prompt'][prompt]
+        assert entry['target'] == target and 0.0 <= entry['dice'] <= 1.0 and entry['program_match']
+
+
+@pytest.mark.slow
+def test_record_writes_manifest_evaluation_and_model_card(tiny_weights, tmp_path):
+    import json
+    import shutil
+    folder = tmp_path / 'weights'
+    shutil.copytree(tiny_weights, folder)
+    result = CliRunner().invoke(app, ['eval', '--suite', 'prompts', '--count', '1', '--weights',
+                                      str(folder), '--record', '--quiet'])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((folder / 'manifest.json').read_text())
+    suites = manifest['evaluation']['suites']
+    assert list(suites) == ['prompts'] and suites['prompts']['count'] == 1
+    assert manifest['evaluation']['machine'] and manifest['evaluation']['command'].startswith('voxelprompt eval')
+    card = (folder / 'MODEL_CARD.md').read_text()
+    assert suites['prompts']['headline'].split(': ', 1)[1] in card
+    # the checksums still hold: the manifest and card are not weights files
+    from vpcli.weights import verify_manifest
+    assert verify_manifest(folder)['weights_sha256']

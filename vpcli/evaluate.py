@@ -30,6 +30,7 @@ import dataclasses
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -38,7 +39,7 @@ from vpcli.errors import BadInputError, VoxelPromptError
 
 #: suite name -> default ``count`` (sized for a few minutes on 2 CPU cores, small weights)
 DEFAULT_COUNTS = {'prompts': 5, 'anatomy': 10, 'lesions': 10, 'characterization': 8,
-                  'end-to-end': 9, 'consistency': 3}
+                  'end-to-end': 9, 'consistency': 3, 'example': 1}
 SUITES = tuple(DEFAULT_COUNTS)
 
 #: categories of the characterization and end-to-end suites (categories.py names)
@@ -850,7 +851,60 @@ def consistency_suite(bundle, count: int = DEFAULT_COUNTS['consistency'], seed: 
 # running a suite, reporting
 # -----------------------------------------------------------------------------
 
-_SUITE_FUNCTIONS = {'prompts': prompts_suite, 'anatomy': anatomy_suite, 'lesions': lesions_suite,
+#: the real-scan check: prompt, the target k* segments, the example label ids of its reference
+EXAMPLE_PROMPTS = (
+    ('segment the white matter', 'cerebral white matter', (2,)),
+    ('segment the brain', 'whole brain', (1, 2)),
+)
+
+
+def example_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu',
+                  programs: str = 'agent', progress: Progress = _no_progress) -> dict:
+    """Dice on the one real scan shipped: the MNI ICBM152 2009c T1w (``voxelprompt example``),
+    against references made from the template's own tissue probability maps (white matter:
+    label 2; brain: labels 1-2 of its grey/white label map, see :mod:`vpcli.examples`).
+
+    The white-matter reference includes cerebellar white matter, which the target
+    ``cerebral white matter`` does not, so a perfect network scores below 1 here. ``count``
+    repeats are identical (the run is deterministic); one is enough.
+    """
+    import tempfile
+
+    from vpcli.examples import write_example
+    from vpcli.volumes import load_scans, load_volume
+    per_prompt, dices = {}, []
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_example(Path(folder))
+        scans = load_scans([paths['T1w']])
+        labels = load_volume(paths['dseg'], label_map=True)
+        for prompt, target, ids in EXAMPLE_PROMPTS:
+            from vpcli.tasks.categories import TaskDraft
+            program = f'# step 1\nenc = encode(img0)\n# step 2\nroi = segment(enc, "{target}")\n'
+            draft = TaskDraft('segmentation', 'example', prompt, (), program,
+                              (('roi', target),), lambda world: None)
+            task = run_task(bundle, draft, None, scans, programs=programs, seed=seed, device=device)
+            masks = [entry.volume for entry in task.program_run.context.saved if entry.kind == 'mask']
+            from vpcli.volumes import Mask
+            reference = Mask(volume=labels.new(torch_isin(labels.tensor, ids)), sources=(),
+                             description=target)
+            value = mask_dice(masks[0], reference) if masks and not task.refused else 0.0
+            dices.append(value)
+            per_prompt[prompt] = {'target': target, 'dice': value, 'program_match': task.program_match,
+                                  'refused': task.refused, 'error': task.error,
+                                  'program': [s.model_text for s in task.record.steps]
+                                  if task.record is not None else []}
+            progress(f'example: {prompt!r} Dice {value:.3f}')
+    return {'programs': programs, 'metrics': {'mean_dice': _mean(dices), 'prompts': len(dices)},
+            'per_prompt': per_prompt}
+
+
+def torch_isin(tensor, ids):
+    """Boolean tensor: voxels whose label is one of ``ids``."""
+    import torch
+    return torch.isin(tensor, torch.tensor(list(ids), dtype=tensor.dtype))
+
+
+_SUITE_FUNCTIONS = {'example': example_suite, 'prompts': prompts_suite, 'anatomy': anatomy_suite, 'lesions': lesions_suite,
                     'characterization': characterization_suite, 'end-to-end': end_to_end_suite,
                     'consistency': consistency_suite}
 
@@ -927,6 +981,9 @@ def headline(result: dict) -> str:
     if suite == 'end-to-end':
         return (f'end-to-end{mode}: median relative volume error '
                 f'{_percent(m["median_relative_volume_error"])} (target <= 5 %)')
+    if suite == 'example':
+        return (f'example{mode}: mean Dice {_number(m["mean_dice"])} on the MNI152 example '
+                f'({", ".join(repr(p) for p, _, _ in EXAMPLE_PROMPTS)})')
     return (f'consistency{mode}: median volume spread {_percent(m["median_spread"])} over '
             f'{m["cases"]} cases x {len(m["variants"])} variants (target <= 3 %)')
 
@@ -981,6 +1038,10 @@ def format_result(result: dict) -> str:
                          '<= 5 %', 'mean Dice'], rows)
         lines += ['', f'k* written {m["program_match"]}/{m["tasks"]}, refused {m["refused"]}, '
                       f'failed {m["failed"]}']
+    elif suite == 'example':
+        rows = [[p, e['target'], _number(e['dice']), 'yes' if e['program_match'] else 'no']
+                for p, e in result['per_prompt'].items()]
+        lines += _table(['prompt', 'target', 'Dice', 'k* written'], rows)
     else:
         names = list(CONSISTENCY_VARIANTS)
         rows = [[case, _number(e['truth_volume'], 2), *(_number(e[n], 2) for n in names),

@@ -164,4 +164,6 @@ def write_weights(folder: os.PathLike | str, agent_model, tokenizer, vision, inf
                 'vision_config': vision.config.to_dict(),
                 'tokenizer_pieces': len(tokenizer)}
     write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + '\n')
+    from vpcli import model_card
+    model_card.write(folder)
     return manifest

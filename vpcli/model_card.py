@@ -1,0 +1,175 @@
+"""``weights/MODEL_CARD.md``, written from the weights' manifest.
+
+Every number in the card comes from the manifest: training facts from ``voxelprompt train
+--export`` and evaluation results from ``voxelprompt eval --suite all --record`` (which
+stores each suite's result with the command, machine and date it was measured on).
+Rerunning that command reproduces the numbers (the suites are seeded).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+#: the targets of the training issue, per suite: (metric key, comparison, value, text)
+TARGETS = {
+    'prompts': ('accuracy', '>=', 0.99, 'exact program match >= 99 %'),
+    'anatomy': ('mean_dice', '>=', 0.80, 'mean Dice >= 0.80'),
+    'lesions': ('mean_dice', '>=', 0.75, 'mean Dice >= 0.75'),
+    'characterization': ('accuracy', '>=', 0.89, 'accuracy >= 89 % (paper 89.0 %)'),
+    'end-to-end': ('median_relative_volume_error', '<=', 0.05, 'median relative volume error <= 5 %'),
+    'consistency': ('median_spread', '<=', 0.03, 'volume spread <= 3 %'),
+}
+
+
+def machine_description() -> str:
+    """What the numbers were measured on (CPU count, processor, memory, GPU)."""
+    import torch
+    parts = [f'{os.cpu_count()} CPU cores']
+    if platform.processor():
+        parts.append(platform.processor())
+    try:
+        pages, size = os.sysconf('SC_PHYS_PAGES'), os.sysconf('SC_PAGE_SIZE')
+        parts.append(f'{pages * size / 2 ** 30:.0f} GiB')
+    except (ValueError, OSError, AttributeError):
+        pass
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    else:
+        parts.append('no GPU')
+    return ', '.join(parts) + f'; {platform.system()} {platform.machine()}, torch {torch.__version__}'
+
+
+def evaluation_record(results: dict[str, dict], command: str) -> dict:
+    """The manifest's ``evaluation`` entry for a set of suite results."""
+    from vpcli.evaluate import headline
+    record = {'command': command, 'machine': machine_description(),
+              'date': dt.date.today().isoformat(), 'suites': {}}
+    for suite, result in results.items():
+        record['suites'][suite] = {
+            'headline': headline(result), 'metrics': result['metrics'], 'count': result['count'],
+            'seed': result['seed'], 'device': result['device'], 'seconds': result['seconds'],
+            'programs': result.get('programs', 'agent'),
+            **{key: result[key] for key in ('per_category', 'per_target', 'per_class')
+               if key in result}}
+    return record
+
+
+def _met(suite: str, metrics: dict) -> str:
+    key, comparison, value, _ = TARGETS[suite]
+    measured = metrics.get(key)
+    if measured is None:
+        return 'not measured'
+    ok = measured >= value if comparison == '>=' else measured <= value
+    return 'met' if ok else 'not met'
+
+
+def render(manifest: dict) -> str:
+    """The model card text."""
+    settings = manifest.get('recipe_settings') or {}
+    agent, vision = manifest.get('agent_config', {}), manifest.get('vision_config', {})
+    evaluation = manifest.get('evaluation') or {}
+    suites = evaluation.get('suites', {})
+    hours = (manifest.get('training_seconds') or 0) / 3600
+    lines = [
+        '# Model card: voxelprompt shipped weights',
+        '',
+        'Generated from `weights/manifest.json` by `voxelprompt eval --suite all --record` '
+        '(`vpcli/model_card.py`); do not edit by hand.',
+        '',
+        '## What these weights are',
+        '',
+        f'- Recipe `{manifest.get("recipe")}` (`{manifest.get("recipe_file") or "recipes/train/" + str(manifest.get("recipe")) + ".toml"}`): '
+        f'{manifest.get("steps")} optimizer steps, of which {manifest.get("code_only_steps")} code-only and '
+        f'{manifest.get("joint_steps")} joint; {hours:.2f} hours of training time logged '
+        f'(CPU, {settings.get("threads") or "default"} threads).',
+        f'- Language model: LLaMA architecture, random init, d={agent.get("hidden_size")}, '
+        f'{agent.get("layers")} layers, {agent.get("heads")} heads, MLP {agent.get("mlp_size")}, '
+        f'{manifest.get("tokenizer_pieces")} SentencePiece pieces; φ head Linear→SiLU (32).',
+        f'- Vision network: widths {vision.get("widths")}, ε width {vision.get("embedding_width")}, '
+        f'working-spacing floor {vision.get("min_spacing_mm")} mm (finer scans are seen at that '
+        f'spacing; masks come back on the input grid).',
+        f'- Loss: token cross-entropy + {settings.get("dice_weight")} × soft Dice over every '
+        f'segmentation a target program makes (docs/training.md).',
+        '',
+        '## Trained on',
+        '',
+    ]
+    for source in manifest.get('data_sources', []):
+        lines.append(f'- {source["name"]} (`{source["package"]}`): {source["use"]}; '
+                     f'licence: {source["licence"]}.')
+    lines += [
+        '- Synthetic scans only (domain randomisation: deformations, flips, per-label '
+        'intensities for T1w/T2w/FLAIR/PD/GRE/DWI/ADC/CT-like contrasts, bias, noise, blur, '
+        'clinical geometries at the low training resolution) with synthetic lesions '
+        '(docs/synthesis.md). No real patient scan was used.',
+        '',
+        '## Measured numbers',
+        '',
+    ]
+    if not suites:
+        lines += ['Not evaluated yet: run `voxelprompt eval --suite all --record`.', '']
+    else:
+        lines += [f'Measured on {evaluation.get("date")} on: {evaluation.get("machine")}.',
+                  f'Command: `{evaluation.get("command")}`', '',
+                  '| suite | tasks | result | target | status |', '|---|---|---|---|---|']
+        for suite, entry in suites.items():
+            target = TARGETS.get(suite)
+            lines.append(f'| {suite} | {entry["count"]} per {"category" if suite == "prompts" else "suite"} '
+                         f'| {entry["headline"].split(": ", 1)[-1]} | {target[3] if target else ""} '
+                         f'| {_met(suite, entry["metrics"]) if target else ""} |')
+        lines.append('')
+        prompts = suites.get('prompts')
+        if prompts and prompts.get('per_category'):
+            lines += ['Program accuracy per task category (held-out prompts):', '',
+                      '| category | n | exact | equivalent |', '|---|---|---|---|']
+            for category, entry in prompts['per_category'].items():
+                lines.append(f'| {category} | {entry["n"]} | {_pct(entry["accuracy"])} | '
+                             f'{_pct(entry["equivalent_accuracy"])} |')
+            lines.append('')
+    lines += [
+        '## What it can and cannot do',
+        '',
+        '- It writes programs in the library\'s language for the 17 task categories of the '
+        'VoxelPrompt task table, and refuses prompts outside them (a rule-based gate for host '
+        'access, prompt injection and non-brain anatomy, then the model). How often it writes '
+        'the right program is the `prompts` row above.',
+        '- Its masks come from a small vision network trained on CPU for the hours above; the '
+        'Dice rows say how good they are on held-out synthetic subjects. Where a target is '
+        'not met, do not use the masks or the measurements derived from them for research '
+        'without checking them (the QC pictures in every output folder are for that).',
+        '- It has never seen a real scan in training; real scans differ from the synthetic '
+        'world. The golden test in `tests/test_golden.py` measures one real scan (the MNI '
+        'ICBM152 2009c template).',
+        '- It does not diagnose, and nothing it says is a clinical finding.',
+        '',
+        '## Reproduce',
+        '',
+        '```bash',
+        f'voxelprompt train --recipe {manifest.get("recipe")} -o runs/{manifest.get("recipe")} '
+        f'--until {manifest.get("steps")} --export weights/',
+        'voxelprompt eval --suite all --record',
+        '```',
+        '',
+        'Training resumes exactly from `runs/NAME/checkpoint.pt`, so the steps may be done in '
+        'pieces; the evaluation suites are seeded.',
+        '',
+    ]
+    return '\n'.join(lines)
+
+
+def _pct(value) -> str:
+    return 'n/a' if value is None else f'{100 * value:.1f} %'
+
+
+def write(folder: Path) -> Path:
+    """Render the card of a weights folder from its manifest (atomically)."""
+    import json
+
+    from vpcli.volumes import write_text_atomic
+    manifest = json.loads((Path(folder) / 'manifest.json').read_text())
+    path = Path(folder) / 'MODEL_CARD.md'
+    write_text_atomic(path, render(manifest))
+    return path

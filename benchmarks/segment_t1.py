@@ -4,7 +4,8 @@ The T1 is the bundled example (nilearn's MNI ICBM152 2009 template, 1 mm) croppe
 about its centre to 182 x 218 x 182 voxels. The network has the ``small`` config's
 widths and random (seeded) weights: speed does not depend on the weights.
 
-    /work/venv/bin/python benchmarks/segment_t1.py [--threads 2] [--repeats 5] [--config small]
+    .venv/bin/python benchmarks/segment_t1.py [--threads 2] [--repeats 5] [--config small]
+        [--min-spacing-mm 2]
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--repeats', type=int, default=5)
     parser.add_argument('--config', default='small')
+    parser.add_argument('--min-spacing-mm', type=float, default=0.0,
+                        help='working-spacing floor (the shipped CPU weights use 2)')
     args = parser.parse_args()
 
     import torch
@@ -39,7 +42,9 @@ def main() -> None:
     volume = vx.load_volume(template_dir() / TEMPLATE_FILES['T1w'])
     volume = volume.new(volume.tensor.float()).reshape(182, 218, 182)
     scan = Scan(volume=volume, name='img0', modality='T1w')
-    network = VisionNetwork(named_config(args.config)).eval()
+    import dataclasses
+    network = VisionNetwork(dataclasses.replace(named_config(args.config),
+                                                min_spacing_mm=args.min_spacing_mm)).eval()
     context = RunContext(scans=[scan], vision=network)
 
     encode_seconds, segment_seconds, segment_cpu_seconds = [], [], []
@@ -53,7 +58,8 @@ def main() -> None:
         segment_cpu_seconds.append(time.process_time() - start_cpu)
     print(f'T1 {tuple(volume.baseshape)} at {volume.geometry.spacing.tolist()} mm, '
           f'network input {tuple(enc.prepared[0].volume.baseshape)} after the head crop; '
-          f'config {args.config}, {args.threads} threads, {args.repeats} repeats')
+          f'config {args.config}, working-spacing floor {args.min_spacing_mm:g} mm, '
+          f'{args.threads} threads, {args.repeats} repeats')
     print(f'encode median {statistics.median(encode_seconds):.2f} s '
           f'(all: {", ".join(f"{s:.2f}" for s in encode_seconds)})')
     print(f'segment median {statistics.median(segment_seconds):.2f} s '

@@ -15,8 +15,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 voxelprompt example example/ >/dev/null
 T1W=example/sub-mni152/anat/sub-mni152_T1w.nii.gz
-DSEG=example/sub-mni152/anat/sub-mni152_desc-tissue_dseg.nii.gz
 
-# the main job: a program measuring tissue volumes, run in the sandbox; outputs in out/
-voxelprompt exec recipes/scripts/tissue_volumes.py "$T1W" "$DSEG" -o out/quickstart --overwrite
+# the main job: the shipped model writes a program for the prompt, the sandbox runs it with
+# the vision network; masks, metrics.json, script.py, QC pictures and report.html in out/
+voxelprompt run --prompt "what is the volume of the white matter?" "$T1W" -o out/quickstart --overwrite
 echo "outputs: $(ls out/quickstart | tr '\n' ' ')" >&2

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from vpcli.tasks.categories import LOCATION_REGIONS, TERRITORY_REGIONS, Unwritable
+from vpcli.tasks.described import describe_case
 from vpcli.tasks.grammar import (TemplateError, count_expansions, expand, iter_expansions,
                                  reachable_alternatives)
 from vpcli.tasks.ontology import LesionQuery, lesion_canonical, load_ontology, parse_target
@@ -32,30 +33,7 @@ AXIS_BINDINGS = [{'axis_noun': '{extent_' + a + '}', 'axis_word': '{axisword_' +
 
 def fake_case(plan, rng: np.random.Generator) -> CaseInfo:
     """A case description as the synthesiser would give for ``plan``, with random tags."""
-    ontology = load_ontology()
-    scans, index = [], 0
-    for session, modalities in enumerate(plan.request.sessions):
-        for modality in modalities:
-            scans.append(ScanInfo(f'img{index}', 'T1w' if modality == POST_CONTRAST else modality,
-                                  session, f'{2020 + session}-03-01', modality == POST_CONTRAST))
-            index += 1
-    lesions = []
-    session = plan.request.sessions[0]
-    for instance in range(1, plan.request.lesions + 1):
-        tags = {'side': str(rng.choice(['left', 'right'])),
-                'lobe': str(rng.choice(['frontal', 'parietal', 'temporal', 'occipital', 'deep grey'])),
-                'territory': str(rng.choice(['ACA', 'MCA', 'PCA'])),
-                'signal': str(rng.choice(['hyperintense', 'hypointense', 'isointense']))}
-        if POST_CONTRAST in session:
-            tags['enhancement'] = str(rng.choice(['enhancing', 'non-enhancing']))
-        if 'ADC' in session:
-            tags['diffusion'] = str(rng.choice(['diffusion-restricting', 'non-restricting']))
-        lesions.append(LesionInfo(instance, str(rng.choice(ontology.leaf_classes())), tags,
-                                  float(rng.uniform(0.5, 30))))
-    change = None
-    if len(plan.request.sessions) > 1:
-        change = str(rng.choice(['atrophy', 'enlargement']))
-    return CaseInfo(tuple(scans), tuple(lesions), frozenset(ontology.targets), change)
+    return describe_case(plan, rng)
 
 
 def draw(rng: np.random.Generator, category: str):

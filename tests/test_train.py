@@ -128,3 +128,23 @@ def test_train_command_checkpoints_and_continues(tmp_path):
     assert (tmp_path / 'w' / 'manifest.json').is_file()
     lines = (tmp_path / 'run' / 'train_log.jsonl').read_text().splitlines()
     assert [__import__('json').loads(line)['step'] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_changed_recipe_is_refused_unless_asked_for_and_then_recorded(tmp_path):
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+    trainer.train(1, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    longer = dataclasses.replace(RECIPE, code_steps=3, joint_code_batch=2)
+    with pytest.raises(BadInputError, match='differs from the checkpoint.s in code_steps, joint_code_batch'):
+        JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
+    with pytest.raises(BadInputError, match='agent_preset, which a run cannot change'):
+        JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=dataclasses.replace(
+            RECIPE, agent_preset='small'), change_recipe=True)
+    changed = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer, change_recipe=True)
+    assert changed.recipe.code_steps == 3 and changed.recipe_changes == [
+        {'step': 1, 'changed': {'code_steps': [2, 3], 'joint_code_batch': [1, 2]}}]
+    changed.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    again = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
+    assert again.recipe_changes == changed.recipe_changes and again.step == 2

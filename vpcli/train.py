@@ -197,6 +197,7 @@ class JointTrainer:
                                                   lr=recipe.vision_learning_rate, weight_decay=1e-4)
         self.step = 0
         self.history: list[dict] = []
+        self.recipe_changes: list[dict] = []
         self._block: tuple[int, Any] | None = None
         self.synthesis_seconds = 0.0
 
@@ -230,10 +231,16 @@ class JointTrainer:
         return cls(recipe, tokenizer, agent, VisionNetwork(vision_config), device)
 
     @classmethod
-    def resume(cls, path: Path | str, device: str = 'cpu', recipe: Recipe | None = None) \
-            -> 'JointTrainer':
-        """Continue a run from its checkpoint (a given recipe may change ``steps`` and logging
-        only; everything that shapes the data must match)."""
+    def resume(cls, path: Path | str, device: str = 'cpu', recipe: Recipe | None = None,
+               change_recipe: bool = False) -> 'JointTrainer':
+        """Continue a run from its checkpoint.
+
+        A given recipe may change ``steps``, logging and threads only; everything that shapes
+        the data must match, unless ``change_recipe``: then the run continues under the new
+        recipe from its current step (recorded in ``recipe_changes``; from there on the run
+        is again exactly resumable, but it is no longer the same as one run of either
+        recipe).
+        """
         from vpcli.agent.model import AgentModel
         from vpcli.agent.tokenizer import Tokenizer
         from vpcli.vision.config import VisionConfig
@@ -244,17 +251,30 @@ class JointTrainer:
             raise BadInputError(f'{path}: no such checkpoint')
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
         saved = Recipe(**checkpoint['recipe'])
+        changes = list(checkpoint.get('recipe_changes', []))
         if recipe is not None:
             shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
                        'joint_code_batch', 'tasks_per_case', 'refusal_fraction', 'vocab_size',
                        'tokenizer_texts', 'training_resolution')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
-            if different:
+            fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
+                     if k in different]
+            if fixed:
                 raise BadInputError(f'{path}: recipe {recipe.name} differs from the checkpoint\'s '
-                                    f'in {", ".join(different)}; resuming would not be exact')
-            saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
-                                        checkpoint_every=recipe.checkpoint_every,
-                                        threads=recipe.threads)
+                                    f'in {", ".join(fixed)}, which a run cannot change')
+            if different and not change_recipe:
+                raise BadInputError(f'{path}: recipe {recipe.name} differs from the checkpoint\'s '
+                                    f'in {", ".join(different)}; resuming would not be exact '
+                                    f'(--change-recipe continues under the new settings)')
+            if different:
+                changes.append({'step': checkpoint['step'],
+                                'changed': {k: [getattr(saved, k), getattr(recipe, k)]
+                                            for k in different}})
+                saved = dataclasses.replace(recipe)
+            else:
+                saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
+                                            checkpoint_every=recipe.checkpoint_every,
+                                            threads=recipe.threads)
         tokenizer = Tokenizer(checkpoint['agent']['tokenizer'])
         agent = AgentModel.from_checkpoint(checkpoint['agent'])
         vision = VisionNetwork(VisionConfig.from_dict(checkpoint['vision']['config']))
@@ -265,6 +285,7 @@ class JointTrainer:
         torch.set_rng_state(checkpoint['torch_rng'])
         trainer.step = checkpoint['step']
         trainer.history = list(checkpoint['history'])
+        trainer.recipe_changes = changes
         return trainer
 
     # ----- checkpoints ----------------------------------------------------------------
@@ -278,7 +299,8 @@ class JointTrainer:
                             'state': self.vision.state_dict()},
                  'agent_optimizer': self.agent_optimizer.state_dict(),
                  'vision_optimizer': self.vision_optimizer.state_dict(),
-                 'torch_rng': torch.get_rng_state(), 'history': self.history}
+                 'torch_rng': torch.get_rng_state(), 'history': self.history,
+                 'recipe_changes': self.recipe_changes}
         temporary = path.with_name(path.name + '.tmp')
         torch.save(state, temporary)
         temporary.replace(path)
@@ -527,6 +549,7 @@ class JointTrainer:
             'data_sources': DATA_SOURCES,
             'evaluation': evaluation if evaluation is not None else previous.get('evaluation', {}),
             'history_tail': self.history[-20:],
+            'recipe_changes': self.recipe_changes,
         })
 
 

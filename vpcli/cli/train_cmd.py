@@ -23,6 +23,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU threads (default: the recipe\'s).')] = None,
     export: Annotated[Optional[Path], typer.Option('--export', help='After training, write a weights folder (agent.pt, vision.pt, tokenizer.model, manifest.json) here.')] = None,
     quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress bar on stderr.')] = False,
+    change_recipe: Annotated[bool, typer.Option('--change-recipe', help='Continue a run under a recipe that differs in data-shaping settings (stage lengths, batch sizes, seed...); recorded in the checkpoint and manifest.')] = False,
 ) -> None:
     """Train (or continue training) the agent and vision network; checkpoints regularly.
 
@@ -52,8 +53,10 @@ def train(
     if resume is None and checkpoint.is_file():
         resume = checkpoint  # rerunning the same command continues the run
     if resume is not None:
-        trainer = JointTrainer.resume(resume, chosen, the_recipe)
+        trainer = JointTrainer.resume(resume, chosen, the_recipe, change_recipe=change_recipe)
         log(f'resumed {resume} at step {trainer.step}')
+        if trainer.recipe_changes and trainer.recipe_changes[-1]['step'] == trainer.step:
+            log(f'recipe changed at step {trainer.step}: {trainer.recipe_changes[-1]["changed"]}')
     else:
         trainer = JointTrainer.create(the_recipe, chosen, log)
         log(f'new run of recipe {the_recipe.name} on {chosen}')

@@ -853,7 +853,7 @@ def consistency_suite(bundle, count: int = DEFAULT_COUNTS['consistency'], seed: 
 
 #: the real-scan check: prompt, the target k* segments, the example label ids of its reference
 EXAMPLE_PROMPTS = (
-    ('segment the white matter', 'cerebral white matter', (2,)),
+    ('segment the white matter', 'bilateral cerebral white matter', (2,)),
     ('segment the brain', 'whole brain', (1, 2)),
 )
 
@@ -865,7 +865,7 @@ def example_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu',
     label 2; brain: labels 1-2 of its grey/white label map, see :mod:`vpcli.examples`).
 
     The white-matter reference includes cerebellar white matter, which the target
-    ``cerebral white matter`` does not, so a perfect network scores below 1 here. ``count``
+    ``bilateral cerebral white matter`` does not, so a perfect network scores below 1 here. ``count``
     repeats are identical (the run is deterministic); one is enough.
     """
     import tempfile

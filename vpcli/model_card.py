@@ -49,6 +49,7 @@ def evaluation_record(results: dict[str, dict], command: str) -> dict:
               'date': dt.date.today().isoformat(), 'suites': {}}
     for suite, result in results.items():
         record['suites'][suite] = {
+            'command': command, 'date': record['date'], 'machine': record['machine'],
             'headline': headline(result), 'metrics': result['metrics'], 'count': result['count'],
             'seed': result['seed'], 'device': result['device'], 'seconds': result['seconds'],
             'programs': result.get('programs', 'agent'),
@@ -112,12 +113,18 @@ def render(manifest: dict) -> str:
     if not suites:
         lines += ['Not evaluated yet: run `voxelprompt eval --suite all --record`.', '']
     else:
-        lines += [f'Measured on {evaluation.get("date")} on: {evaluation.get("machine")}.',
-                  f'Command: `{evaluation.get("command")}`', '',
+        commands = list(dict.fromkeys(entry.get('command', evaluation.get('command'))
+                                      for entry in suites.values()))
+        places = list(dict.fromkeys(f'{entry.get("date", evaluation.get("date"))} on '
+                                    f'{entry.get("machine", evaluation.get("machine"))}'
+                                    for entry in suites.values()))
+        lines += [f'Measured {"; ".join(places)}.',
+                  'Command' + ('s' if len(commands) > 1 else '') + ': '
+                  + ', '.join(f'`{c}`' for c in commands), '',
                   '| suite | tasks | result | target | status |', '|---|---|---|---|---|']
         for suite, entry in suites.items():
             target = TARGETS.get(suite)
-            lines.append(f'| {suite} | {entry["count"]} per {"category" if suite == "prompts" else "suite"} '
+            lines.append(f'| {suite} | {entry["count"]}{" per category" if suite == "prompts" else ""} '
                          f'| {entry["headline"].split(": ", 1)[-1]} | {target[3] if target else ""} '
                          f'| {_met(suite, entry["metrics"]) if target else ""} |')
         lines.append('')

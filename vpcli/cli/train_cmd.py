@@ -75,5 +75,9 @@ def train(
         journal.close()
     log(f'step {trainer.step}; checkpoint {checkpoint}')
     if export is not None:
-        trainer.export(export, recipe_path=str(recipe_path))
+        try:  # recorded relative to the repository when it lives there
+            shown = str(recipe_path.resolve().relative_to(Path(__file__).resolve().parents[2]))
+        except ValueError:
+            shown = str(recipe_path)
+        trainer.export(export, recipe_path=shown)
         log(f'weights written to {export}')

@@ -7,6 +7,11 @@ takes the class whose probability is largest when that probability is above 0.5
 (``vpcli/examples.py``). It includes cerebellar white matter, which the target (cerebral
 white matter) does not.
 
+What it shows about the current weights: the mask they return for this prompt is about
+the whole brain (a brain mask scores Dice 0.535 against this reference, and so do they),
+so the threshold guards the path and a brain-like mask, not white-matter accuracy; raise
+it as the weights learn to tell targets apart.
+
 The threshold is the Dice the shipped weights reach here (``voxelprompt eval --suite
 example`` prints it; the model card records it) less a margin of 0.05; it guards the
 shipped weights and the whole path (weights loading and checksums, agent, sandbox,

@@ -150,6 +150,7 @@ def render(manifest: dict) -> str:
         '- It has never seen a real scan in training; real scans differ from the synthetic '
         'world. The golden test in `tests/test_golden.py` measures one real scan (the MNI '
         'ICBM152 2009c template).',
+        *[f'- {note}' for note in manifest.get('limitations', [])],
         '- It does not diagnose, and nothing it says is a clinical finding.',
         '',
         '## Reproduce',

@@ -453,6 +453,28 @@ def read_program(path: os.PathLike | str) -> list[Step]:
     return split_program(text, origin=path.name)
 
 
+def program_uses_vision(path: os.PathLike | str) -> bool:
+    """Whether a program file calls the vision network (``encode``/``segment``), so the
+    weights must be loaded to run it. Comments and texts do not count; an unreadable or
+    invalid file is reported when it is run, not here."""
+    import ast
+
+    from vpcli.errors import VoxelPromptError
+    try:
+        steps = read_program(path)
+    except VoxelPromptError:
+        return False
+    for step in steps:
+        try:
+            tree = ast.parse(step.code)
+        except SyntaxError:
+            return False
+        if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+               and node.func.id in ('encode', 'segment') for node in ast.walk(tree)):
+            return True
+    return False
+
+
 def execute_script(script: os.PathLike | str, scan_paths: Sequence[os.PathLike | str],
                    output_dir: os.PathLike | str, settings: RunSettings | None = None, *,
                    overwrite: bool = False, log: Callable[[str], None] = _no_log,

@@ -26,7 +26,6 @@ in pieces gives the same weights as one in a go.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -39,10 +38,7 @@ import torch
 
 from vpcli.errors import BadInputError, VoxelPromptError
 
-#: file names inside a weights folder
-AGENT_FILE = 'agent.pt'
-VISION_FILE = 'vision.pt'
-TOKENIZER_FILE = 'tokenizer.model'
+#: the resumable checkpoint inside a run folder
 CHECKPOINT_FILE = 'checkpoint.pt'
 
 
@@ -216,7 +212,7 @@ class JointTrainer:
         texts = tokenizer_corpus(recipe.seed, recipe.tokenizer_texts)
         import tempfile
         with tempfile.TemporaryDirectory() as folder:
-            tokenizer = train_tokenizer(texts, Path(folder) / TOKENIZER_FILE, recipe.vocab_size,
+            tokenizer = train_tokenizer(texts, Path(folder) / 'tokenizer.model', recipe.vocab_size,
                                         seed=recipe.seed)
             tokenizer = Tokenizer(tokenizer.model_bytes)
         log(f'tokenizer: {len(tokenizer)} pieces from {len(texts)} texts '
@@ -383,6 +379,7 @@ class JointTrainer:
         """Teacher-forced episode of ``draft`` on its synthesised case: summed CE, tokens,
         and the vision scorer (holding the Dice losses)."""
         from vpcli.agent.grammar import PHI_NAME
+        from vpcli.agent.loop import MAX_FEEDBACK_TOKENS, read_feedback
         from vpcli.agent.program import split_steps, to_executable, to_model_text
         from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START,
                                            MOD, STEP_END, STOP, header_text)
@@ -423,18 +420,12 @@ class JointTrainer:
                     # an untrained network's empty mask can stop a later library call; the
                     # rest of k* is still teacher-forced for the cross-entropy
                     failed, scorer.error = True, str(error)
-            texts, embedded = [], []
-            for item in feedback_items:
-                if getattr(item, 'text', None):
-                    texts.append(str(item.text))
-                if getattr(item, 'embeddings', None) is not None:
-                    embedded.append(torch.as_tensor(item.embeddings, dtype=torch.float32).reshape(
-                        -1, self.agent.config.encoding_width).to(self.device))
-            from vpcli.agent.loop import MAX_FEEDBACK_TOKENS
-            feedback = [special[FEEDBACK_START]] + \
-                tokenizer.encode('\n'.join(texts))[:MAX_FEEDBACK_TOKENS] + \
-                [special[EMBEDDING]] * sum(len(e) for e in embedded) + [special[FEEDBACK_END]]
-            rows.extend(embedded)
+            text, embedded = read_feedback(feedback_items, self.agent.config.encoding_width)
+            feedback = [special[FEEDBACK_START]] + tokenizer.encode(text)[:MAX_FEEDBACK_TOKENS] + \
+                [special[EMBEDDING]] * (0 if embedded is None else len(embedded)) + \
+                [special[FEEDBACK_END]]
+            if embedded is not None:
+                rows.append(embedded.to(self.device))
             ids += step_ids + feedback
             trained += [True] * len(step_ids) + [False] * len(feedback)
         ids.append(special[STOP])

@@ -109,6 +109,19 @@ class AgentRun:
         return join_steps([step.model_text for step in self.steps])
 
 
+def read_feedback(items, encoding_width: int) -> tuple[str, torch.Tensor | None]:
+    """What a step's ``read`` calls hand the model: their text lines joined, and the ε rows
+    of every encoding read, ``(n, encoding_width)`` (None when there are none)."""
+    texts, rows = [], []
+    for item in items:
+        if getattr(item, 'text', None):
+            texts.append(str(item.text))
+        embeddings = getattr(item, 'embeddings', None)
+        if embeddings is not None:
+            rows.append(torch.as_tensor(embeddings, dtype=torch.float32).reshape(-1, encoding_width))
+    return '\n'.join(texts), torch.cat(rows) if rows else None
+
+
 def library_scope(scan_names: Sequence[str]) -> Scope:
     """The names a fresh program may use: the library, the sandbox's builtins, the scans."""
     from vpcli.library.registry import registry
@@ -273,15 +286,7 @@ class Agent:
         return logits[0, -1].float(), hidden[0, -1]
 
     def _feedback(self, items) -> tuple[str, torch.Tensor | None]:
-        texts, rows = [], []
-        for item in items:
-            if getattr(item, 'text', None):
-                texts.append(str(item.text))
-            embeddings = getattr(item, 'embeddings', None)
-            if embeddings is not None:
-                rows.append(torch.as_tensor(embeddings, dtype=torch.float32).reshape(
-                    -1, self.model.config.encoding_width))
-        return '\n'.join(texts), torch.cat(rows) if rows else None
+        return read_feedback(items, self.model.config.encoding_width)
 
     def _choose(self, logits: torch.Tensor, text: str, scope: Scope, step_index: int,
                 record: AgentRun) -> int:

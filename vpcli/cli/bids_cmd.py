@@ -95,8 +95,8 @@ def bids(
 
     if program:
         vision = None
-        from vpcli.cli.exec_cmd import _uses_vision
-        if _uses_vision(program):  # a run's script.py: load the vision network once
+        from vpcli.runner import program_uses_vision
+        if program_uses_vision(program):  # a run's script.py: load the vision network once
             from vpcli.devices import resolve_device
             from vpcli.weights import load_bundle
             chosen_device = resolve_device(device)

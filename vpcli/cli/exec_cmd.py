@@ -69,7 +69,8 @@ def exec_program(
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec')
     vision = None
-    if _uses_vision(script):
+    from vpcli.runner import program_uses_vision
+    if program_uses_vision(script):
         from vpcli.devices import resolve_device
         from vpcli.runner import check_output_dir
         check_output_dir(output, overwrite)  # before the weights are loaded
@@ -86,27 +87,3 @@ def exec_program(
     elif metrics['answer'] is not None:
         print(metrics['answer'])
 
-
-def _uses_vision(script: Path) -> bool:
-    """Whether a program calls the vision network (``encode``/``segment``; then the weights
-    are loaded). Comments and texts do not count; an unreadable file is reported by
-    ``execute_script``."""
-    import ast
-
-    from vpcli.errors import VoxelPromptError
-    from vpcli.runner import read_program
-
-    try:
-        steps = read_program(script)
-    except VoxelPromptError:
-        return False
-    for step in steps:
-        try:
-            tree = ast.parse(step.code)
-        except SyntaxError:
-            return False  # validation reports it
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                    and node.func.id in ('encode', 'segment'):
-                return True
-    return False

@@ -71,6 +71,35 @@ def test_dice_gradient_reaches_vision_and_phi_head():
 
 @pytest.mark.slow
 @pytest.mark.training
+def test_extra_targets_are_scored_on_the_episodes_encoding_with_their_own_phi():
+    import numpy as np
+    torch.set_num_threads(1)
+    recipe = dataclasses.replace(RECIPE, targets_per_encode=3)
+    trainer = JointTrainer.create(recipe, log=lambda line: None)
+    trainer.vision.train()
+    for step in range(recipe.code_steps, recipe.code_steps + 40, recipe.tasks_per_case):
+        trainer.step = step  # a joint block whose case has one session
+        rng = np.random.default_rng([recipe.seed, step])
+        draft, world = trainer._joint_task(rng)
+        if draft is not None and len({s.session for s in world.case.scans}) == 1:
+            break
+    extras = trainer._extra_targets(rng, world)
+    assert len(extras) == 3 and all(isinstance(t, str) and t for _, t in extras)
+    _, _, plain = trainer._joint_loss(draft, world)
+    _, _, scorer = trainer._joint_loss(draft, world, extras)
+    assert len(scorer.losses) == len(plain.losses) + 3
+    records = scorer.encodings[0].segmentations
+    assert [r.target for r in records[-3:]] == [t for _, t in extras]  # one shared encoding
+    trainer.agent.zero_grad()
+    torch.stack(scorer.losses[-3:]).mean().backward()  # the extra targets' Dice alone
+    phi_grad = trainer.agent.phi_head[0].weight.grad
+    assert phi_grad is not None and float(phi_grad.abs().sum()) > 0
+    phis = [r.phi for r in records[-3:]]
+    assert not torch.allclose(phis[0], phis[1]) or not torch.allclose(phis[1], phis[2])
+
+
+@pytest.mark.slow
+@pytest.mark.training
 def test_training_in_pieces_equals_one_run(straight, tmp_path):
     torch.set_num_threads(1)
     pieces = JointTrainer.create(RECIPE, log=lambda line: None)

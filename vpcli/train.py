@@ -64,6 +64,12 @@ class Recipe:
         warmup_steps: Linear warm-up of the code-only stage.
         dice_weight: λ of the soft-Dice term (the paper uses 0.1).
         tasks_per_case: Consecutive joint steps served by one synthesised case.
+        targets_per_encode: Extra segmentation targets scored on the first encoding of
+            each joint episode (paper App. B.2: several targets per encode). Each extra
+            target's φ comes from the language model reading a segmentation prompt for
+            that target, the episode's encode step and its feedback, up to the segment
+            ``<MOD>``; only its Dice term is trained (no cross-entropy). One-session
+            encodings only.
         refusal_fraction: Share of refusal episodes in code-only batches.
         training_resolution: Synthesise at the low training resolution (2 mm-ish grids).
         checkpoint_every: Steps between checkpoints.
@@ -87,6 +93,7 @@ class Recipe:
     warmup_steps: int = 100
     dice_weight: float = 0.1
     tasks_per_case: int = 8
+    targets_per_encode: int = 0
     refusal_fraction: float = 0.08
     training_resolution: bool = True
     checkpoint_every: int = 100
@@ -143,6 +150,7 @@ class TrainingVision:
         self.world = world
         self.losses: list[torch.Tensor] = []
         self.hard_dice: list[float] = []
+        self.encodings: list = []
         self.error: str | None = None
 
     @property
@@ -150,7 +158,9 @@ class TrainingVision:
         return self.network.training
 
     def encode(self, scans, phi=None):
-        return self.network.encode(scans, phi)
+        encoding = self.network.encode(scans, phi)
+        self.encodings.append(encoding)
+        return encoding
 
     def segment(self, encoding, target: str, phi=None):
         result = self.network.segment(encoding, target, phi)
@@ -165,6 +175,29 @@ class TrainingVision:
                 total = predicted.sum().item() + truth.bool().sum().item()
                 self.hard_dice.append(2 * both / total if total else 1.0)
         return result
+
+
+def _first_segment_target(program: str) -> str | None:
+    """The target text of a program's first ``segment`` call."""
+    import ast
+    for node in ast.walk(ast.parse(program)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id == 'segment' and len(node.args) > 1 and \
+                isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+            return node.args[1].value
+    return None
+
+
+def _encode_assignment(code: str) -> dict:
+    """The variable a step's first ``encode`` call is assigned to, and its stream count."""
+    import ast
+    for statement in ast.parse(code).body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
+                isinstance(statement.targets[0], ast.Name) and \
+                isinstance(statement.value, ast.Call) and \
+                isinstance(statement.value.func, ast.Name) and statement.value.func.id == 'encode':
+            return {'variable': statement.targets[0].id, 'streams': len(statement.value.args)}
+    return {'variable': None, 'streams': 0}
 
 
 # -----------------------------------------------------------------------------
@@ -250,8 +283,8 @@ class JointTrainer:
         changes = list(checkpoint.get('recipe_changes', []))
         if recipe is not None:
             shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
-                       'joint_code_batch', 'tasks_per_case', 'refusal_fraction', 'vocab_size',
-                       'tokenizer_texts', 'training_resolution')
+                       'joint_code_batch', 'tasks_per_case', 'targets_per_encode',
+                       'refusal_fraction', 'vocab_size', 'tokenizer_texts', 'training_resolution')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
             fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
                      if k in different]
@@ -375,9 +408,59 @@ class JointTrainer:
                 return draft, world
         return None, world
 
-    def _joint_loss(self, draft, world) -> tuple[torch.Tensor, int, TrainingVision]:
+    def _extra_targets(self, rng: np.random.Generator, world) -> list[tuple[str, str]]:
+        """``targets_per_encode`` (prompt, target) pairs of segmentation tasks written for
+        the case (held-out prompts skipped)."""
+        from vpcli.tasks.categories import Unwritable
+        from vpcli.tasks.described import is_held_out
+        from vpcli.tasks.sampler import plan_task, write_task
+
+        wanted = self.recipe.targets_per_encode
+        info, extras = world.case_info(), []
+        for _ in range(8 * wanted):
+            if len(extras) == wanted:
+                break
+            plan = plan_task(rng, 'segmentation')
+            try:
+                draft = write_task(plan, info, rng)
+            except Unwritable:
+                continue
+            target = _first_segment_target(draft.program)
+            if target is not None and not is_held_out(draft.prompt):
+                extras.append((draft.prompt, target))
+        return extras
+
+    def _extra_segments(self, extras, anchor, lines, scorer: TrainingVision) -> None:
+        """Score each extra target on the anchor encoding; φ from the language model reading
+        the target's prompt, the anchor's encode step and feedback, up to the ``<MOD>``."""
+        from vpcli.agent.program import to_model_text
+        from vpcli.agent.tokenizer import CODE_START, MOD, header_text
+
+        tokenizer, special = self.tokenizer, self.special
+        for prompt, target in extras:
+            text = to_model_text(f'roi = segment({anchor["variable"]}, {target!r})',
+                                 {anchor['variable']: anchor['streams']})
+            step_ids = tokenizer.encode(text)
+            markers = [i for i, t in enumerate(step_ids) if t == special[MOD]]
+            if len(markers) != anchor['streams']:
+                continue
+            start = [tokenizer.bos_id] + tokenizer.encode(header_text(prompt, lines)) + \
+                [special[CODE_START]] + anchor['ids']
+            window = (start + step_ids[:markers[-1] + 1])[:self.agent.config.max_positions]
+            positions = [len(start) + i for i in markers]
+            if positions[-1] >= len(window):
+                continue
+            _, hidden, _ = self.agent(torch.tensor([window], device=self.device), anchor['rows'])
+            phi = self.agent.phi(hidden[0, positions])
+            try:
+                scorer.segment(anchor['encoding'], target, phi)
+            except (VoxelPromptError, KeyError):
+                continue
+
+    def _joint_loss(self, draft, world, extras=()) -> tuple[torch.Tensor, int, TrainingVision]:
         """Teacher-forced episode of ``draft`` on its synthesised case: summed CE, tokens,
-        and the vision scorer (holding the Dice losses)."""
+        and the vision scorer (holding the Dice losses). ``extras`` are (prompt, target)
+        pairs scored on the episode's first encoding (:meth:`_extra_segments`)."""
         from vpcli.agent.grammar import PHI_NAME
         from vpcli.agent.loop import MAX_FEEDBACK_TOKENS, read_feedback
         from vpcli.agent.program import split_steps, to_executable, to_model_text
@@ -399,6 +482,7 @@ class JointTrainer:
         phi_calls: list[torch.Tensor] = []
         streams: dict[str, int | None] = {name: None for name in names}
         failed = False
+        anchor = None
         for code in split_steps(draft.program):
             model_text = to_model_text(code, streams)
             step_ids = tokenizer.encode(model_text) + [special[STEP_END]]
@@ -426,8 +510,17 @@ class JointTrainer:
                 [special[FEEDBACK_END]]
             if embedded is not None:
                 rows.append(embedded.to(self.device))
+            if anchor is None and scorer.encodings and not failed:
+                anchor = {'encoding': scorer.encodings[0], 'ids': step_ids + feedback,
+                          'rows': None if embedded is None else embedded.to(self.device),
+                          **_encode_assignment(code)}
             ids += step_ids + feedback
             trained += [True] * len(step_ids) + [False] * len(feedback)
+        # one-session encodings only: a longitudinal encoding's generator costs several times
+        # more (measured 3-4x per target on 2 CPU threads)
+        if extras and anchor is not None and anchor['variable'] is not None and \
+                len(anchor['encoding'].sessions) == 1:
+            self._extra_segments(extras, anchor, lines, scorer)
         ids.append(special[STOP])
         trained.append(True)
         ids = ids[:self.agent.config.max_positions]
@@ -461,11 +554,13 @@ class JointTrainer:
                 if recipe.joint_code_batch else (torch.zeros((), device=self.device), 0)
             dice = torch.zeros((), device=self.device)
             if draft is not None:
-                task_ce, task_tokens, scorer = self._joint_loss(draft, world)
+                extras = self._extra_targets(rng, world) if recipe.targets_per_encode else ()
+                task_ce, task_tokens, scorer = self._joint_loss(draft, world, extras)
                 ce_sum, tokens = ce_sum + task_ce, tokens + task_tokens
                 if scorer.losses:
                     dice = torch.stack(scorer.losses).mean()
                     numbers['dice'] = float(np.mean(scorer.hard_dice))
+                    numbers['segments'] = len(scorer.losses)
                 numbers['category'] = draft.category
             ce = ce_sum / max(tokens, 1)
             loss = ce + recipe.dice_weight * dice
@@ -488,6 +583,7 @@ class JointTrainer:
         recipe = self.recipe
         window: list[dict] = []
         started, last = time.perf_counter(), time.perf_counter()
+        last_cpu = time.process_time()
         bar = _Progress(until, self.step) if progress else None
         try:
             while self.step < until:
@@ -499,6 +595,9 @@ class JointTrainer:
                     now = time.perf_counter()
                     entry = _summarise(window, self.step, now - last)
                     entry['elapsed_s'] = round(now - started, 1)
+                    cpu = time.process_time()
+                    entry['cpu_s'] = round(cpu - last_cpu, 2)  # process CPU time, all threads
+                    last_cpu = cpu
                     self.history.append(entry)
                     log(_log_line(entry, until))
                     window, last = [], now
@@ -537,6 +636,10 @@ class JointTrainer:
             'code_only_steps': code_steps,
             'joint_steps': self.step - code_steps,
             'training_seconds': round(sum(h.get('seconds', 0.0) for h in self.history), 1),
+            # process CPU time (all threads), logged since the run recorded it
+            'training_cpu_seconds': round(sum(h.get('cpu_s', 0.0) for h in self.history), 1),
+            'cpu_seconds_since_step': next((h['step'] - h['steps'] for h in self.history
+                                            if 'cpu_s' in h), None),
             'data_sources': DATA_SOURCES,
             'evaluation': evaluation if evaluation is not None else previous.get('evaluation', {}),
             'history_tail': self.history[-20:],
@@ -565,6 +668,7 @@ def _summarise(window: list[dict], step: int, seconds: float) -> dict:
     dice = [w['dice'] for w in window if 'dice' in w]
     if dice:
         entry['dice'] = float(np.mean(dice))
+        entry['segments'] = int(sum(w.get('segments', 0) for w in window))
     entry['stage'] = window[-1]['stage']
     return entry
 

@@ -48,3 +48,8 @@ def test_bench_vision_cli_reports_ratios_as_json():
 def test_bench_vision_refuses_unknown_config():
     result = CliRunner().invoke(app, ['bench', 'vision', '--config', 'huge', '--device', 'cpu'])
     assert result.exit_code == 2
+
+
+def test_bench_vision_refuses_a_bad_device_as_a_usage_error():
+    result = CliRunner().invoke(app, ['bench', 'vision', '--device', 'tpu'])
+    assert result.exit_code == 2 and 'expected auto, cpu, cuda or cuda:N' in result.output

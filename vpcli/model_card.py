@@ -67,6 +67,15 @@ def _met(suite: str, metrics: dict) -> str:
     return 'met' if ok else 'not met'
 
 
+def _cpu_time(manifest: dict) -> str:
+    """The process CPU time the run logged (all threads), where it logged it."""
+    seconds, since = manifest.get('training_cpu_seconds'), manifest.get('cpu_seconds_since_step')
+    if not seconds:
+        return ''
+    return (f'; {seconds / 3600:.2f} CPU-hours of process time (all threads) logged from step '
+            f'{since} on')
+
+
 def render(manifest: dict) -> str:
     """The model card text."""
     settings = manifest.get('recipe_settings') or {}
@@ -85,7 +94,7 @@ def render(manifest: dict) -> str:
         f'- Recipe `{manifest.get("recipe")}` (`{manifest.get("recipe_file") or "recipes/train/" + str(manifest.get("recipe")) + ".toml"}`): '
         f'{manifest.get("steps")} optimizer steps, of which {manifest.get("code_only_steps")} code-only and '
         f'{manifest.get("joint_steps")} joint; {hours:.2f} hours of training time logged '
-        f'(CPU, {settings.get("threads") or "default"} threads).',
+        f'(CPU, {settings.get("threads") or "default"} threads){_cpu_time(manifest)}.',
         f'- Language model: LLaMA architecture, random init, d={agent.get("hidden_size")}, '
         f'{agent.get("layers")} layers, {agent.get("heads")} heads, MLP {agent.get("mlp_size")}, '
         f'{manifest.get("tokenizer_pieces")} SentencePiece pieces; φ head Linear→SiLU (32).',

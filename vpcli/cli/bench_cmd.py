@@ -17,15 +17,15 @@ app.add_typer(bench_app, name='bench')
 
 
 def _resolve_device(device: str) -> str:
-    import torch
-    if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise typer.BadParameter('CUDA is not available on this machine', param_hint='--device')
-    if device != 'cpu' and not device.startswith('cuda'):
-        raise typer.BadParameter(f'{device!r}: expected auto, cpu, cuda or cuda:N',
-                                 param_hint='--device')
-    return device
+    """:func:`vpcli.devices.resolve_device`, reported as a bad ``--device`` option (exit 2)."""
+    from vpcli.devices import resolve_device
+    from vpcli.errors import BadInputError
+    try:
+        return resolve_device(device)
+    except BadInputError as error:
+        raise typer.BadParameter(str(error).removeprefix(f'--device {device!r}: ')
+                                 .removeprefix(f'--device {device}: '),
+                                 param_hint='--device') from None
 
 
 @bench_app.command('vision')

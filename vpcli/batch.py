@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vpcli.bids import BidsJob, bids_label
+from vpcli.runner import move_into_place
 from vpcli.volumes import Scan, bids_entities, write_text_atomic
 
 
@@ -100,13 +101,7 @@ def write_job(job: BidsJob, out_dir: Path, bids_dir: Path, run, *,
             write_text_atomic(run_folder / 'report.html',
                               report_page(metrics, pictures, f'voxelprompt: {job.key}'))
         os.chmod(staging, 0o755)
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-            os.replace(target, old / 'previous')
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        move_into_place(staging, target)
         return metrics
     finally:
         if staging.exists():

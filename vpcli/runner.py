@@ -106,6 +106,18 @@ def check_output_dir(output_dir: os.PathLike | str, overwrite: bool) -> Path:
     return path
 
 
+def move_into_place(staging: Path, target: Path) -> None:
+    """Rename a finished folder onto ``target``; an existing ``target`` is moved aside
+    first and removed only once the new one is in place (same file system)."""
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
+        os.replace(target, old / 'previous')
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
 @contextlib.contextmanager
 def staged_output(output_dir: os.PathLike | str, overwrite: bool = False) -> Iterator[Path]:
     """Build an output folder in a hidden staging folder, then move it into place.
@@ -126,13 +138,7 @@ def staged_output(output_dir: os.PathLike | str, overwrite: bool = False) -> Ite
         yield staging
         check_output_dir(target, overwrite)  # it may have appeared while we worked
         os.chmod(staging, 0o777 & ~_umask())
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f'.{target.name}.old-', dir=target.parent))
-            os.replace(target, old / 'previous')
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        move_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -619,6 +619,17 @@ def lesions_suite(bundle, count: int = DEFAULT_COUNTS['lesions'], seed: int = 0,
 # suite 4: characterization
 # -----------------------------------------------------------------------------
 
+def _run_suite_task(suite: str, categories: Sequence[str], index: int, bundle, seed: int,
+                    device: str, programs: str):
+    """Task ``index`` of a suite that takes its categories in turn: drawn, its expected
+    result computed from the ground truth, and run; ``(category, draft, expected, task)``."""
+    category = categories[index % len(categories)]
+    draft, world = _draw_task(suite, seed, index, category)
+    expected = draft.evaluate(world)
+    task = run_task(bundle, draft, world, programs=programs, seed=seed, device=device)
+    return category, draft, expected, task
+
+
 def characterization_suite(bundle, count: int = DEFAULT_COUNTS['characterization'], seed: int = 0,
                            device: str = 'cpu', programs: str = 'agent',
                            progress: Progress = _no_progress) -> dict:
@@ -628,10 +639,8 @@ def characterization_suite(bundle, count: int = DEFAULT_COUNTS['characterization
     per: dict[str, dict] = {c: {'n': 0, 'correct': 0} for c in CHARACTERIZATION_CATEGORIES}
     tasks = []
     for index in range(count):
-        category = CHARACTERIZATION_CATEGORIES[index % len(CHARACTERIZATION_CATEGORIES)]
-        draft, world = _draw_task('characterization', seed, index, category)
-        expected = draft.evaluate(world)
-        task = run_task(bundle, draft, world, programs=programs, seed=seed, device=device)
+        category, draft, expected, task = _run_suite_task(
+            'characterization', CHARACTERIZATION_CATEGORIES, index, bundle, seed, device, programs)
         answers = list(task.program_run.context.answers)
         correct = expected.answer is not None and answers == [expected.answer]
         scores = score_masks(task)
@@ -729,10 +738,8 @@ def end_to_end_suite(bundle, count: int = DEFAULT_COUNTS['end-to-end'], seed: in
     _check_programs(programs)
     tasks = []
     for index in range(count):
-        category = END_TO_END_CATEGORIES[index % len(END_TO_END_CATEGORIES)]
-        draft, world = _draw_task('end-to-end', seed, index, category)
-        expected = draft.evaluate(world)
-        task = run_task(bundle, draft, world, programs=programs, seed=seed, device=device)
+        category, draft, expected, task = _run_suite_task(
+            'end-to-end', END_TO_END_CATEGORIES, index, bundle, seed, device, programs)
         errors = output_errors(_run_outputs(task), expected)
         main = next(n for n in _MAIN_OUTPUT[category] if n in errors)
         scores = score_masks(task)

@@ -271,10 +271,13 @@ def test_an_agent_written_program_is_run_and_its_mask_scored(bundle):
 def test_example_suite_scores_the_real_scan(bundle):
     from vpcli.evaluate import EXAMPLE_PROMPTS, evaluate
     result = evaluate('example', bundle, programs='target')
-    assert result['metrics']['prompts'] == len(EXAMPLE_PROMPTS)
-    for prompt, target, _ in EXAMPLE_PROMPTS:
+    for prompt, target, ids in EXAMPLE_PROMPTS:
         entry = result['per_prompt'][prompt]
-        assert entry['target'] == target and 0.0 <= entry['dice'] <= 1.0 and entry['program_match']
+        assert entry['target'] == target and entry['program_match'] and entry['volume_ml'] >= 0
+        assert (entry['dice'] is None) == (ids is None)
+        assert ids is None or 0.0 <= entry['dice'] <= 1.0
+    assert result['metrics']['prompts'] == sum(ids is not None for _, _, ids in EXAMPLE_PROMPTS)
+    assert 0.0 <= result['metrics']['target_overlap'] <= 1.0
 
 
 @pytest.mark.slow

@@ -862,6 +862,10 @@ def consistency_suite(bundle, count: int = DEFAULT_COUNTS['consistency'], seed: 
 EXAMPLE_PROMPTS = (
     ('segment the white matter', 'bilateral cerebral white matter', (2,)),
     ('segment the brain', 'whole brain', (1, 2)),
+    # no reference on this scan: their masks show whether the network tells targets apart
+    ('segment the lateral ventricles', 'bilateral lateral ventricle', None),
+    ('segment the cerebral cortex', 'bilateral cerebral cortex', None),
+    ('segment the left hippocampus', 'left hippocampus', None),
 )
 
 
@@ -872,14 +876,17 @@ def example_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu',
     label 2; brain: labels 1-2 of its grey/white label map, see :mod:`vpcli.examples`).
 
     The white-matter reference includes cerebellar white matter, which the target
-    ``bilateral cerebral white matter`` does not, so a perfect network scores below 1 here. ``count``
-    repeats are identical (the run is deterministic); one is enough.
+    ``bilateral cerebral white matter`` does not, so a perfect network scores below 1 here.
+    Prompts without a reference add their mask volumes and ``target_overlap``: the mean
+    Dice between the masks of every two different targets (1.0: the same mask whatever the
+    target). ``count`` repeats are identical (the run is deterministic); one is enough.
     """
     import tempfile
 
     from vpcli.examples import write_example
+    from vpcli.library.registry import registry
     from vpcli.volumes import load_scans, load_volume
-    per_prompt, dices = {}, []
+    per_prompt, dices, arrays = {}, [], []
     with tempfile.TemporaryDirectory() as folder:
         paths = write_example(Path(folder))
         scans = load_scans([paths['T1w']])
@@ -892,16 +899,28 @@ def example_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu',
             task = run_task(bundle, draft, None, scans, programs=programs, seed=seed, device=device)
             masks = [entry.volume for entry in task.program_run.context.saved if entry.kind == 'mask']
             from vpcli.volumes import Mask
-            reference = Mask(volume=labels.new(torch_isin(labels.tensor, ids)), sources=(),
-                             description=target)
-            value = mask_dice(masks[0], reference) if masks and not task.refused else 0.0
-            dices.append(value)
-            per_prompt[prompt] = {'target': target, 'dice': value, 'program_match': task.program_match,
+            made = masks[0] if masks and not task.refused else None
+            value = None
+            if ids is not None:
+                reference = Mask(volume=labels.new(torch_isin(labels.tensor, ids)), sources=(),
+                                 description=target)
+                value = mask_dice(made, reference) if made is not None else 0.0
+                dices.append(value)
+            if made is not None:
+                arrays.append(made.volume.tensor[0].cpu().numpy() > 0.5)
+            volume_ml = None if made is None else float(registry()['volume'].func(made))
+            per_prompt[prompt] = {'target': target, 'dice': value, 'volume_ml': volume_ml,
+                                  'program_match': task.program_match,
                                   'refused': task.refused, 'error': task.error,
                                   'program': [s.model_text for s in task.record.steps]
                                   if task.record is not None else []}
-            progress(f'example: {prompt!r} Dice {value:.3f}')
-    return {'programs': programs, 'metrics': {'mean_dice': _mean(dices), 'prompts': len(dices)},
+            progress(f'example: {prompt!r} ' + (f'Dice {value:.3f}' if value is not None else
+                                                 f'{_number(volume_ml, 1)} mL'))
+    overlaps = [dice(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1:]
+                if a.shape == b.shape]
+    return {'programs': programs,
+            'metrics': {'mean_dice': _mean(dices), 'prompts': len(dices),
+                        'target_overlap': _mean(overlaps), 'targets': len(arrays)},
             'per_prompt': per_prompt}
 
 
@@ -989,8 +1008,12 @@ def headline(result: dict) -> str:
         return (f'end-to-end{mode}: median relative volume error '
                 f'{_percent(m["median_relative_volume_error"])} (target <= 5 %)')
     if suite == 'example':
+        overlap = (f'; masks of {m["targets"]} targets overlap with mean pairwise Dice '
+                   f'{_number(m["target_overlap"])} (1.0: one mask for every target)'
+                   if m.get('target_overlap') is not None else '')
+        scored = ', '.join(repr(p) for p, _, ids in EXAMPLE_PROMPTS if ids is not None)
         return (f'example{mode}: mean Dice {_number(m["mean_dice"])} on the MNI152 example '
-                f'({", ".join(repr(p) for p, _, _ in EXAMPLE_PROMPTS)})')
+                f'({scored}){overlap}')
     return (f'consistency{mode}: median volume spread {_percent(m["median_spread"])} over '
             f'{m["cases"]} cases x {len(m["variants"])} variants (target <= 3 %)')
 
@@ -1046,9 +1069,10 @@ def format_result(result: dict) -> str:
         lines += ['', f'k* written {m["program_match"]}/{m["tasks"]}, refused {m["refused"]}, '
                       f'failed {m["failed"]}']
     elif suite == 'example':
-        rows = [[p, e['target'], _number(e['dice']), 'yes' if e['program_match'] else 'no']
+        rows = [[p, e['target'], _number(e['dice']) if e['dice'] is not None else '-',
+                 _number(e.get('volume_ml'), 1), 'yes' if e['program_match'] else 'no']
                 for p, e in result['per_prompt'].items()]
-        lines += _table(['prompt', 'target', 'Dice', 'k* written'], rows)
+        lines += _table(['prompt', 'target', 'Dice', 'mask mL', 'k* written'], rows)
     else:
         names = list(CONSISTENCY_VARIANTS)
         rows = [[case, _number(e['truth_volume'], 2), *(_number(e[n], 2) for n in names),

@@ -516,8 +516,8 @@ class JointTrainer:
                           **_encode_assignment(code)}
             ids += step_ids + feedback
             trained += [True] * len(step_ids) + [False] * len(feedback)
-        # one-session encodings only: a longitudinal encoding's generator costs several times
-        # more (measured 3-4x per target on 2 CPU threads)
+        # one-session encodings only: a longitudinal encoding (more streams, cross-stream
+        # attention) costs several times more per generator pass
         if extras and anchor is not None and anchor['variable'] is not None and \
                 len(anchor['encoding'].sessions) == 1:
             self._extra_segments(extras, anchor, lines, scorer)

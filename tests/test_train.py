@@ -83,6 +83,8 @@ def test_extra_targets_are_scored_on_the_episodes_encoding_with_their_own_phi():
         draft, world = trainer._joint_task(rng)
         if draft is not None and len({s.session for s in world.case.scans}) == 1:
             break
+    else:
+        pytest.fail('no one-session joint case in the first 20 blocks')
     extras = trainer._extra_targets(rng, world)
     assert len(extras) == 3 and all(isinstance(t, str) and t for _, t in extras)
     _, _, plain = trainer._joint_loss(draft, world)

@@ -177,29 +177,6 @@ class TrainingVision:
         return result
 
 
-def _first_segment_target(program: str) -> str | None:
-    """The target text of a program's first ``segment`` call."""
-    import ast
-    for node in ast.walk(ast.parse(program)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
-                node.func.id == 'segment' and len(node.args) > 1 and \
-                isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
-            return node.args[1].value
-    return None
-
-
-def _encode_assignment(code: str) -> dict:
-    """The variable a step's first ``encode`` call is assigned to, and its stream count."""
-    import ast
-    for statement in ast.parse(code).body:
-        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 and \
-                isinstance(statement.targets[0], ast.Name) and \
-                isinstance(statement.value, ast.Call) and \
-                isinstance(statement.value.func, ast.Name) and statement.value.func.id == 'encode':
-            return {'variable': statement.targets[0].id, 'streams': len(statement.value.args)}
-    return {'variable': None, 'streams': 0}
-
-
 # -----------------------------------------------------------------------------
 # the trainer
 # -----------------------------------------------------------------------------
@@ -228,6 +205,7 @@ class JointTrainer:
         self.history: list[dict] = []
         self.recipe_changes: list[dict] = []
         self._block: tuple[int, Any] | None = None
+        self._info: tuple[Any, Any] | None = None
         self.synthesis_seconds = 0.0
 
     # ----- construction -------------------------------------------------------------
@@ -385,6 +363,12 @@ class JointTrainer:
         self._block = (block, (plan, world))
         return plan, world
 
+    def _case_info(self, world):
+        """``world.case_info()``, computed once per case."""
+        if self._info is None or self._info[0] is not world:
+            self._info = (world, world.case_info())
+        return self._info[1]
+
     def _joint_task(self, rng: np.random.Generator):
         """A task written for the current block's case (same case kind as its first plan)."""
         from vpcli.tasks.categories import Unwritable
@@ -394,7 +378,7 @@ class JointTrainer:
 
         block = (self.step - self.recipe.code_steps) // self.recipe.tasks_per_case
         first_plan, world = self._case(block)
-        info = world.case_info()
+        info = self._case_info(world)
         kind = case_kind(first_plan)
         for attempt in range(100):
             plan = first_plan if attempt == 99 else plan_task(rng)
@@ -416,7 +400,7 @@ class JointTrainer:
         from vpcli.tasks.sampler import plan_task, write_task
 
         wanted = self.recipe.targets_per_encode
-        info, extras = world.case_info(), []
+        info, extras = self._case_info(world), []
         for _ in range(8 * wanted):
             if len(extras) == wanted:
                 break
@@ -425,9 +409,8 @@ class JointTrainer:
                 draft = write_task(plan, info, rng)
             except Unwritable:
                 continue
-            target = _first_segment_target(draft.program)
-            if target is not None and not is_held_out(draft.prompt):
-                extras.append((draft.prompt, target))
+            if draft.segments and not is_held_out(draft.prompt):
+                extras.append((draft.prompt, draft.segments[0][1]))
         return extras
 
     def _extra_segments(self, extras, anchor, lines, scorer: TrainingVision) -> None:
@@ -442,20 +425,14 @@ class JointTrainer:
                                  {anchor['variable']: anchor['streams']})
             step_ids = tokenizer.encode(text)
             markers = [i for i, t in enumerate(step_ids) if t == special[MOD]]
-            if len(markers) != anchor['streams']:
-                continue
             start = [tokenizer.bos_id] + tokenizer.encode(header_text(prompt, lines)) + \
                 [special[CODE_START]] + anchor['ids']
-            window = (start + step_ids[:markers[-1] + 1])[:self.agent.config.max_positions]
-            positions = [len(start) + i for i in markers]
-            if positions[-1] >= len(window):
-                continue
+            window = start + step_ids[:markers[-1] + 1]
+            if len(window) > self.agent.config.max_positions:
+                continue  # a prompt too long for the model's context
             _, hidden, _ = self.agent(torch.tensor([window], device=self.device), anchor['rows'])
-            phi = self.agent.phi(hidden[0, positions])
-            try:
-                scorer.segment(anchor['encoding'], target, phi)
-            except (VoxelPromptError, KeyError):
-                continue
+            scorer.segment(anchor['encoding'], target,
+                           self.agent.phi(hidden[0, [len(start) + i for i in markers]]))
 
     def _joint_loss(self, draft, world, extras=()) -> tuple[torch.Tensor, int, TrainingVision]:
         """Teacher-forced episode of ``draft`` on its synthesised case: summed CE, tokens,
@@ -484,6 +461,7 @@ class JointTrainer:
         failed = False
         anchor = None
         for code in split_steps(draft.program):
+            known = dict(streams)
             model_text = to_model_text(code, streams)
             step_ids = tokenizer.encode(model_text) + [special[STEP_END]]
             executable = to_executable(model_text, len(phi_calls))
@@ -510,16 +488,18 @@ class JointTrainer:
                 [special[FEEDBACK_END]]
             if embedded is not None:
                 rows.append(embedded.to(self.device))
-            if anchor is None and scorer.encodings and not failed:
+            encoded = [name for name, count in streams.items() if count and known.get(name) != count]
+            if anchor is None and scorer.encodings and encoded and not failed:
+                # the step that made the first encoding; its variable from the stream counts
+                # to_model_text tracks
                 anchor = {'encoding': scorer.encodings[0], 'ids': step_ids + feedback,
                           'rows': None if embedded is None else embedded.to(self.device),
-                          **_encode_assignment(code)}
+                          'variable': encoded[0], 'streams': streams[encoded[0]]}
             ids += step_ids + feedback
             trained += [True] * len(step_ids) + [False] * len(feedback)
         # one-session encodings only: a longitudinal encoding (more streams, cross-stream
         # attention) costs several times more per generator pass
-        if extras and anchor is not None and anchor['variable'] is not None and \
-                len(anchor['encoding'].sessions) == 1:
+        if extras and anchor is not None and len(anchor['encoding'].sessions) == 1:
             self._extra_segments(extras, anchor, lines, scorer)
         ids.append(special[STOP])
         trained.append(True)

@@ -23,9 +23,7 @@ def _resolve_device(device: str) -> str:
     try:
         return resolve_device(device)
     except BadInputError as error:
-        raise typer.BadParameter(str(error).removeprefix(f'--device {device!r}: ')
-                                 .removeprefix(f'--device {device}: '),
-                                 param_hint='--device') from None
+        raise typer.BadParameter(str(error)) from None
 
 
 @bench_app.command('vision')

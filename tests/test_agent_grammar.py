@@ -44,11 +44,14 @@ def test_every_prefix_of_valid_steps_is_accepted():
 def test_mod_rule_one_per_encoded_stream():
     steps = model_steps()
     assert 'encode(img0<MOD>, img1<MOD>)' in steps[0]
-    assert 'segment(enc<MOD><MOD>, ' in steps[0]
+    assert "segment(enc, 'left hippocampus'<MOD><MOD>)" in steps[0]   # after the target
     scope = library_scope(['img0', 'img1'])
+    check_complete('enc = encode(img0\x00)\nm = segment(enc, "x"\x00)\n', scope)
     for wrong in ('enc = encode(img0)\n', 'enc = encode(img0\x00\x00)\n',
                   'enc = encode(img0\x00)\nm = segment(enc, "x")\n',
-                  'enc = encode(img0\x00)\nm = segment(enc\x00\x00, "x")\n',
+                  'enc = encode(img0\x00)\nm = segment(enc, "x"\x00\x00)\n',
+                  'enc = encode(img0\x00)\nm = segment(enc\x00, "x")\n',     # version 1
+                  'enc = encode(img0\x00)\nm = segment(enc\x00, "x"\x00)\n',
                   'm = volume(img0\x00)\n', 'enc = encode(img0\x00, phi=1)\n'):
         with pytest.raises(Invalid):
             check_complete(wrong, scope)

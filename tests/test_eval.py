@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -55,17 +56,17 @@ def test_mask_dice_resamples_onto_the_truth_grid():
 
 
 def test_program_comparison():
-    target = ["enc = encode(img0<MOD>)\n", "roi = segment(enc<MOD>, 'left hippocampus')\n",
+    target = ["enc = encode(img0<MOD>)\n", "roi = segment(enc, 'left hippocampus'<MOD>)\n",
               "v = volume(roi)\noutput('volume', v, 'mL')\n"]
     assert ev.programs_match(target, target) == (True, True)
-    spaced = ["enc = encode(img0<MOD>)\n", "roi = segment(enc<MOD>,  'left hippocampus')\n",
+    spaced = ["enc = encode(img0<MOD>)\n", "roi = segment(enc,  'left hippocampus'<MOD>)\n",
               target[2]]
     assert ev.programs_match(spaced, target) == (True, True)          # whitespace only
-    quoted = [target[0], 'roi = segment(enc<MOD>, "left hippocampus")\n', target[2]]
+    quoted = [target[0], 'roi = segment(enc, "left hippocampus"<MOD>)\n', target[2]]
     assert ev.programs_match(quoted, target) == (False, True)         # same AST
     merged = [target[0] + target[1], target[2]]
     assert ev.programs_match(merged, target) == (False, True)         # same statements
-    other = [target[0], "roi = segment(enc<MOD>, 'right hippocampus')\n", target[2]]
+    other = [target[0], "roi = segment(enc, 'right hippocampus'<MOD>)\n", target[2]]
     assert ev.programs_match(other, target) == (False, False)
     no_phi = [target[0], "roi = segment(enc, 'left hippocampus')\n", target[2]]
     assert ev.programs_match(no_phi, target) == (False, False)        # φ slot matters
@@ -258,7 +259,7 @@ def test_an_agent_written_program_is_run_and_its_mask_scored(bundle):
                                  date=datetime.date(2020, 1, 1), session='01')]
     task = ev.run_task(bundle, draft, world, scans, programs='agent')
     assert not task.refused and task.error is None and not task.program_match
-    assert 'segment(enc<MOD>' in task.record.model_program()
+    assert re.search(r"segment\(enc, '[^']*'<MOD>\)", task.record.model_program())
     assert len([e for e in task.program_run.context.saved if e.kind == 'mask']) == 2
     [score] = ev.score_masks(task, scans)
     assert score['text_match'] and score['mask'] == 'left hippocampus'

@@ -282,8 +282,18 @@ class JointTrainer:
                 saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
                                             checkpoint_every=recipe.checkpoint_every,
                                             threads=recipe.threads)
+        from vpcli.agent.program import MODEL_TEXT_VERSION
+        model_text = checkpoint['agent'].get('model_text', 1)
+        if model_text != MODEL_TEXT_VERSION:
+            if not change_recipe:
+                raise BadInputError(f'{path}: trained for model text version {model_text}, this '
+                                    f'voxelprompt writes version {MODEL_TEXT_VERSION}; resuming '
+                                    f'would not be exact (--change-recipe continues under the new '
+                                    f'model text)')
+            changes.append({'step': checkpoint['step'],
+                            'changed': {'model_text': [model_text, MODEL_TEXT_VERSION]}})
         tokenizer = Tokenizer(checkpoint['agent']['tokenizer'])
-        agent = AgentModel.from_checkpoint(checkpoint['agent'])
+        agent = AgentModel.from_checkpoint(checkpoint['agent'], any_model_text=True)
         vision = VisionNetwork(VisionConfig.from_dict(checkpoint['vision']['config']))
         vision.load_state_dict(checkpoint['vision']['state'], strict=True)
         trainer = cls(saved, tokenizer, agent, vision, device)

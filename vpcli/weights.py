@@ -122,12 +122,15 @@ def load_bundle(explicit: os.PathLike | str | None = None, device: str = 'cpu') 
                             f'VOXELPROMPT_WEIGHTS)')
     manifest = verify_manifest(folder)
     from vpcli.agent.loop import Agent
+    from vpcli.agent.model import IncompatibleModelText
     from vpcli.vision.model import VisionNetwork
 
     agent_path = _role_file(folder, manifest, 'agent', 'agent.pt')
     vision_path = _role_file(folder, manifest, 'vision', 'vision.pt')
     try:
         agent = Agent.load(agent_path, device)
+    except IncompatibleModelText as error:
+        raise BadInputError(f'{agent_path}: {error}') from None
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise BadInputError(f'{agent_path}: not a voxelprompt agent checkpoint ({error})') from None
     vision = VisionNetwork.load(vision_path, device)

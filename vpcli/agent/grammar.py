@@ -13,8 +13,9 @@ lines, each ``name = expression`` or a call of a library function, over this sub
 - ``+ - * / // % **``, comparisons, ``and or not``, ``x if c else y``, parentheses, tuples,
   lists, indexing, whitelisted attributes (``img0.date``);
 - ``<MOD>`` exactly once after each argument of ``encode`` (which must be a variable) and
-  exactly n times after the encoding argument of ``segment`` (a variable holding an
-  encoding of n scans); nowhere else. ``phi=`` is never written by the model: it is
+  exactly n times after the target argument of ``segment`` when its encoding argument (a
+  variable) holds an encoding of n scans; nowhere else (model text version 2, see
+  :mod:`vpcli.agent.program`). ``phi=`` is never written by the model: it is
   spliced in from the ``<MOD>`` hidden states (see :mod:`vpcli.agent.program`).
 
 Nothing else (imports, definitions, loops, comments, dunder names, keyword ``phi``) can
@@ -433,12 +434,14 @@ class _Parser:
             else:
                 if keywords:
                     raise Invalid('positional argument after keyword argument')
-                if function in (ENCODE, SEGMENT) and (function == ENCODE or position == 0):
-                    count = self.volume_argument(function)
-                    if function == ENCODE:
-                        encoded += 1
-                    else:
-                        encoded = count
+                if function == ENCODE:
+                    self.markers(self.volume_argument(function), 1)
+                    encoded += 1
+                elif function == SEGMENT and position == 0:
+                    encoded = self.scope.variables[self.volume_argument(function)]
+                elif function == SEGMENT and position == 1:
+                    self.expression()
+                    self.markers('the target', encoded)
                 else:
                     self.expression()
                 position += 1
@@ -455,8 +458,8 @@ class _Parser:
             raise Invalid('segment needs an encoding and a target')
         return None
 
-    def volume_argument(self, function: str) -> int:
-        """A variable followed by its ``<MOD>`` markers; returns the marker count."""
+    def volume_argument(self, function: str) -> str:
+        """A scan variable (``encode``) or an encoding variable (``segment``); returns it."""
         scope = self.scope
         if function == ENCODE:
             allowed = lambda text, partial: (any(v.startswith(text) for v in scope.variables
@@ -466,14 +469,15 @@ class _Parser:
         else:
             allowed = lambda text, partial: (any(v.startswith(text) for v, n in scope.variables.items() if n)
                                              if partial else bool(scope.variables.get(text)))
-        name = self.name_token(allowed).text
-        required = 1 if function == ENCODE else scope.variables[name]
-        for _ in range(required):
+        return self.name_token(allowed).text
+
+    def markers(self, after, count: int) -> None:
+        """Exactly ``count`` ``<MOD>`` tokens (after ``after``, for the error message)."""
+        for _ in range(count):
             token = self.need()
             if token.kind != 'MOD':
-                raise Invalid(f'expected <MOD> after {name}')
+                raise Invalid(f'expected <MOD> after {after}')
             self.index += 1
-        return required
 
     def fstring(self, token: Token) -> None:
         body = token.text[2:] if token.partial else token.text[2:-1]

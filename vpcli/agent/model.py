@@ -6,9 +6,11 @@
 - Encodings ε that ``read`` hands back are projected to the model width and replace the
   input embeddings of ``<EMB>`` placeholder tokens (fed via ``inputs_embeds``).
 
-Checkpoints are self-describing: ``{'config', 'state', 'tokenizer'}`` (the tokenizer's
-``.model`` bytes ride along so a checkpoint is enough to run); :meth:`AgentModel.load`
-rebuilds the model from the config and loads the state strictly.
+Checkpoints are self-describing: ``{'config', 'state', 'tokenizer', 'model_text'}`` (the
+tokenizer's ``.model`` bytes ride along so a checkpoint is enough to run; ``model_text`` is
+the :data:`~vpcli.agent.program.MODEL_TEXT_VERSION` the model was trained to write, 1 when
+absent); :meth:`AgentModel.load` rebuilds the model from the config and loads the state
+strictly, and refuses a model trained for another model text.
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+class IncompatibleModelText(ValueError):
+    """A checkpoint trained to write another version of the model text."""
 
 
 def _cache_keyword() -> str:
@@ -142,9 +148,10 @@ class AgentModel(nn.Module):
 
     def checkpoint(self, tokenizer_bytes: bytes | None = None) -> dict:
         """The self-describing checkpoint dictionary."""
+        from vpcli.agent.program import MODEL_TEXT_VERSION
         return {'config': dataclasses.asdict(self.config), 'state': self.state_dict(),
                 'special': {'embedding': self.embedding_token_id, 'mod': self.mod_token_id},
-                'tokenizer': tokenizer_bytes}
+                'tokenizer': tokenizer_bytes, 'model_text': MODEL_TEXT_VERSION}
 
     def save(self, path: Path | str, tokenizer_bytes: bytes | None = None) -> None:
         """Write the checkpoint (atomically)."""
@@ -155,8 +162,20 @@ class AgentModel(nn.Module):
         temporary.replace(path)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict) -> 'AgentModel':
-        """Rebuild from a checkpoint dictionary (strict state loading)."""
+    def from_checkpoint(cls, checkpoint: dict, any_model_text: bool = False) -> 'AgentModel':
+        """Rebuild from a checkpoint dictionary (strict state loading).
+
+        Raises:
+            IncompatibleModelText: the model was trained to write another model text (unless
+                ``any_model_text``, for training that continues under the current one).
+        """
+        from vpcli.agent.program import MODEL_TEXT_VERSION
+        version = checkpoint.get('model_text', 1)
+        if version != MODEL_TEXT_VERSION and not any_model_text:
+            raise IncompatibleModelText(
+                f'trained for model text version {version}, but this voxelprompt writes '
+                f'version {MODEL_TEXT_VERSION} (where segment\'s <MOD> markers sit); use weights '
+                f'exported by this release')
         special = checkpoint.get('special', {})
         model = cls(AgentConfig(**checkpoint['config']), embedding_token_id=special.get('embedding'),
                     mod_token_id=special.get('mod'))

@@ -3,12 +3,18 @@
 The model writes a step with ``<MOD>`` markers and no ``phi=`` arguments::
 
     enc = encode(img0<MOD>, img1<MOD>)
-    hippocampus = segment(enc<MOD><MOD>, 'left hippocampus')
+    hippocampus = segment(enc, 'left hippocampus'<MOD><MOD>)
 
-The rule (DESIGN.md §2, paper App. A.1): one ``<MOD>`` after each volume argument of
-``encode``; after the encoding argument of ``segment``, one ``<MOD>`` per stream of that
-encoding (the number of scans it encoded). The hidden state at each ``<MOD>`` gives the φ
-of one stream. The code that runs (and that ``script.py`` keeps) has the markers removed
+The rule (DESIGN.md §2, paper App. A.1, with one change): one ``<MOD>`` after each volume
+argument of ``encode``; after the *target* argument of ``segment``, one ``<MOD>`` per stream
+of the encoding it segments (the number of scans that encoding holds). The hidden state at
+each ``<MOD>`` gives the φ of one stream.
+
+Why after the target (model text version 2): a causal model's state at a ``<MOD>`` placed
+right after the encoding (version 1, ``segment(enc<MOD>, 'target')``) has not read the
+target yet, so φ could only carry it from the prompt; measured over six targets it varied
+by about 3 % of its norm, and the vision network returned one mask for every target
+(``benchmarks/phi_spread.py``, docs/training.md). After the target text, φ sees it. The code that runs (and that ``script.py`` keeps) has the markers removed
 and ``phi=PHI[k]`` added to the k-th vision call of the run; ``PHI`` is a constant list
 defined by the script's first step (``PHI = [[[...32 floats...], ...], ...]``: per call,
 per stream), so the saved script replays exactly.
@@ -25,6 +31,10 @@ from typing import Sequence
 
 from vpcli.agent.grammar import ENCODE, PHI_NAME, SEGMENT
 from vpcli.agent.tokenizer import MOD
+
+#: where the markers sit: 1 = segment's after the encoding argument, 2 = after the target
+#: argument. Weights are written for one version (``model_text`` in the agent checkpoint).
+MODEL_TEXT_VERSION = 2
 
 #: the comment line that starts step N (1-based) of a saved script
 STEP_HEADER = '# step {index}'
@@ -97,7 +107,10 @@ def to_model_text(code: str, streams: dict[str, int | None]) -> str:
                 count = streams.get(argument.id) if isinstance(argument, ast.Name) else None
                 if not count:
                     raise ValueError(f'segment of {ast.unparse(argument)!r}, which is not an encoding')
-                inserts.append((starts[argument.end_lineno] + argument.end_col_offset, MOD * count))
+                if len(call.args) < 2:
+                    raise ValueError('segment without a positional target argument')
+                target = call.args[1]
+                inserts.append((starts[target.end_lineno] + target.end_col_offset, MOD * count))
         _track_streams(statement, streams)
     for offset, marker in sorted(inserts, reverse=True):
         text = text[:offset] + marker + text[offset:]
@@ -150,7 +163,7 @@ def to_executable(model_text: str, first_call: int) -> ExecutableStep:
     starts = _offsets(code)
     calls = []
     for call in _vision_calls(tree):
-        arguments = call.args if call.func.id == ENCODE else call.args[:1]
+        arguments = call.args if call.func.id == ENCODE else call.args[1:2]
         ends = {starts[a.end_lineno] + a.end_col_offset for a in arguments}
         markers = [i for i, offset in enumerate(marker_offsets) if offset in ends]
         if markers:

@@ -1,11 +1,12 @@
-"""How much φ varies between segmentation targets, read where it is read now and where it
-could be read instead.
+"""How much φ varies between segmentation targets where the vision network reads it, and
+where model text version 1 read it.
 
 For prompts ``segment the TARGET`` on the bundled example scan, the language model of a
 training checkpoint reads the episode up to and including the segment step
-``roi = segment(enc<MOD>, 'TARGET')`` (teacher-forced; the encode step's feedback empty).
-The φ head is applied (a) at the segment ``<MOD>`` (what the vision network gets: that
-position comes before the target text) and (b) at the last token of the target text.
+``roi = segment(enc, 'TARGET'<MOD>)`` (teacher-forced; the encode step's feedback empty).
+The φ head is applied (a) at the segment ``<MOD>``, after the target text (model text
+version 2: what the vision network gets) and (b) at the encoding argument ``enc``, before
+the target text (where version 1 put the ``<MOD>``; there φ varied by ~3 % of its norm).
 Printed per position: the mean φ norm and the mean pairwise distance between targets,
 absolute and relative to the norm. A vision network can only tell targets apart by what
 differs between their φ.
@@ -34,6 +35,7 @@ def main() -> None:
 
     import torch
 
+    from vpcli.agent.program import to_model_text
     from vpcli.agent.tokenizer import (CODE_START, FEEDBACK_END, FEEDBACK_START, MOD, STEP_END,
                                        header_text)
     from vpcli.examples import write_example
@@ -41,25 +43,26 @@ def main() -> None:
     from vpcli.volumes import load_scans
 
     torch.set_num_threads(args.threads)
-    trainer = JointTrainer.resume(args.checkpoint)
+    trainer = JointTrainer.resume(args.checkpoint, change_recipe=True)  # any model text; not saved
     trainer.agent.eval()
     tokenizer, special = trainer.tokenizer, trainer.special
     with tempfile.TemporaryDirectory() as folder:
         line = load_scans([write_example(Path(folder))['T1w']])[0].describe()
-    at_marker, after_text = [], []
+    at_marker, at_encoding = [], []
     for target in TARGETS:
         ids = [tokenizer.bos_id] + tokenizer.encode(header_text(f'segment the {target}', [line])) + \
             [special[CODE_START]] + tokenizer.encode('enc = encode(img0<MOD>)\n') + \
             [special[STEP_END], special[FEEDBACK_START], special[FEEDBACK_END]]
-        step = tokenizer.encode(f"roi = segment(enc<MOD>, '{target}')\n")
+        step = tokenizer.encode(to_model_text(f'roi = segment(enc, {target!r})', {'enc': 1}))
         marker = len(ids) + step.index(special[MOD])
-        closing = len(ids) + len(step) - 2  # the token before ")\n": the end of the target text
+        encoding = len(ids) + len(tokenizer.encode('roi = segment(enc')) - 1
         with torch.no_grad():
             _, hidden, _ = trainer.agent(torch.tensor([ids + step]), None)
             at_marker.append(trainer.agent.phi(hidden[0, marker]))
-            after_text.append(trainer.agent.phi(hidden[0, closing]))
+            at_encoding.append(trainer.agent.phi(hidden[0, encoding]))
     print(f'checkpoint {args.checkpoint} (step {trainer.step}); {len(TARGETS)} targets')
-    for name, rows in (('at the segment <MOD>', at_marker), ('after the target text', after_text)):
+    for name, rows in (('at the segment <MOD> (after the target)', at_marker),
+                       ('at the encoding argument (before the target)', at_encoding)):
         phi = torch.stack(rows)
         distances = torch.cdist(phi, phi)[~torch.eye(len(rows), dtype=torch.bool)]
         norm = float(phi.norm(dim=1).mean())

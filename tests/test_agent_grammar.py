@@ -102,3 +102,18 @@ def test_phi_constant_is_usable_in_the_sandbox():
     sandbox.namespace['PHI'] = Tracked([[[0.5, 1.5]]], ())
     sandbox.run_step('x = PHI[0][0][1] * 2\n')
     assert sandbox.value('x') == 3.0
+
+
+def test_calls_must_give_every_required_argument_and_no_extra_one():
+    scope = library_scope(['img0', 'img1'])
+    check_complete('c = percent_change(1, 2)\n', scope)
+    check_complete('c = percent_change(1, after=2)\n', scope)
+    check_complete('box = crop(img0, img1)\nbox = crop(img0, img1, 5)\n', scope)  # margin optional
+    for wrong in ('c = percent_change(1)\n', 'c = percent_change(1, 2, 3)\n',
+                  'c = percent_change(1, before=2)\n', 'c = percent_change(1, 2, before=3)\n',
+                  'box = crop(img0)\n'):
+        with pytest.raises(Invalid):
+            check_complete(wrong, scope)
+    assert check_prefix('c = percent_change(1', scope)        # can still be completed
+    assert not check_prefix('c = percent_change(1)', scope)
+    assert check_prefix('c = percent_change(1,', scope)

@@ -41,3 +41,25 @@ def test_manifest_checksums_are_verified(tmp_path):
         verify_manifest(tmp_path)
     with pytest.raises(BadInputError, match='no manifest.json'):
         verify_manifest(tmp_path / 'nowhere')
+
+
+def test_weights_for_another_model_text_are_refused_naming_the_file(tiny_weights, tmp_path):
+    import shutil
+
+    import torch
+
+    from vpcli.weights import load_bundle, write_weights
+    old = tmp_path / 'old'
+    shutil.copytree(tiny_weights, old)
+    checkpoint = torch.load(old / 'agent.pt', weights_only=True)
+    assert checkpoint['model_text'] == 2
+    del checkpoint['model_text']        # what weights trained before version 2 look like
+    torch.save(checkpoint, old / 'agent.pt')
+    manifest = json.loads((old / 'manifest.json').read_text())
+    manifest['files'][0]['sha256'] = hashlib.sha256((old / 'agent.pt').read_bytes()).hexdigest()
+    (old / 'manifest.json').write_text(json.dumps(manifest))
+    with pytest.raises(BadInputError, match=r"agent\.pt: trained for model text version 1, but "
+                                            r"this voxelprompt writes version 2"):
+        load_bundle(old)
+    assert json.loads((tiny_weights / 'manifest.json').read_text())['model_text'] == 2
+    assert load_bundle(tiny_weights).agent is not None

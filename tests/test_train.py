@@ -179,3 +179,24 @@ def test_a_changed_recipe_is_refused_unless_asked_for_and_then_recorded(tmp_path
     changed.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
     again = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
     assert again.recipe_changes == changed.recipe_changes and again.step == 2
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_checkpoint_of_the_old_model_text_continues_only_when_asked_and_is_recorded(tmp_path):
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+    trainer.train(1, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    checkpoint = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
+    assert checkpoint['agent']['model_text'] == 2
+    del checkpoint['agent']['model_text']     # a state saved before model text version 2
+    torch.save(checkpoint, tmp_path / 'checkpoint.pt')
+    with pytest.raises(BadInputError, match='model text version 1.*--change-recipe'):
+        JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=RECIPE)
+    longer = dataclasses.replace(RECIPE, code_steps=3)
+    changed = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer, change_recipe=True)
+    assert changed.recipe_changes == [
+        {'step': 1, 'changed': {'code_steps': [2, 3], 'model_text': [1, 2]}}]
+    changed.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    again = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
+    assert again.recipe_changes == changed.recipe_changes

@@ -249,6 +249,7 @@ class JointTrainer:
         recipe).
         """
         from vpcli.agent.model import AgentModel
+        from vpcli.agent.program import MODEL_TEXT_VERSION
         from vpcli.agent.tokenizer import Tokenizer
         from vpcli.vision.config import VisionConfig
         from vpcli.vision.model import VisionNetwork
@@ -259,6 +260,7 @@ class JointTrainer:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
         saved = Recipe(**checkpoint['recipe'])
         changes = list(checkpoint.get('recipe_changes', []))
+        changed = {}  # what this resume changes, recorded as one entry
         if recipe is not None:
             shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
                        'joint_code_batch', 'tasks_per_case', 'targets_per_encode',
@@ -274,15 +276,12 @@ class JointTrainer:
                                     f'in {", ".join(different)}; resuming would not be exact '
                                     f'(--change-recipe continues under the new settings)')
             if different:
-                changes.append({'step': checkpoint['step'],
-                                'changed': {k: [getattr(saved, k), getattr(recipe, k)]
-                                            for k in different}})
+                changed.update({k: [getattr(saved, k), getattr(recipe, k)] for k in different})
                 saved = dataclasses.replace(recipe)
             else:
                 saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
                                             checkpoint_every=recipe.checkpoint_every,
                                             threads=recipe.threads)
-        from vpcli.agent.program import MODEL_TEXT_VERSION
         model_text = checkpoint['agent'].get('model_text', 1)
         if model_text != MODEL_TEXT_VERSION:
             if not change_recipe:
@@ -290,8 +289,9 @@ class JointTrainer:
                                     f'voxelprompt writes version {MODEL_TEXT_VERSION}; resuming '
                                     f'would not be exact (--change-recipe continues under the new '
                                     f'model text)')
-            changes.append({'step': checkpoint['step'],
-                            'changed': {'model_text': [model_text, MODEL_TEXT_VERSION]}})
+            changed['model_text'] = [model_text, MODEL_TEXT_VERSION]
+        if changed:
+            changes.append({'step': checkpoint['step'], 'changed': changed})
         tokenizer = Tokenizer(checkpoint['agent']['tokenizer'])
         agent = AgentModel.from_checkpoint(checkpoint['agent'], any_model_text=True)
         vision = VisionNetwork(VisionConfig.from_dict(checkpoint['vision']['config']))

@@ -148,6 +148,7 @@ def write_weights(folder: os.PathLike | str, agent_model, tokenizer, vision, inf
     """
     import dataclasses
 
+    from vpcli.agent.program import MODEL_TEXT_VERSION
     from vpcli.volumes import write_text_atomic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,6 +164,7 @@ def write_weights(folder: os.PathLike | str, agent_model, tokenizer, vision, inf
              for name, role in (('agent.pt', 'agent'), ('vision.pt', 'vision'),
                                 ('tokenizer.model', 'tokenizer'))]
     manifest = {'format': 1, 'files': files, **info,
+                'model_text': MODEL_TEXT_VERSION,
                 'agent_config': dataclasses.asdict(agent_model.config),
                 'vision_config': vision.config.to_dict(),
                 'tokenizer_pieces': len(tokenizer)}

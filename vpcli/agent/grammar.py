@@ -64,6 +64,22 @@ class Token:
     partial: bool = False   # the text ends inside this token
 
 
+@dataclasses.dataclass(frozen=True)
+class Arity:
+    """The parameters of one library function, for checking a call's arguments.
+
+    Attributes:
+        positional: Positional parameter names, in order.
+        required: How many of ``positional`` (the first ones) have no default.
+        keyword_only: Keyword-only parameters without a default.
+        variadic: Whether it takes any number of further positional arguments.
+    """
+    positional: tuple
+    required: int
+    keyword_only: tuple = ()
+    variadic: bool = False
+
+
 @dataclasses.dataclass
 class Scope:
     """What names a step may use.
@@ -74,12 +90,16 @@ class Scope:
         builtins: Builtin functions the sandbox allows (callable only).
         attributes: Attribute names that may be read.
         keywords: Function name -> parameter names it takes by keyword (never ``phi``).
+        arity: Function name -> :class:`Arity`; a call must give every required parameter
+            once (a positional one by position or keyword) and no more positional arguments
+            than there are positional parameters. Functions not listed are not checked.
     """
     functions: frozenset
     variables: dict
     builtins: frozenset = DEFAULT_BUILTINS
     attributes: frozenset = DEFAULT_ATTRIBUTES
     keywords: dict = dataclasses.field(default_factory=dict)
+    arity: dict = dataclasses.field(default_factory=dict)
 
     def copy(self) -> 'Scope':
         return dataclasses.replace(self, variables=dict(self.variables))
@@ -412,9 +432,10 @@ class _Parser:
     def call_arguments(self, function: str):
         """Arguments after '(' up to and including ')'; returns encode's stream count."""
         position, keywords, encoded = 0, False, 0
+        named: set[str] = set()
         while True:
             if self.check_op(')'):
-                self.index += 1
+                self.close_call(function, position, named)
                 break
             token = self.need()
             following = self.tokens[self.index + 1] if self.index + 1 < len(self.tokens) else None
@@ -428,6 +449,9 @@ class _Parser:
                     and following.text == '='):
                 if token.text not in keyword_names:
                     raise Invalid(f'{function} has no keyword argument {token.text!r}')
+                if token.text in named:
+                    raise Invalid(f'{function} given {token.text!r} twice')
+                named.add(token.text)
                 self.index += 2
                 keywords = True
                 self.expression()
@@ -448,7 +472,9 @@ class _Parser:
             if self.check_op(','):
                 self.index += 1
                 continue
-            self.expect_op(')')
+            if not self.check_op(')'):
+                raise Invalid("expected ')'")
+            self.close_call(function, position, named)
             break
         if function == ENCODE:
             if encoded == 0:
@@ -457,6 +483,21 @@ class _Parser:
         if function == SEGMENT and position < 2:
             raise Invalid('segment needs an encoding and a target')
         return None
+
+    def close_call(self, function: str, positional: int, named: set[str]) -> None:
+        """Consume the ')' of a call that gives every required argument and no extra one."""
+        if function in self.scope.arity:
+            arity = self.scope.arity[function]
+            if positional > len(arity.positional) and not arity.variadic:
+                raise Invalid(f'{function} takes at most {len(arity.positional)} positional arguments')
+            twice = named & set(arity.positional[:positional])
+            if twice:
+                raise Invalid(f'{function} given {", ".join(sorted(twice))} twice')
+            missing = [name for name in arity.positional[positional:arity.required] + arity.keyword_only
+                       if name not in named]
+            if missing:
+                raise Invalid(f'{function} is missing {", ".join(missing)}')
+        self.index += 1
 
     def volume_argument(self, function: str) -> str:
         """A scan variable (``encode``) or an encoding variable (``segment``); returns it."""

@@ -127,18 +127,25 @@ def library_scope(scan_names: Sequence[str]) -> Scope:
     from vpcli.library.registry import registry
 
     functions = registry()
-    keywords = {}
+    keywords, arity = {}, {}
     for name, entry in functions.items():
-        keywords[name] = frozenset(
-            p.name for p in entry.signature.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != 'phi')
+        parameters = [p for p in entry.signature.parameters.values() if p.name != 'phi']
+        keywords[name] = frozenset(p.name for p in parameters
+                                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        arity[name] = grammar.Arity(
+            positional=tuple(p.name for p in positional),
+            required=sum(p.default is p.empty for p in positional),
+            keyword_only=tuple(p.name for p in parameters
+                               if p.kind == p.KEYWORD_ONLY and p.default is p.empty),
+            variadic=any(p.kind == p.VAR_POSITIONAL for p in parameters))
     try:
         from vpcli.sandbox import SAFE_BUILTINS, SCAN_ATTRIBUTES
         builtins, attributes = frozenset(SAFE_BUILTINS), frozenset(SCAN_ATTRIBUTES)
     except ImportError:  # the sandbox module is not part of this checkout
         builtins, attributes = grammar.DEFAULT_BUILTINS, grammar.DEFAULT_ATTRIBUTES
     return Scope(functions=frozenset(functions), variables={name: None for name in scan_names},
-                 builtins=builtins, attributes=attributes, keywords=keywords)
+                 builtins=builtins, attributes=attributes, keywords=keywords, arity=arity)
 
 
 class SandboxExecutor:

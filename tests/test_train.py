@@ -161,12 +161,18 @@ def test_train_command_checkpoints_and_continues(tmp_path):
     assert [__import__('json').loads(line)['step'] for line in lines] == [1, 2, 3]
 
 
-@pytest.mark.slow
-@pytest.mark.training
-def test_a_changed_recipe_is_refused_unless_asked_for_and_then_recorded(tmp_path):
+@pytest.fixture
+def one_step(tmp_path):
+    """A run of the tiny recipe after one step: its checkpoint path."""
     torch.set_num_threads(1)
     trainer = JointTrainer.create(RECIPE, log=lambda line: None)
     trainer.train(1, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    return tmp_path / 'checkpoint.pt'
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_changed_recipe_is_refused_unless_asked_for_and_then_recorded(tmp_path, one_step):
     longer = dataclasses.replace(RECIPE, code_steps=3, joint_code_batch=2)
     with pytest.raises(BadInputError, match='differs from the checkpoint.s in code_steps, joint_code_batch'):
         JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
@@ -183,10 +189,7 @@ def test_a_changed_recipe_is_refused_unless_asked_for_and_then_recorded(tmp_path
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_a_checkpoint_of_the_old_model_text_continues_only_when_asked_and_is_recorded(tmp_path):
-    torch.set_num_threads(1)
-    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
-    trainer.train(1, tmp_path / 'checkpoint.pt', log=lambda line: None)
+def test_a_checkpoint_of_the_old_model_text_continues_only_when_asked_and_is_recorded(tmp_path, one_step):
     checkpoint = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
     assert checkpoint['agent']['model_text'] == 2
     del checkpoint['agent']['model_text']     # a state saved before model text version 2

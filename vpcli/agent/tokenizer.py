@@ -8,8 +8,8 @@ An episode (the language model's state μ, DESIGN.md §2 "Agent loop") is laid o
         <STOP>
 
 or, for an out-of-scope prompt, ``... <CODE> <REFUSE>``. ``<MOD>`` appears inside step text
-after each volume argument of ``encode`` and after the encoding argument of ``segment`` (one
-per encoded stream); ``<EMB>`` is a placeholder whose input embedding is replaced by an
+after each volume argument of ``encode`` and after the target argument of ``segment`` (one
+per encoded stream; model text version 2); ``<EMB>`` is a placeholder whose input embedding is replaced by an
 encoding ε projected to the model width. Text segments are encoded separately and their
 ids concatenated, so that every segment decodes back to exactly its text.
 

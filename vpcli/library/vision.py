@@ -2,7 +2,8 @@
 
 ``encode`` runs the network's encoder once over a set of scans; ``segment`` runs its
 generator for one target, conditioned by the latent instruction φ that the language
-model emits after each volume argument. The target text is for the reader of the
+model emits at ``<MOD>`` markers (after each scan argument of ``encode``, after the target
+argument of ``segment``). The target text is for the reader of the
 program (and names the output file); only φ conditions the network.
 """
 

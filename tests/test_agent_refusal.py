@@ -46,3 +46,32 @@ def test_refusal_training_prompts_are_seeded_and_differ_from_the_suite():
     assert first == refusal_prompts(np.random.default_rng(1), 200)
     generated = {prompt.lower() for _, prompt in first}
     assert not generated & {prompt.lower() for _, prompt in suite()}
+
+
+def test_scan_lines_carry_no_refusal_signal_and_real_unknowns_appear():
+    """With ``unknown_metadata``, training episodes' scan lines say 'date unknown' or
+    'session unknown' on one-session cases (as real scans do), refusals get lines drawn the
+    same way, and longitudinal cases keep their dates."""
+    import collections
+
+    import numpy as np
+
+    from vpcli.agent.corpus import sample_episodes
+    episodes = sample_episodes(np.random.default_rng(4), 600, unknown_metadata=0.25)
+    counts = collections.Counter()
+    for episode in episodes:
+        lines = episode.scan_lines
+        sessions = {line.rsplit('session ', 1)[1] for line in lines}
+        unknown = any('unknown' in line for line in lines)
+        if len(sessions) > 1:
+            assert not unknown        # longitudinal: days_between needs the dates
+        counts[episode.refused, unknown] += 1
+    tasks, refusals = counts[False, True] + counts[False, False], counts[True, True] + counts[True, False]
+    assert refusals > 20 and tasks > 400
+    task_share, refusal_share = counts[False, True] / tasks, counts[True, True] / refusals
+    assert 0.2 < task_share < 0.6 and 0.2 < refusal_share < 0.6
+    assert len({tuple(e.scan_lines) for e in episodes if e.refused}) > refusals // 2
+    # the default keeps how earlier runs were trained: known metadata, two fixed refusal sets
+    legacy = sample_episodes(np.random.default_rng(4), 300)
+    assert not any('unknown' in line for e in legacy if not e.refused for line in e.scan_lines)
+    assert len({tuple(e.scan_lines) for e in legacy if e.refused}) <= 2

@@ -71,6 +71,11 @@ class Recipe:
             ``<MOD>``; only its Dice term is trained (no cross-entropy). One-session
             encodings only.
         refusal_fraction: Share of refusal episodes in code-only batches.
+        unknown_metadata: Chance that a one-session episode's scan lines say ``date
+            unknown``, and independently ``session unknown``, as real scans without that
+            metadata do; refusal episodes then take the scan lines of a drawn case (see
+            :func:`vpcli.agent.corpus.sample_episodes`). 0 (older runs): scan lines always
+            give both, and refusals use two fixed sets.
         training_resolution: Synthesise at the low training resolution (2 mm-ish grids).
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
@@ -95,6 +100,7 @@ class Recipe:
     tasks_per_case: int = 8
     targets_per_encode: int = 0
     refusal_fraction: float = 0.08
+    unknown_metadata: float = 0.0
     training_resolution: bool = True
     checkpoint_every: int = 100
     log_every: int = 10
@@ -264,7 +270,8 @@ class JointTrainer:
         if recipe is not None:
             shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
                        'joint_code_batch', 'tasks_per_case', 'targets_per_encode',
-                       'refusal_fraction', 'vocab_size', 'tokenizer_texts', 'training_resolution')
+                       'refusal_fraction', 'unknown_metadata', 'vocab_size', 'tokenizer_texts',
+                       'training_resolution')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
             fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
                      if k in different]
@@ -345,7 +352,8 @@ class JointTrainer:
         from vpcli.agent.corpus import sample_episodes
         from vpcli.agent.training import make_batch
 
-        episodes = sample_episodes(rng, count, refusal_fraction=self.recipe.refusal_fraction)
+        episodes = sample_episodes(rng, count, refusal_fraction=self.recipe.refusal_fraction,
+                                   unknown_metadata=self.recipe.unknown_metadata)
         ids, targets, encodings = make_batch(self.tokenizer, episodes,
                                              self.agent.config.encoding_width, rng,
                                              self.agent.config.max_positions)
@@ -444,10 +452,11 @@ class JointTrainer:
             scorer.segment(anchor['encoding'], target,
                            self.agent.phi(hidden[0, [len(start) + i for i in markers]]))
 
-    def _joint_loss(self, draft, world, extras=()) -> tuple[torch.Tensor, int, TrainingVision]:
+    def _joint_loss(self, draft, world, extras=(), lines=None) -> tuple[torch.Tensor, int, TrainingVision]:
         """Teacher-forced episode of ``draft`` on its synthesised case: summed CE, tokens,
         and the vision scorer (holding the Dice losses). ``extras`` are (prompt, target)
-        pairs scored on the episode's first encoding (:meth:`_extra_segments`)."""
+        pairs scored on the episode's first encoding (:meth:`_extra_segments`); ``lines``
+        the state's scan lines (default: the case's scans described)."""
         from vpcli.agent.grammar import PHI_NAME
         from vpcli.agent.loop import MAX_FEEDBACK_TOKENS, read_feedback
         from vpcli.agent.program import split_steps, to_executable, to_model_text
@@ -459,7 +468,7 @@ class JointTrainer:
         tokenizer, special = self.tokenizer, self.special
         scans = list(world.case.scans)
         names = [scan.name for scan in scans]
-        lines = [scan.describe() for scan in scans]
+        lines = [scan.describe() for scan in scans] if lines is None else lines
         scorer = TrainingVision(self.vision, world)
         sandbox = Sandbox(RunContext(scans=scans, vision=scorer, device=self.device))
         ids = [tokenizer.bos_id] + tokenizer.encode(header_text(draft.prompt, lines)) + \
@@ -527,6 +536,8 @@ class JointTrainer:
     # ----- one step ---------------------------------------------------------------------
     def train_step(self) -> dict:
         """One optimizer step; returns its numbers (loss, ce, dice, category)."""
+        from vpcli.agent.corpus import scan_lines
+
         recipe = self.recipe
         rng = np.random.default_rng([recipe.seed, self.step])
         self._set_learning_rates()
@@ -545,7 +556,9 @@ class JointTrainer:
             dice = torch.zeros((), device=self.device)
             if draft is not None:
                 extras = self._extra_targets(rng, world) if recipe.targets_per_encode else ()
-                task_ce, task_tokens, scorer = self._joint_loss(draft, world, extras)
+                lines = scan_lines(world.case, rng, recipe.unknown_metadata) \
+                    if recipe.unknown_metadata else None
+                task_ce, task_tokens, scorer = self._joint_loss(draft, world, extras, lines)
                 ce_sum, tokens = ce_sum + task_ce, tokens + task_tokens
                 if scorer.losses:
                     dice = torch.stack(scorer.losses).mean()

@@ -9,6 +9,8 @@ never appear in training; :func:`sample_episodes` with ``split='eval'`` draws on
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from vpcli.agent.episodes import Episode, episode_from_program, refusal_episode
@@ -18,21 +20,38 @@ from vpcli.agent.refusal import refusal_prompts
 REFUSAL_FRACTION = 0.08
 
 
-def scan_lines(case) -> list[str]:
-    """The state's scan lines of a case description."""
-    return [scan.describe() for scan in case.scans]
+def scan_lines(case, rng: np.random.Generator | None = None, unknown: float = 0.0) -> list[str]:
+    """The state's scan lines of a case (a description or a synthesised case).
+
+    With ``unknown`` > 0 (and ``rng``), a one-session case's lines say ``date unknown``
+    with that probability and, independently, ``session unknown``, as the lines of real
+    scans without that metadata do (:meth:`vpcli.volumes.Scan.describe`). Longitudinal
+    cases keep both: their programs compare dates and sessions.
+    """
+    lines = [scan.describe() for scan in case.scans]
+    if unknown <= 0 or rng is None:
+        return lines
+    no_date, no_session = rng.random() < unknown, rng.random() < unknown
+    if len({scan.session for scan in case.scans}) > 1:
+        return lines
+    if no_date:
+        lines = [re.sub(r', date [^,]+,', ', date unknown,', line) for line in lines]
+    if no_session:
+        lines = [re.sub(r', session [^,]+$', ', session unknown', line) for line in lines]
+    return lines
 
 
-def task_episode(draft, case, rng: np.random.Generator) -> Episode:
+def task_episode(draft, case, rng: np.random.Generator, unknown_metadata: float = 0.0) -> Episode:
     """The episode of a written task (target steps as model text, simulated feedback)."""
-    return episode_from_program(draft.prompt, scan_lines(case), [s.name for s in case.scans],
+    return episode_from_program(draft.prompt, scan_lines(case, rng, unknown_metadata),
+                                [s.name for s in case.scans],
                                 draft.program, rng, category=draft.category,
                                 template=draft.variant)
 
 
 def sample_episodes(rng: np.random.Generator, count: int, split: str = 'train',
                     refusal_fraction: float = REFUSAL_FRACTION,
-                    category: str | None = None) -> list[Episode]:
+                    category: str | None = None, unknown_metadata: float = 0.0) -> list[Episode]:
     """Draw ``count`` episodes: task episodes on described cases plus refusals.
 
     Args:
@@ -41,19 +60,28 @@ def sample_episodes(rng: np.random.Generator, count: int, split: str = 'train',
         split: ``train`` (never a held-out prompt) or ``eval`` (held-out prompts only).
         refusal_fraction: Share of refusal episodes.
         category: Fix the task category (no refusals then).
+        unknown_metadata: Chance that a one-session case's scan lines say the date, and
+            independently the session, is unknown (:func:`scan_lines`). When > 0,
+            refusal episodes take the scan lines of a described case drawn the same way,
+            so the scan lines say nothing about whether to refuse; at 0 they take one of
+            two fixed sets (how earlier runs were trained).
     """
-    from vpcli.tasks.described import draw_described
+    from vpcli.tasks.described import describe_case, draw_described
+    from vpcli.tasks.sampler import plan_task
 
     episodes = []
     for _ in range(count):
         if category is None and rng.random() < refusal_fraction:
             kind, prompt = refusal_prompts(rng, 1)[0]
-            scans = ['img0: T1w, date unknown, session 01'] if rng.random() < 0.5 else \
-                ['img0: FLAIR, date 2021-04-02, session 01', 'img1: T1w, date 2021-04-02, session 01']
+            if unknown_metadata > 0:
+                scans = scan_lines(describe_case(plan_task(rng), rng), rng, unknown_metadata)
+            else:
+                scans = ['img0: T1w, date unknown, session 01'] if rng.random() < 0.5 else \
+                    ['img0: FLAIR, date 2021-04-02, session 01', 'img1: T1w, date 2021-04-02, session 01']
             episodes.append(refusal_episode(prompt, scans, kind))
             continue
         draft, case = draw_described(rng, category, split)
-        episodes.append(task_episode(draft, case, rng))
+        episodes.append(task_episode(draft, case, rng, unknown_metadata))
     return episodes
 
 

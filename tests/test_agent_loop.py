@@ -128,3 +128,24 @@ def test_training_resumes_exactly_and_checkpoints_load_strictly(tokenizer, tmp_p
     state['state']['extra.weight'] = torch.zeros(1)
     with pytest.raises(RuntimeError):
         AgentModel.from_checkpoint(state)
+
+
+def test_every_target_step_fits_the_step_token_limit_and_the_small_context():
+    """The longest steps (a location step segments 15 regions) must be writable at all."""
+    from pathlib import Path
+
+    from vpcli.agent.corpus import sample_episodes
+    from vpcli.agent.loop import DEFAULT_MAX_STEP_TOKENS
+    from vpcli.agent.model import AgentConfig
+    from vpcli.agent.tokenizer import Tokenizer
+    from vpcli.tasks.templates import CATEGORIES
+    tokenizer = Tokenizer(Path(__file__).resolve().parents[1] / 'weights' / 'tokenizer.model')
+    context = AgentConfig.preset('small', len(tokenizer)).max_positions
+    longest = {}
+    for category in CATEGORIES:
+        for episode in sample_episodes(np.random.default_rng(11), 40, category=category):
+            step = max(len(tokenizer.encode(text)) for text in episode.steps)
+            longest[category] = max(longest.get(category, 0), step)
+            assert len(tokenizer.encode(' '.join(episode.texts()))) < context, episode.prompt
+    assert max(longest.values()) < DEFAULT_MAX_STEP_TOKENS, longest
+    assert longest['location'] > 160          # what the old limit cut off

@@ -28,8 +28,9 @@ from vpcli.errors import RefusedError
 
 #: default most steps of one program
 DEFAULT_MAX_STEPS = 12
-#: default most tokens of one step
-DEFAULT_MAX_STEP_TOKENS = 160
+#: default most tokens of one step: above the longest target step of the task world (a
+#: location step segments 15 regions, about 300 tokens; tests/test_agent_loop.py checks it)
+DEFAULT_MAX_STEP_TOKENS = 512
 #: most tokens of feedback text per step (long prints are cut: the model needs the gist)
 MAX_FEEDBACK_TOKENS = 96
 

@@ -75,3 +75,18 @@ def test_scan_lines_carry_no_refusal_signal_and_real_unknowns_appear():
     legacy = sample_episodes(np.random.default_rng(4), 300)
     assert not any('unknown' in line for e in legacy if not e.refused for line in e.scan_lines)
     assert len({tuple(e.scan_lines) for e in legacy if e.refused}) <= 2
+
+
+def test_a_prompt_naming_nothing_of_the_brain_is_gated_and_no_task_world_prompt_is():
+    import numpy as np
+
+    from vpcli.agent.corpus import sample_episodes
+    for prompt in ('How many ounces are in a pound?', 'Who painted the Mona Lisa',
+                   'Should this patient get chemotherapy?'):
+        assert gate_reason(prompt) == 'it names no brain structure, lesion, modality or imaging term'
+    for prompt in ('segment the brain', 'what is the ICV?', 'skull strip the T1', 'measure the WMH load'):
+        assert gate_reason(prompt) is None, prompt
+    for split, count in (('train', 2000), ('eval', 600)):
+        gated = [e.prompt for e in sample_episodes(np.random.default_rng(8), count, split=split,
+                                                    refusal_fraction=0.0) if gate_reason(e.prompt)]
+        assert gated == []

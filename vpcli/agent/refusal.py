@@ -3,8 +3,9 @@
 Two lines of defence (docs/agent.md, "Refusal"):
 
 1. :func:`gate_reason`, a rule-based gate run before the model: prompts that try to reach
-   the host (files, shell, network, packages, code), that carry prompt-injection text, or
-   that name a body part outside the head are refused without generating anything.
+   the host (files, shell, network, packages, code), that carry prompt-injection text,
+   that name a body part outside the head, or that name no brain structure, lesion,
+   modality or imaging term at all are refused without generating anything.
 2. The model itself is trained on a refusal category (:func:`refusal_prompts`): for
    off-topic prompts, requests the library cannot serve (diagnosis, treatment, other
    organs) it writes ``<REFUSE>`` instead of code.
@@ -16,6 +17,7 @@ outside the library whatever the prompt says.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -69,13 +71,62 @@ _NON_BRAIN = re.compile(r'(?<![\w-])(' + '|'.join(re.escape(word) for word in NO
                         + r')(?![\w-])')
 
 
+#: words of the task world's anatomy and lesion names that are common English as well
+_GENERIC_WORDS = frozenset({
+    'and', 'of', 'on', 'in', 'is', 'not', 'that', 'the', 'with', 'within', 'without', 'does', 'all',
+    'part', 'region', 'side', 'sided', 'total', 'left', 'right', 'small', 'smallest', 'largest',
+    'biggest', 'tiniest', 'high', 'grade', 'head', 'map', 'non', 'extra', 'entire', 'including',
+    'involving', 'complex', 'space', 'system', 'structures', 'primary', 'middle', 'strip', 'fluid',
+    'matter', 'proper', 'whole', 'disease', 'finding', 'multiple', 'dominant', 'trace', 'density',
+    'echo', 'proton', 'weighted', 'signal', 'underlying', 'banks', 'deposit', 'th', 'rd', 'body',
+    'area', 'motor', 'visual', 'auditory', 'vessel', 'occupying', 'gradient', 'contrast',
+    'transverse', 'orbital', 'triangular'})
+#: imaging words a request about the scans may use without naming a structure
+_IMAGING_WORDS = frozenset({
+    'scan', 'scans', 'image', 'images', 'mri', 'mr', 'mask', 'masks', 'segment', 'segmentation',
+    'segmented', 'voxel', 'voxels', 'nifti', 'neuroimaging', 'anatomy', 'anatomical', 'structure',
+    'lesion', 'brain'})
+_WORD = re.compile(r'[a-z][a-z0-9*]+')
+
+
+@functools.lru_cache(maxsize=1)
+def domain_words() -> frozenset[str]:
+    """Words that make a prompt about brain scans: every word of the task world's anatomy
+    and lesion terms and modality names (``vpcli/tasks/data``) that is not also common
+    English, plus a few imaging words."""
+    import tomllib
+
+    data = Path(__file__).resolve().parents[1] / 'tasks' / 'data'
+    skip = {'labels', 'key', 'parent', 'synth', 'kind', 'members'}
+
+    def strings(value):
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key not in skip:
+                    yield from strings(item)
+        elif isinstance(value, list):
+            for item in value:
+                yield from strings(item)
+
+    words: set[str] = set()
+    for name in ('anatomy.toml', 'lesions.toml'):
+        for text in strings(tomllib.loads((data / name).read_text())):
+            words.update(_WORD.findall(text.lower()))
+    for text in strings(tomllib.loads((data / 'phrasing.toml').read_text())['modality']):
+        words.update(_WORD.findall(text.lower()))
+    return frozenset((words - _GENERIC_WORDS) | _IMAGING_WORDS)
+
+
 def gate_reason(prompt: str) -> str | None:
     """Why a prompt is refused before the model sees it, or None when it may go on.
 
     The gate catches what must never reach code generation: host access, prompt
-    injection, and body parts outside the head. Everything else goes to the model,
-    which is trained to refuse the rest (off-topic prompts, requests the library cannot
-    serve).
+    injection, body parts outside the head, and prompts that name nothing of the brain or
+    its imaging (:func:`domain_words`; every prompt of the task world names something).
+    Everything else goes to the model, which is trained to refuse the rest (off-topic
+    prompts, requests the library cannot serve).
 
     Args:
         prompt: The user's prompt.
@@ -93,6 +144,8 @@ def gate_reason(prompt: str) -> str | None:
     match = _NON_BRAIN.search(text)
     if match:
         return f'"{match.group(1)}" is not part of the brain'
+    if not set(_WORD.findall(text)) & domain_words():
+        return 'it names no brain structure, lesion, modality or imaging term'
     return None
 
 

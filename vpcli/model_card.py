@@ -150,7 +150,8 @@ def render(manifest: dict) -> str:
         '',
         '- It writes programs in the library\'s language for the 17 task categories of the '
         'VoxelPrompt task table, and refuses prompts outside them (a rule-based gate for host '
-        'access, prompt injection and non-brain anatomy, then the model). How often it writes '
+        'access, prompt injection, non-brain anatomy and prompts that name nothing of the brain '
+        'or its imaging, then the model). How often it writes '
         'the right program is the `prompts` row above.',
         '- Its masks come from a small vision network trained on CPU for the hours above; the '
         'Dice rows say how good they are on held-out synthetic subjects. Where a target is '

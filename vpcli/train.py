@@ -625,7 +625,11 @@ class JointTrainer:
             previous = read_manifest(folder) or {}
         except BadInputError:
             previous = {}
-        code_steps = min(self.step, self.recipe.code_steps)
+        # counted from the log (stage lengths change with --change-recipe); a run without
+        # one counts by the recipe
+        logged = sum(h['steps'] for h in self.history)
+        code_steps = sum(h['steps'] for h in self.history if h.get('stage') == 'code') \
+            if logged == self.step else min(self.step, self.recipe.code_steps)
         if self.recipe.training_resolution and not self.vision.config.min_spacing_mm:
             # trained on >= 2 mm synthetic grids only: finer scans are seen at that scale
             from vpcli.synth.acquisition import TrainingResolution

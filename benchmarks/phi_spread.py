@@ -55,7 +55,9 @@ def main() -> None:
             [special[STEP_END], special[FEEDBACK_START], special[FEEDBACK_END]]
         step = tokenizer.encode(to_model_text(f'roi = segment(enc, {target!r})', {'enc': 1}))
         marker = len(ids) + step.index(special[MOD])
-        encoding = len(ids) + len(tokenizer.encode('roi = segment(enc')) - 1
+        prefix = tokenizer.encode('roi = segment(enc')
+        assert step[:len(prefix)] == prefix, 'the step does not tokenize through its prefix'
+        encoding = len(ids) + len(prefix) - 1
         with torch.no_grad():
             _, hidden, _ = trainer.agent(torch.tensor([ids + step]), None)
             at_marker.append(trainer.agent.phi(hidden[0, marker]))

@@ -203,3 +203,16 @@ def test_a_checkpoint_of_the_old_model_text_continues_only_when_asked_and_is_rec
     changed.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
     again = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer)
     assert again.recipe_changes == changed.recipe_changes
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_export_counts_the_stages_from_the_log_when_a_change_moved_their_boundary(tmp_path):
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+    trainer.train(3, tmp_path / 'checkpoint.pt', log=lambda line: None)      # 2 code, 1 joint
+    longer = dataclasses.replace(RECIPE, code_steps=5)
+    changed = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=longer, change_recipe=True)
+    changed.train(4, log=lambda line: None)                                    # code again
+    manifest = changed.export(tmp_path / 'weights')
+    assert (manifest['code_only_steps'], manifest['joint_steps']) == (3, 1)

@@ -254,7 +254,7 @@ class JointTrainer:
         is again exactly resumable, but it is no longer the same as one run of either
         recipe).
         """
-        from vpcli.agent.model import AgentModel
+        from vpcli.agent.model import AgentModel, trained_model_text
         from vpcli.agent.program import MODEL_TEXT_VERSION
         from vpcli.agent.tokenizer import Tokenizer
         from vpcli.vision.config import VisionConfig
@@ -289,7 +289,7 @@ class JointTrainer:
                 saved = dataclasses.replace(saved, steps=recipe.steps, log_every=recipe.log_every,
                                             checkpoint_every=recipe.checkpoint_every,
                                             threads=recipe.threads)
-        model_text = checkpoint['agent'].get('model_text', 1)
+        model_text = trained_model_text(checkpoint['agent'])
         if model_text != MODEL_TEXT_VERSION:
             if not change_recipe:
                 raise BadInputError(f'{path}: trained for model text version {model_text}, this '
@@ -468,7 +468,9 @@ class JointTrainer:
         tokenizer, special = self.tokenizer, self.special
         scans = list(world.case.scans)
         names = [scan.name for scan in scans]
-        lines = [scan.describe() for scan in scans] if lines is None else lines
+        if lines is None:
+            from vpcli.agent.corpus import scan_lines
+            lines = scan_lines(world.case)
         scorer = TrainingVision(self.vision, world)
         sandbox = Sandbox(RunContext(scans=scans, vision=scorer, device=self.device))
         ids = [tokenizer.bos_id] + tokenizer.encode(header_text(draft.prompt, lines)) + \
@@ -556,8 +558,7 @@ class JointTrainer:
             dice = torch.zeros((), device=self.device)
             if draft is not None:
                 extras = self._extra_targets(rng, world) if recipe.targets_per_encode else ()
-                lines = scan_lines(world.case, rng, recipe.unknown_metadata) \
-                    if recipe.unknown_metadata else None
+                lines = scan_lines(world.case, rng, recipe.unknown_metadata)  # no draw at 0
                 task_ce, task_tokens, scorer = self._joint_loss(draft, world, extras, lines)
                 ce_sum, tokens = ce_sum + task_ce, tokens + task_tokens
                 if scorer.losses:

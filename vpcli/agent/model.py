@@ -27,6 +27,12 @@ class IncompatibleModelText(ValueError):
     """A checkpoint trained to write another version of the model text."""
 
 
+def trained_model_text(checkpoint: dict) -> int:
+    """The model text version an agent checkpoint was trained to write (1 before the version
+    was recorded)."""
+    return checkpoint.get('model_text', 1)
+
+
 def _cache_keyword() -> str:
     """``cache`` in newer transformers releases, ``past_key_values`` before."""
     import inspect
@@ -170,7 +176,7 @@ class AgentModel(nn.Module):
                 ``any_model_text``, for training that continues under the current one).
         """
         from vpcli.agent.program import MODEL_TEXT_VERSION
-        version = checkpoint.get('model_text', 1)
+        version = trained_model_text(checkpoint)
         if version != MODEL_TEXT_VERSION and not any_model_text:
             raise IncompatibleModelText(
                 f'trained for model text version {version}, but this voxelprompt writes '

@@ -92,30 +92,21 @@ _WORD = re.compile(r'[a-z][a-z0-9*]+')
 @functools.lru_cache(maxsize=1)
 def domain_words() -> frozenset[str]:
     """Words that make a prompt about brain scans: every word of the task world's anatomy
-    and lesion terms and modality names (``vpcli/tasks/data``) that is not also common
-    English, plus a few imaging words."""
-    import tomllib
+    and lesion terms, descriptor phrasings and modality names (the ontology and the
+    phrasing data the prompts are written from) that is not also common English, plus a
+    few imaging words."""
+    from vpcli.tasks.ontology import load_ontology
+    from vpcli.tasks.roi import phrasing
 
-    data = Path(__file__).resolve().parents[1] / 'tasks' / 'data'
-    skip = {'labels', 'key', 'parent', 'synth', 'kind', 'members'}
-
-    def strings(value):
-        if isinstance(value, str):
-            yield value
-        elif isinstance(value, dict):
-            for key, item in value.items():
-                if key not in skip:
-                    yield from strings(item)
-        elif isinstance(value, list):
-            for item in value:
-                yield from strings(item)
-
-    words: set[str] = set()
-    for name in ('anatomy.toml', 'lesions.toml'):
-        for text in strings(tomllib.loads((data / name).read_text())):
-            words.update(_WORD.findall(text.lower()))
-    for text in strings(tomllib.loads((data / 'phrasing.toml').read_text())['modality']):
-        words.update(_WORD.findall(text.lower()))
+    ontology = load_ontology()
+    texts = [text for target in ontology.targets.values() for text in (*target.terms, target.plural or '')]
+    texts += [text for lesion in ontology.lesion_classes.values() for text in (*lesion.terms, lesion.plural)]
+    for descriptor in ontology.descriptors.values():
+        texts += descriptor.values
+        texts += [text for forms in (*descriptor.prefix.values(), *descriptor.suffix.values())
+                  for text in forms]
+    texts += [text for forms in phrasing()['modality'].values() for text in forms]
+    words = {word for text in texts for word in _WORD.findall(text.lower())}
     return frozenset((words - _GENERIC_WORDS) | _IMAGING_WORDS)
 
 

@@ -36,6 +36,7 @@ def test_manifest_checksums_are_verified(tmp_path):
     (tmp_path / 'manifest.json').write_text(json.dumps({'files': [{'file': 'model.pt', 'sha256': digest}]}))
     manifest = verify_manifest(tmp_path)
     assert len(manifest['weights_sha256']) == 64
+    assert verify_manifest(str(tmp_path)) == manifest  # a string path works the same
     (tmp_path / 'model.pt').write_bytes(b'tampered')
     with pytest.raises(BadInputError, match='does not match'):
         verify_manifest(tmp_path)

@@ -10,13 +10,17 @@ from vpcli.errors import BadInputError
 def resolve_device(device: str) -> str:
     """The torch device for a ``--device`` value: ``auto`` is CUDA when present, else CPU.
 
+    CUDA is always returned with its index (``auto`` and ``cuda`` give the current
+    device, ``cuda:0`` unless ``CUDA_VISIBLE_DEVICES`` or torch says otherwise), so what
+    a run records names the GPU it used.
+
     Raises:
         BadInputError: Unknown value, or CUDA asked for where there is none.
     """
     import torch
 
     if device == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
+        return f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
     if device == 'cpu':
         return device
     if not re.fullmatch(r'cuda(:\d+)?', device):
@@ -25,4 +29,4 @@ def resolve_device(device: str) -> str:
         raise BadInputError(f'--device {device}: CUDA is not available on this machine')
     if ':' in device and int(device.split(':')[1]) >= torch.cuda.device_count():
         raise BadInputError(f'--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)')
-    return device
+    return device if ':' in device else f'cuda:{torch.cuda.current_device()}'

@@ -32,9 +32,9 @@ def resolve_weights_dir(explicit: os.PathLike | str | None = None) -> Path:
     return default_weights_dir()
 
 
-def read_manifest(folder: Path) -> dict | None:
+def read_manifest(folder: Path | str) -> dict | None:
     """The folder's manifest, or None when it has none."""
-    path = folder / MANIFEST
+    path = Path(folder) / MANIFEST
     if not path.is_file():
         return None
     try:
@@ -55,13 +55,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_manifest(folder: Path) -> dict:
+def verify_manifest(folder: Path | str) -> dict:
     """Check every file listed in the manifest exists with the recorded sha256.
+
+    Args:
+        folder: The weights folder (a path or a string).
 
     Returns:
         The manifest, with ``weights_sha256``: one checksum over the listed files'
         checksums (what ``metrics.json`` records as the weights' identity).
     """
+    folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         raise BadInputError(f'{folder}: no {MANIFEST}; not a voxelprompt weights folder '

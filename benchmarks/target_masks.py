@@ -12,7 +12,7 @@ checkpoint:
   encoding (1.0: one mask whatever the target; 0: disjoint masks).
 
     .venv/bin/python benchmarks/target_masks.py [--checkpoint weights/train-state/small-checkpoint.pt]
-        [--first-step 100000] [--episodes 4]
+        [--first-step 100000] [--episodes 6]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument('--checkpoint', default='weights/train-state/small-checkpoint.pt')
     parser.add_argument('--first-step', type=int, default=100_000,
                         help='first episode step (beyond the run, so its cases are unseen)')
-    parser.add_argument('--episodes', type=int, default=4)
+    parser.add_argument('--episodes', type=int, default=6)
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args()
 
@@ -63,8 +63,9 @@ def main() -> None:
         _, _, scorer = trainer._joint_loss(draft, world, extras, lines)
         for encoding in scorer.encodings:
             masks = []
-            for record in encoding.segmentations:
-                for group, probability in zip(encoding.sessions, record.probabilities):
+            for index, record in enumerate(encoding.segmentations):
+                for session, (group, probability) in enumerate(zip(encoding.sessions,
+                                                                   record.probabilities)):
                     truth = world.mask_on(record.target, encoding.scans[group[0]].name)
                     truth = truth.volume.tensor.bool().to(probability.tensor.device)
                     p = probability.tensor.detach()
@@ -73,17 +74,18 @@ def main() -> None:
                     dice = 2 * int((predicted & truth).sum()) / total if total else 1.0
                     dice_all.append(dice)
                     too_large.append(float(predicted.float().mean()) > 3 * float(truth.float().mean()))
-                    masks.append(predicted)
+                    masks.append((index, session, predicted))
                     inside = float(p[truth].mean()) if bool(truth.any()) else float('nan')
                     print(f'{step:6d}  {record.target[:36]:36s} {float(truth.float().mean()):7.4f} '
                           f'{float(predicted.float().mean()):7.4f} {inside:6.3f} '
                           f'{float(p[~truth].mean()):6.3f} {dice:6.3f}')
-            for a, b in itertools.combinations(masks, 2):
-                if a.shape == b.shape:
+            for (i, s, a), (j, t, b) in itertools.combinations(masks, 2):
+                if i != j and s == t:  # different targets, same session
                     total = int(a.sum() + b.sum())
                     overlaps.append(2 * int((a & b).sum()) / total if total else 1.0)
+    same = f'{np.mean(overlaps):.3f} ({len(overlaps)} pairs)' if overlaps else 'n/a (one target per case)'
     print(f'segmentations {len(dice_all)}  mean Dice {np.mean(dice_all):.3f}  '
-          f'masks > 3x too large {np.mean(too_large):.0%}  same_mask {np.mean(overlaps):.3f}')
+          f'masks > 3x too large {np.mean(too_large):.0%}  same_mask {same}')
 
 
 if __name__ == '__main__':

@@ -165,17 +165,37 @@ def render(manifest: dict) -> str:
         '',
         '## Reproduce',
         '',
-        '```bash',
-        f'voxelprompt train --recipe {manifest.get("recipe")} -o runs/{manifest.get("recipe")} '
-        f'--until {manifest.get("steps")} --export weights/',
-        'voxelprompt eval --suite all --record',
-        '```',
-        '',
-        'Training resumes exactly from `runs/NAME/checkpoint.pt`, so the steps may be done in '
-        'pieces; the evaluation suites are seeded.',
-        '',
+        *_reproduce(manifest),
     ]
     return '\n'.join(lines)
+
+
+def _reproduce(manifest: dict) -> list[str]:
+    """How to get these weights again: a fresh run of the recipe, or, when the run changed
+    its recipe on the way, a re-export of the committed training state."""
+    recipe, steps = manifest.get('recipe'), manifest.get('steps')
+    changes = manifest.get('recipe_changes') or []
+    if not changes:
+        return ['```bash',
+                f'voxelprompt train --recipe {recipe} -o runs/{recipe} --until {steps} --export weights/',
+                'voxelprompt eval --suite all --record',
+                '```', '',
+                'Training resumes exactly from `runs/NAME/checkpoint.pt`, so the steps may be done '
+                'in pieces; the evaluation suites are seeded.', '']
+    lines = ['The run changed its recipe on the way (`voxelprompt train --change-recipe`), so a '
+             f'fresh run of today\'s `{recipe}` recipe is not the run behind these weights:', '']
+    for change in changes:
+        what = '; '.join(f'`{key}` {old} → {new}' for key, (old, new) in change['changed'].items())
+        lines.append(f'- at step {change["step"]}: {what}')
+    lines += ['', 'The exact weights are re-exported from the run\'s committed state '
+              '(`weights/train-state/`), which also continues the run exactly:', '',
+              '```bash',
+              f'mkdir -p runs/{recipe} && cp weights/train-state/{recipe}-checkpoint.pt '
+              f'runs/{recipe}/checkpoint.pt',
+              f'voxelprompt train --recipe {recipe} -o runs/{recipe} --until {steps} --export weights/',
+              'voxelprompt eval --suite all --record',
+              '```', '', 'The evaluation suites are seeded.', '']
+    return lines
 
 
 def _pct(value) -> str:

@@ -10,9 +10,8 @@ from vpcli.errors import BadInputError
 def resolve_device(device: str) -> str:
     """The torch device for a ``--device`` value: ``auto`` is CUDA when present, else CPU.
 
-    CUDA is always returned with its index (``auto`` and ``cuda`` give the current
-    device, ``cuda:0`` unless ``CUDA_VISIBLE_DEVICES`` or torch says otherwise), so what
-    a run records names the GPU it used.
+    CUDA is always returned with its index (``auto`` and ``cuda`` give torch's current
+    CUDA device, normally ``cuda:0``), so what a run records names the GPU it used.
 
     Raises:
         BadInputError: Unknown value, or CUDA asked for where there is none.

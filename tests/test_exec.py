@@ -257,10 +257,13 @@ def test_real_subprocess_run_and_ctrl_c(dataset):
     started_flag = dataset['tmp'] / 'started'
     slow_script = dataset['tmp'] / 'slow.py'
     slow_script.write_text('m = select_labels(img1, 1)\nsave(m, "m")\nx = slow_step(60)\n')
+    # a shell starts background jobs (`cmd &`, nohup) with SIGINT ignored, and the child
+    # would inherit that; Ctrl-C reaches a foreground process with the default handler
     child = textwrap.dedent(f'''
-        import sys, time
+        import signal, sys, time
         from pathlib import Path
         from vpcli.library.registry import agent_function
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
         @agent_function('morphometry', returns='float, s')
         def slow_step(seconds):

@@ -38,6 +38,7 @@ def main() -> None:
     import torch
 
     from vpcli.agent.corpus import scan_lines
+    from vpcli.evaluate import dice
     from vpcli.train import JointTrainer
 
     torch.set_num_threads(args.threads)
@@ -67,22 +68,20 @@ def main() -> None:
                 for session, (group, probability) in enumerate(zip(encoding.sessions,
                                                                    record.probabilities)):
                     truth = world.mask_on(record.target, encoding.scans[group[0]].name)
-                    truth = truth.volume.tensor.bool().to(probability.tensor.device)
-                    p = probability.tensor.detach()
+                    truth = truth.volume.tensor.bool().cpu().numpy()
+                    p = probability.tensor.detach().cpu().numpy()
                     predicted = p > 0.5
-                    total = int(predicted.sum() + truth.sum())
-                    dice = 2 * int((predicted & truth).sum()) / total if total else 1.0
-                    dice_all.append(dice)
-                    too_large.append(float(predicted.float().mean()) > 3 * float(truth.float().mean()))
+                    share, true_share = float(predicted.mean()), float(truth.mean())
+                    overlap = dice(predicted, truth)
+                    dice_all.append(overlap)
+                    too_large.append(share > 3 * true_share)
                     masks.append((index, session, predicted))
-                    inside = float(p[truth].mean()) if bool(truth.any()) else float('nan')
-                    print(f'{step:6d}  {record.target[:36]:36s} {float(truth.float().mean()):7.4f} '
-                          f'{float(predicted.float().mean()):7.4f} {inside:6.3f} '
-                          f'{float(p[~truth].mean()):6.3f} {dice:6.3f}')
+                    inside = float(p[truth].mean()) if truth.any() else float('nan')
+                    print(f'{step:6d}  {record.target[:36]:36s} {true_share:7.4f} {share:7.4f} '
+                          f'{inside:6.3f} {float(p[~truth].mean()):6.3f} {overlap:6.3f}')
             for (i, s, a), (j, t, b) in itertools.combinations(masks, 2):
                 if i != j and s == t:  # different targets, same session
-                    total = int(a.sum() + b.sum())
-                    overlaps.append(2 * int((a & b).sum()) / total if total else 1.0)
+                    overlaps.append(dice(a, b))
     same = f'{np.mean(overlaps):.3f} ({len(overlaps)} pairs)' if overlaps else 'n/a (one target per case)'
     print(f'segmentations {len(dice_all)}  mean Dice {np.mean(dice_all):.3f}  '
           f'masks > 3x too large {np.mean(too_large):.0%}  same_mask {same}')

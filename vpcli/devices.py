@@ -19,7 +19,9 @@ def resolve_device(device: str) -> str:
     import torch
 
     if device == 'auto':
-        return f'cuda:{torch.cuda.current_device()}' if torch.cuda.is_available() else 'cpu'
+        if not torch.cuda.is_available():
+            return 'cpu'
+        device = 'cuda'
     if device == 'cpu':
         return device
     if not re.fullmatch(r'cuda(:\d+)?', device):

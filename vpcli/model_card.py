@@ -175,27 +175,27 @@ def _reproduce(manifest: dict) -> list[str]:
     its recipe on the way, a re-export of the committed training state."""
     recipe, steps = manifest.get('recipe'), manifest.get('steps')
     changes = manifest.get('recipe_changes') or []
-    if not changes:
-        return ['```bash',
-                f'voxelprompt train --recipe {recipe} -o runs/{recipe} --until {steps} --export weights/',
-                'voxelprompt eval --suite all --record',
-                '```', '',
-                'Training resumes exactly from `runs/NAME/checkpoint.pt`, so the steps may be done '
-                'in pieces; the evaluation suites are seeded.', '']
-    lines = ['The run changed its recipe on the way (`voxelprompt train --change-recipe`), so a '
-             f'fresh run of today\'s `{recipe}` recipe is not the run behind these weights:', '']
-    for change in changes:
-        what = '; '.join(f'`{key}` {old} → {new}' for key, (old, new) in change['changed'].items())
-        lines.append(f'- at step {change["step"]}: {what}')
-    lines += ['', 'The exact weights are re-exported from the run\'s committed state '
-              '(`weights/train-state/`), which also continues the run exactly:', '',
-              '```bash',
-              f'mkdir -p runs/{recipe} && cp weights/train-state/{recipe}-checkpoint.pt '
-              f'runs/{recipe}/checkpoint.pt',
+    lines, start = [], []
+    if changes:
+        lines = ['The run changed its recipe on the way (`voxelprompt train --change-recipe`), '
+                 f'so a fresh run of today\'s `{recipe}` recipe is not the run behind these '
+                 'weights:', '']
+        for change in changes:
+            what = '; '.join(f'`{key}` {old} → {new}' for key, (old, new) in change['changed'].items())
+            lines.append(f'- at step {change["step"]}: {what}')
+        lines += ['', 'The exact weights are re-exported from the run\'s committed state '
+                  '(`weights/train-state/`), which also continues the run exactly:', '']
+        start = [f'mkdir -p runs/{recipe} && cp weights/train-state/{recipe}-checkpoint.pt '
+                 f'runs/{recipe}/checkpoint.pt']
+    lines += ['```bash', *start,
               f'voxelprompt train --recipe {recipe} -o runs/{recipe} --until {steps} --export weights/',
-              'voxelprompt eval --suite all --record',
-              '```', '', 'The evaluation suites are seeded.', '']
-    return lines
+              'voxelprompt eval --suite all --record', '```', '']
+    if not changes:
+        lines.append('Training resumes exactly from `runs/NAME/checkpoint.pt`, so the steps may be '
+                     'done in pieces; the evaluation suites are seeded.')
+    else:
+        lines.append('The evaluation suites are seeded.')
+    return lines + ['']
 
 
 def _pct(value) -> str:

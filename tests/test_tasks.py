@@ -246,6 +246,27 @@ def test_longitudinal_programs_measure_both_sessions():
         assert '[0]' in draft.program and '[1]' in draft.program
 
 
+@pytest.mark.parametrize('category', ['intensity', 'intensity_comparison', 'intensity_change',
+                                      'signal_intensity'])
+def test_a_prompt_names_the_modality_of_the_scan_it_measures_when_the_session_has_several(category):
+    from vpcli.tasks.described import draw_described
+    from vpcli.tasks.roi import phrasing
+    rng = np.random.default_rng(31)
+    checked = 0
+    for _ in range(60):
+        draft, case = draw_described(rng, category)
+        first = [s for s in case.scans if s.session == case.scans[0].session]
+        if len({s.modality for s in first}) < 2:
+            continue
+        measured = re.search(r'(?:mean_intensity|signal_ratio)\((img\d+)', draft.program).group(1)
+        modality = next(s.modality for s in case.scans if s.name == measured)
+        words = phrasing()['modality'][modality]
+        assert any(re.search(rf'(?<![\w*-]){re.escape(w)}(?![\w*-])', draft.prompt) for w in words), \
+            (draft.prompt, measured, modality)
+        checked += 1
+    assert checked >= 10
+
+
 def test_same_seed_same_tasks():
     def run(seed):
         rng = np.random.default_rng(seed)

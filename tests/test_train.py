@@ -216,3 +216,53 @@ def test_export_counts_the_stages_from_the_log_when_a_change_moved_their_boundar
     changed.train(4, log=lambda line: None)                                    # code again
     manifest = changed.export(tmp_path / 'weights')
     assert (manifest['code_only_steps'], manifest['joint_steps']) == (3, 1)
+
+
+#: code 0-1, joint 2, code refresh 3-4 (φ anchored to the model of step 3), joint 5
+REFRESH = dataclasses.replace(RECIPE, steps=6, refresh_start=3, refresh_steps=2,
+                              refresh_focus=['intensity'], refresh_focus_fraction=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_the_code_refresh_trains_the_language_model_only_and_anchors_phi(tmp_path):
+    torch.set_num_threads(1)
+    trainer = JointTrainer.create(REFRESH, log=lambda line: None)
+    trainer.train(3, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    assert trainer.phi_teacher is None
+    before = _weights(trainer)
+    trainer.train(5, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    after = _weights(trainer)
+    assert [h['stage'] for h in trainer.history] == ['code', 'code', 'joint', 'refresh', 'refresh']
+    assert all('phi_drift' in h and h['phi_drift'] >= 0 for h in trainer.history[3:])
+    vision = [k for k in before if k.startswith('vision.')]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision), 'vision moved'
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith('agent.'))
+    # the anchor is the model as it was when the refresh began
+    teacher = trainer.phi_teacher.state_dict()
+    assert all(torch.equal(teacher[k], before[f'agent.{k}']) for k in teacher)
+    assert trainer.stage() == 'joint'
+    manifest = trainer.export(tmp_path / 'weights')
+    assert (manifest['code_only_steps'], manifest['refresh_steps'], manifest['joint_steps']) == (2, 2, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_run_resumed_inside_the_code_refresh_equals_one_run(tmp_path):
+    torch.set_num_threads(1)
+    straight = JointTrainer.create(REFRESH, log=lambda line: None)
+    straight.train(6, log=lambda line: None)
+    pieces = JointTrainer.create(REFRESH, log=lambda line: None)
+    pieces.train(4, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    resumed = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=REFRESH)
+    assert resumed.phi_teacher is not None
+    resumed.train(6, log=lambda line: None)
+    one, two = _weights(straight), _weights(resumed)
+    assert all(torch.equal(one[k], two[k]) for k in one), 'resumed weights differ'
+    # a checkpoint that lost its anchor cannot continue inside the refresh
+    checkpoint = torch.load(tmp_path / 'checkpoint.pt', weights_only=False)
+    checkpoint['phi_teacher'] = None
+    torch.save(checkpoint, tmp_path / 'checkpoint.pt')
+    lost = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=REFRESH)
+    with pytest.raises(BadInputError, match='step 4 is inside the code refresh'):
+        lost.train(5, log=lambda line: None)

@@ -76,6 +76,12 @@ def _cpu_time(manifest: dict) -> str:
             f'{since} on')
 
 
+def _refresh(manifest: dict) -> str:
+    """The code refresh steps, where the run had one."""
+    steps = manifest.get('refresh_steps')
+    return f', {steps} code refresh (language model only, vision frozen, φ anchored)' if steps else ''
+
+
 def render(manifest: dict) -> str:
     """The model card text."""
     settings = manifest.get('recipe_settings') or {}
@@ -92,7 +98,7 @@ def render(manifest: dict) -> str:
         '## What these weights are',
         '',
         f'- Recipe `{manifest.get("recipe")}` (`{manifest.get("recipe_file") or "recipes/train/" + str(manifest.get("recipe")) + ".toml"}`): '
-        f'{manifest.get("steps")} optimizer steps, of which {manifest.get("code_only_steps")} code-only and '
+        f'{manifest.get("steps")} optimizer steps, of which {manifest.get("code_only_steps")} code-only{_refresh(manifest)} and '
         f'{manifest.get("joint_steps")} joint; {hours:.2f} hours of training time logged '
         f'(CPU, {settings.get("threads") or "default"} threads){_cpu_time(manifest)}.',
         f'- Language model: LLaMA architecture, random init, d={agent.get("hidden_size")}, '

@@ -2,7 +2,7 @@
 
 Paper: VoxelPrompt v2 §3.1 "Supervised Training", App. A.4 and B.2; DESIGN.md §4–5.
 
-A run has two stages, both in one resumable checkpoint:
+A run has two stages, and optionally a code refresh (3.), all in one resumable checkpoint:
 
 1. **Code-only** (steps ``< code_steps``): token cross-entropy on target programs of tasks
    written against described cases (:mod:`vpcli.tasks.described`), plus refusals. Cheap; it
@@ -16,6 +16,11 @@ A run has two stages, both in one resumable checkpoint:
    cross-entropy (this episode plus ``joint_code_batch`` code-only episodes) +
    ``dice_weight`` · mean soft Dice loss over every segmentation the program made,
    against the case's ground truth (:class:`vpcli.tasks.oracle.SynthWorld`).
+
+3. **Code refresh** (optional, steps ``refresh_start`` to ``refresh_start + refresh_steps``
+   after joint training has begun): code-only steps on the language model alone, the
+   vision network frozen and φ at every ``<MOD>`` anchored to the model as it was at
+   ``refresh_start`` (see :class:`Recipe`). Joint training goes on after it.
 
 Exact resumption: the data of step ``s`` come from ``default_rng([seed, s])`` and the case
 of block ``b = (s - code_steps) // tasks_per_case`` from ``default_rng([seed, 1, b])``; the
@@ -77,6 +82,18 @@ class Recipe:
             :func:`vpcli.agent.corpus.sample_episodes`). 0 (older runs): scan lines always
             give both, and refusals use two fixed sets.
         training_resolution: Synthesise at the low training resolution (2 mm-ish grids).
+        refresh_start: First step of a code refresh (0: none): ``refresh_steps`` code-only
+            steps after joint training has begun, with the vision network frozen and φ
+            anchored to the language model as it was at ``refresh_start`` (the anchor is
+            ``phi_anchor_weight`` · mean squared change of φ at every ``<MOD>`` of the batch,
+            relative to φ's mean square; the frozen copy rides in the checkpoint). Joint training goes on after.
+        refresh_steps: Length of the code refresh.
+        refresh_learning_rate: Peak language model learning rate of the refresh (20 steps of
+            warm-up, then cosine decay to ``joint_learning_rate``).
+        refresh_focus: Task categories drawn for ``refresh_focus_fraction`` of each refresh
+            batch (the rest is drawn as in the code-only stage).
+        refresh_focus_fraction: Share of a refresh batch from ``refresh_focus``.
+        phi_anchor_weight: Weight of the φ anchor during the refresh.
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
         threads: Torch CPU threads (0: leave torch's default).
@@ -102,6 +119,12 @@ class Recipe:
     refusal_fraction: float = 0.08
     unknown_metadata: float = 0.0
     training_resolution: bool = True
+    refresh_start: int = 0
+    refresh_steps: int = 0
+    refresh_learning_rate: float = 5e-4
+    refresh_focus: list = dataclasses.field(default_factory=list)
+    refresh_focus_fraction: float = 0.0
+    phi_anchor_weight: float = 1.0
     checkpoint_every: int = 100
     log_every: int = 10
     threads: int = 0
@@ -213,6 +236,8 @@ class JointTrainer:
         self._block: tuple[int, Any] | None = None
         self._info: tuple[Any, Any] | None = None
         self.synthesis_seconds = 0.0
+        #: the language model frozen at ``refresh_start`` (φ anchor of the code refresh)
+        self.phi_teacher = None
 
     # ----- construction -------------------------------------------------------------
     @classmethod
@@ -271,7 +296,9 @@ class JointTrainer:
             shaping = ('agent_preset', 'vision_config', 'seed', 'code_steps', 'batch_size',
                        'joint_code_batch', 'tasks_per_case', 'targets_per_encode',
                        'refusal_fraction', 'unknown_metadata', 'vocab_size', 'tokenizer_texts',
-                       'training_resolution')
+                       'training_resolution', 'refresh_start', 'refresh_steps',
+                       'refresh_learning_rate', 'refresh_focus', 'refresh_focus_fraction',
+                       'phi_anchor_weight')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
             fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
                      if k in different]
@@ -310,6 +337,8 @@ class JointTrainer:
         trainer.step = checkpoint['step']
         trainer.history = list(checkpoint['history'])
         trainer.recipe_changes = changes
+        if checkpoint.get('phi_teacher') is not None:
+            trainer.phi_teacher = trainer._frozen_copy(checkpoint['phi_teacher'])
         return trainer
 
     # ----- checkpoints ----------------------------------------------------------------
@@ -324,15 +353,43 @@ class JointTrainer:
                  'agent_optimizer': self.agent_optimizer.state_dict(),
                  'vision_optimizer': self.vision_optimizer.state_dict(),
                  'torch_rng': torch.get_rng_state(), 'history': self.history,
-                 'recipe_changes': self.recipe_changes}
+                 'recipe_changes': self.recipe_changes,
+                 'phi_teacher': None if self.phi_teacher is None else self.phi_teacher.state_dict()}
         temporary = path.with_name(path.name + '.tmp')
         torch.save(state, temporary)
         temporary.replace(path)
 
     # ----- learning rates ---------------------------------------------------------------
+    def stage(self, step: int | None = None) -> str:
+        """``code``, ``joint`` or ``refresh`` (the code refresh) for a step (default: the next)."""
+        recipe, step = self.recipe, self.step if step is None else step
+        if step < recipe.code_steps:
+            return 'code'
+        if recipe.refresh_steps and recipe.refresh_start <= step < recipe.refresh_start + recipe.refresh_steps:
+            return 'refresh'
+        return 'joint'
+
+    def _frozen_copy(self, state: dict):
+        from vpcli.agent.model import AgentModel
+        copy = AgentModel(self.agent.config, embedding_token_id=self.agent.embedding_token_id,
+                          mod_token_id=self.agent.mod_token_id)
+        copy.load_state_dict(state, strict=True)
+        copy.to(self.device).eval()
+        for parameter in copy.parameters():
+            parameter.requires_grad_(False)
+        return copy
+
     def _set_learning_rates(self) -> None:
         recipe, step = self.recipe, self.step
-        if step < recipe.code_steps:
+        if self.stage() == 'refresh':
+            into = step - recipe.refresh_start
+            if into < 20:
+                rate = recipe.refresh_learning_rate * (into + 1) / 20
+            else:
+                progress = (into - 20) / max(1, recipe.refresh_steps - 20)
+                floor = recipe.joint_learning_rate
+                rate = floor + (recipe.refresh_learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        elif step < recipe.code_steps:
             if step < recipe.warmup_steps:
                 rate = recipe.learning_rate * (step + 1) / recipe.warmup_steps
             else:
@@ -347,24 +404,55 @@ class JointTrainer:
             group['lr'] = recipe.vision_learning_rate
 
     # ----- losses -----------------------------------------------------------------------
-    def _code_loss(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, int]:
-        """Summed token cross-entropy of ``count`` code-only episodes, and the token count."""
+    def _code_batch(self, rng: np.random.Generator, count: int, focus: int = 0):
+        """``(ids, targets, encodings)`` of ``count`` code-only episodes, ``focus`` of them
+        from the recipe's ``refresh_focus`` categories."""
         from vpcli.agent.corpus import sample_episodes
         from vpcli.agent.training import make_batch
 
-        episodes = sample_episodes(rng, count, refusal_fraction=self.recipe.refusal_fraction,
-                                   unknown_metadata=self.recipe.unknown_metadata)
+        recipe = self.recipe
+        episodes = sample_episodes(rng, count - focus, refusal_fraction=recipe.refusal_fraction,
+                                   unknown_metadata=recipe.unknown_metadata)
+        for _ in range(focus):
+            category = recipe.refresh_focus[int(rng.integers(len(recipe.refresh_focus)))]
+            episodes += sample_episodes(rng, 1, category=category,
+                                        unknown_metadata=recipe.unknown_metadata)
         ids, targets, encodings = make_batch(self.tokenizer, episodes,
                                              self.agent.config.encoding_width, rng,
                                              self.agent.config.max_positions)
         ids, targets = ids.to(self.device), targets.to(self.device)
-        if encodings is not None:
-            encodings = encodings.to(self.device)
+        return ids, targets, None if encodings is None else encodings.to(self.device)
+
+    def _code_loss(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, int]:
+        """Summed token cross-entropy of ``count`` code-only episodes, and the token count."""
+        ids, targets, encodings = self._code_batch(rng, count)
         logits, _, _ = self.agent(ids, encodings)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 targets.reshape(-1), ignore_index=-100,
-                                                 reduction='sum')
-        return loss, int((targets != -100).sum())
+        return _summed_ce(logits, targets), int((targets != -100).sum())
+
+    def _refresh_loss(self, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        """Loss of a code refresh step: mean token cross-entropy + the φ anchor."""
+        from vpcli.agent.tokenizer import MOD
+        recipe = self.recipe
+        if self.phi_teacher is None:
+            if self.step != recipe.refresh_start:
+                raise BadInputError(f'step {self.step} is inside the code refresh but the '
+                                    f'checkpoint holds no φ anchor (the refresh must start at '
+                                    f'step {recipe.refresh_start})')
+            self.phi_teacher = self._frozen_copy(self.agent.state_dict())
+        focus = round(recipe.batch_size * recipe.refresh_focus_fraction) if recipe.refresh_focus else 0
+        ids, targets, encodings = self._code_batch(rng, recipe.batch_size, focus)
+        logits, hidden, _ = self.agent(ids, encodings)
+        ce = _summed_ce(logits, targets) / max(int((targets != -100).sum()), 1)
+        markers = ids == self.special[MOD]
+        with torch.no_grad():
+            _, anchor_hidden, _ = self.phi_teacher(ids, encodings)
+            anchor_phi = self.phi_teacher.phi(anchor_hidden[markers])
+        # relative: mean squared change of φ over φ's own mean square
+        drift = torch.nn.functional.mse_loss(self.agent.phi(hidden[markers]), anchor_phi) \
+            / anchor_phi.pow(2).mean().clamp_min(1e-8) if bool(markers.any()) \
+            else torch.zeros((), device=self.device)
+        return ce + recipe.phi_anchor_weight * drift, {'ce': float(ce.detach()),
+                                                       'phi_drift': float(drift.detach())}
 
     def _case(self, block: int):
         """The synthesised case of a joint block (made once, kept while the block lasts)."""
@@ -530,10 +618,7 @@ class JointTrainer:
         logits, _, _ = self.agent(input_ids, torch.cat(rows) if rows else None)
         targets = torch.tensor([[ids[i + 1] if trained[i + 1] else -100 for i in range(len(ids) - 1)]
                                 + [-100]], device=self.device)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                                 targets.reshape(-1), ignore_index=-100,
-                                                 reduction='sum')
-        return loss, int((targets != -100).sum()), scorer
+        return _summed_ce(logits, targets), int((targets != -100).sum()), scorer
 
     # ----- one step ---------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -544,10 +629,14 @@ class JointTrainer:
         rng = np.random.default_rng([recipe.seed, self.step])
         self._set_learning_rates()
         self.agent.train()
-        joint = self.step >= recipe.code_steps
+        stage = self.stage()
+        joint = stage == 'joint'
         self.vision.train(joint)
-        numbers: dict[str, Any] = {'step': self.step + 1, 'stage': 'joint' if joint else 'code'}
-        if not joint:
+        numbers: dict[str, Any] = {'step': self.step + 1, 'stage': stage}
+        if stage == 'refresh':
+            loss, parts = self._refresh_loss(rng)
+            numbers.update(parts)
+        elif not joint:
             ce_sum, tokens = self._code_loss(rng, recipe.batch_size)
             loss = ce_sum / max(tokens, 1)
             numbers['ce'] = float(loss.detach())
@@ -629,8 +718,14 @@ class JointTrainer:
         # counted from the log (stage lengths change with --change-recipe); a run without
         # one counts by the recipe
         logged = sum(h['steps'] for h in self.history)
-        code_steps = sum(h['steps'] for h in self.history if h.get('stage') == 'code') \
-            if logged == self.step else min(self.step, self.recipe.code_steps)
+        recipe = self.recipe
+        if logged == self.step:
+            code_steps, refresh_steps = (sum(h['steps'] for h in self.history if h.get('stage') == stage)
+                                         for stage in ('code', 'refresh'))
+        else:
+            code_steps = min(self.step, recipe.code_steps)
+            refresh_steps = max(0, min(self.step, recipe.refresh_start + recipe.refresh_steps)
+                                - max(recipe.refresh_start, recipe.code_steps)) if recipe.refresh_steps else 0
         if self.recipe.training_resolution and not self.vision.config.min_spacing_mm:
             # trained on >= 2 mm synthetic grids only: finer scans are seen at that scale
             from vpcli.synth.acquisition import TrainingResolution
@@ -642,7 +737,8 @@ class JointTrainer:
             'recipe_settings': dataclasses.asdict(self.recipe),
             'steps': self.step,
             'code_only_steps': code_steps,
-            'joint_steps': self.step - code_steps,
+            'refresh_steps': refresh_steps,
+            'joint_steps': self.step - code_steps - refresh_steps,
             'training_seconds': round(sum(h.get('seconds', 0.0) for h in self.history), 1),
             # process CPU time (all threads), logged since the run recorded it
             'training_cpu_seconds': round(sum(h.get('cpu_s', 0.0) for h in self.history), 1),
@@ -669,6 +765,13 @@ DATA_SOURCES = [
 ]
 
 
+def _summed_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Token cross-entropy summed over the trained positions (targets -100 elsewhere)."""
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
+                                             targets.reshape(-1), ignore_index=-100,
+                                             reduction='sum')
+
+
 def _summarise(window: list[dict], step: int, seconds: float) -> dict:
     entry = {'step': step, 'seconds': round(seconds, 2), 'steps': len(window),
              'loss': float(np.mean([w['loss'] for w in window])),
@@ -677,6 +780,9 @@ def _summarise(window: list[dict], step: int, seconds: float) -> dict:
     if dice:
         entry['dice'] = float(np.mean(dice))
         entry['segments'] = int(sum(w.get('segments', 0) for w in window))
+    drift = [w['phi_drift'] for w in window if 'phi_drift' in w]
+    if drift:
+        entry['phi_drift'] = float(np.mean(drift))
     entry['stage'] = window[-1]['stage']
     return entry
 
@@ -686,6 +792,8 @@ def _log_line(entry: dict, until: int) -> str:
             f'ce {entry["ce"]:.4f}')
     if 'dice' in entry:
         line += f'  dice {entry["dice"]:.3f}'
+    if 'phi_drift' in entry:
+        line += f'  φ drift {entry["phi_drift"]:.2e}'
     rate = entry['steps'] / entry['seconds'] if entry['seconds'] else 0.0
     return line + f'  {rate:.2f} steps/s'
 

@@ -46,15 +46,39 @@ def test_mod_rule_one_per_encoded_stream():
     assert 'encode(img0<MOD>, img1<MOD>)' in steps[0]
     assert "segment(enc, 'left hippocampus'<MOD><MOD>)" in steps[0]   # after the target
     scope = library_scope(['img0', 'img1'])
-    check_complete('enc = encode(img0\x00)\nm = segment(enc, "x"\x00)\n', scope)
+    check_complete('enc = encode(img0\x00)\nm = segment(enc, "brainstem"\x00)\n', scope)
     for wrong in ('enc = encode(img0)\n', 'enc = encode(img0\x00\x00)\n',
-                  'enc = encode(img0\x00)\nm = segment(enc, "x")\n',
-                  'enc = encode(img0\x00)\nm = segment(enc, "x"\x00\x00)\n',
-                  'enc = encode(img0\x00)\nm = segment(enc\x00, "x")\n',     # version 1
-                  'enc = encode(img0\x00)\nm = segment(enc\x00, "x"\x00)\n',
+                  'enc = encode(img0\x00)\nm = segment(enc, "brainstem")\n',
+                  'enc = encode(img0\x00)\nm = segment(enc, "brainstem"\x00\x00)\n',
+                  'enc = encode(img0\x00)\nm = segment(enc\x00, "brainstem")\n',     # version 1
+                  'enc = encode(img0\x00)\nm = segment(enc\x00, "brainstem"\x00)\n',
                   'm = volume(img0\x00)\n', 'enc = encode(img0\x00, phi=1)\n'):
         with pytest.raises(Invalid):
             check_complete(wrong, scope)
+
+
+def test_the_agent_writes_only_segmentation_targets_of_the_vocabulary():
+    from vpcli.tasks.ontology import is_target_name
+    scope = check_complete('enc = encode(img0\x00)\n', library_scope(['img0']))
+    for name in ('left hippocampus', 'whole brain', 'all edemas',
+                 'hypointense left ACA-territory edema', 'largest frontal glioma'):
+        assert is_target_name(name)
+        text = f"m = segment(enc, '{name}'\x00)\n"
+        check_complete(text, scope)
+        assert all(check_prefix(text[:i], scope) for i in range(len(text) + 1))
+    # names the task world never writes, and targets that are not a literal
+    for wrong in ('bilateral frontal gyrus', 'bilateralall edemas', 'left  hippocampus',
+                  'hippocampus left', 'all edema', 'frontal glioma largest', 'x'):
+        assert not is_target_name(wrong)
+        with pytest.raises(Invalid):
+            check_complete(f"m = segment(enc, '{wrong}'\x00)\n", scope)
+    assert not check_prefix("m = segment(enc, 'bilateral frontal gy", scope)
+    assert check_prefix("m = segment(enc, 'bilateral frontal co", scope)      # ... cortex
+    assert not check_prefix('m = segment(enc, img0', scope)
+    # programs a person writes are not held to the vocabulary
+    import dataclasses
+    free = dataclasses.replace(scope, targets=None)
+    check_complete("m = segment(enc, 'my own words'\x00)\n", free)
 
 
 HOSTILE = [

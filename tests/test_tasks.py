@@ -267,6 +267,20 @@ def test_a_prompt_names_the_modality_of_the_scan_it_measures_when_the_session_ha
     assert checked >= 10
 
 
+def test_every_target_a_program_segments_is_in_the_decoding_vocabulary():
+    """The agent may write only these names (constrained decoding); k* uses no other."""
+    from vpcli.tasks.described import draw_described
+    from vpcli.tasks.ontology import is_target_name
+    rng = np.random.default_rng(3)
+    seen = set()
+    for index in range(17 * 40):
+        draft, _ = draw_described(rng, CATEGORIES[index % len(CATEGORIES)])
+        seen.update(name for _, name in re.findall(r"segment\(\w+, (['\"])(.*?)\1", draft.program))
+    assert len(seen) > 300
+    assert [name for name in seen if not is_target_name(name)] == []
+    assert all(is_target_name(name[:k], complete=False) for name in seen for k in range(len(name)))
+
+
 def test_same_seed_same_tasks():
     def run(seed):
         rng = np.random.default_rng(seed)

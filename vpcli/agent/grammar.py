@@ -12,6 +12,8 @@ lines, each ``name = expression`` or a call of a library function, over this sub
   expressions of this subset;
 - ``+ - * / // % **``, comparisons, ``and or not``, ``x if c else y``, parentheses, tuples,
   lists, indexing, whitelisted attributes (``img0.date``);
+- with ``Scope.targets`` (the agent's decoding), ``segment``'s target is a string literal
+  naming a target of the task world's vocabulary (:func:`vpcli.tasks.ontology.is_target_name`);
 - ``<MOD>`` exactly once after each argument of ``encode`` (which must be a variable) and
   exactly n times after the target argument of ``segment`` when its encoding argument (a
   variable) holds an encoding of n scans; nowhere else (model text version 2, see
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import keyword
 import re
+from typing import Any
 
 #: the one character that stands for ``<MOD>`` in step text seen by the recognizer
 MOD_CHAR = '\x00'
@@ -93,6 +96,10 @@ class Scope:
         arity: Function name -> :class:`Arity`; a call must give every required parameter
             once (a positional one by position or keyword) and no more positional arguments
             than there are positional parameters. Functions not listed are not checked.
+        targets: ``(text, complete) -> bool``, whether a text is a segmentation target name
+            the vision network was trained on (``complete``) or the start of one; when
+            given, ``segment``'s target must be a string literal it accepts. None: any
+            expression.
     """
     functions: frozenset
     variables: dict
@@ -100,6 +107,7 @@ class Scope:
     attributes: frozenset = DEFAULT_ATTRIBUTES
     keywords: dict = dataclasses.field(default_factory=dict)
     arity: dict = dataclasses.field(default_factory=dict)
+    targets: Any = None
 
     def copy(self) -> 'Scope':
         return dataclasses.replace(self, variables=dict(self.variables))
@@ -464,7 +472,10 @@ class _Parser:
                 elif function == SEGMENT and position == 0:
                     encoded = self.scope.variables[self.volume_argument(function)]
                 elif function == SEGMENT and position == 1:
-                    self.expression()
+                    if self.scope.targets is None:
+                        self.expression()
+                    else:
+                        self.target_name()
                     self.markers('the target', encoded)
                 else:
                     self.expression()
@@ -483,6 +494,19 @@ class _Parser:
         if function == SEGMENT and position < 2:
             raise Invalid('segment needs an encoding and a target')
         return None
+
+    def target_name(self) -> None:
+        """``segment``'s target: a string literal naming a known target (or its start)."""
+        token = self.need()
+        if token.kind != 'STRING':
+            raise Invalid("segment's target must be a quoted target name")
+        if token.partial:
+            if not self.scope.targets(token.text[1:], False):
+                raise Invalid(f'no segmentation target starts {token.text[1:]!r}')
+            raise _Accept() if self.prefix else Invalid('unterminated string')
+        if not self.scope.targets(token.text[1:-1], True):
+            raise Invalid(f'unknown segmentation target {token.text}')
+        self.index += 1
 
     def close_call(self, function: str, positional: int, named: set[str]) -> None:
         """Consume the ')' of a call that gives every required argument and no extra one."""

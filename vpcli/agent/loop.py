@@ -124,8 +124,11 @@ def read_feedback(items, encoding_width: int) -> tuple[str, torch.Tensor | None]
 
 
 def library_scope(scan_names: Sequence[str]) -> Scope:
-    """The names a fresh program may use: the library, the sandbox's builtins, the scans."""
+    """The names a fresh program may use: the library, the sandbox's builtins, the scans;
+    ``segment`` targets from the task world's vocabulary (the names the model and the
+    vision network were trained on)."""
     from vpcli.library.registry import registry
+    from vpcli.tasks.ontology import is_target_name
 
     functions = registry()
     keywords, arity = {}, {}
@@ -146,7 +149,8 @@ def library_scope(scan_names: Sequence[str]) -> Scope:
     except ImportError:  # the sandbox module is not part of this checkout
         builtins, attributes = grammar.DEFAULT_BUILTINS, grammar.DEFAULT_ATTRIBUTES
     return Scope(functions=frozenset(functions), variables={name: None for name in scan_names},
-                 builtins=builtins, attributes=attributes, keywords=keywords, arity=arity)
+                 builtins=builtins, attributes=attributes, keywords=keywords, arity=arity,
+                 targets=is_target_name)
 
 
 class SandboxExecutor:

@@ -272,6 +272,60 @@ def lesion_canonical(class_key: str, tags: dict[str, str], every: bool = False) 
     return ' '.join(words + [cls.name])
 
 
+@functools.lru_cache(maxsize=1)
+def _target_vocabulary():
+    """Sorted anatomical target names; descriptor values (as word lists) per kind in
+    :data:`DESCRIPTOR_ORDER`; ``(name words, plural words)`` per lesion class."""
+    ontology = load_ontology()
+    # as lesion_canonical writes them
+    descriptors = tuple(tuple(tuple((f'{v}-territory' if kind == 'territory' else v).split(' '))
+                              for v in ontology.descriptors[kind].values)
+                        for kind in DESCRIPTOR_ORDER)
+    classes = tuple((tuple(c.name.split(' ')), tuple(c.plural.split(' ')))
+                    for c in ontology.lesion_classes.values())
+    return sorted(ontology.targets), descriptors, classes
+
+
+def _lesion_words(state):
+    """``(word, next state)`` pairs after a lesion-name state ``(kind index, every, pending
+    words, pending is the class, done, started)``."""
+    kind, every, pending, is_class, done, started = state
+    if done:
+        return []
+    if pending:
+        return [(pending[0], (kind, every, pending[1:], is_class, is_class and len(pending) == 1, True))]
+    _, descriptors, classes = _target_vocabulary()
+    options = [] if started else [('all', (0, True, (), False, False, True))]
+    for index in range(kind, len(descriptors)):
+        for words in descriptors[index]:
+            options.append((words[0], (index + 1, every, words[1:], False, False, True)))
+    for name, plural in classes:
+        words = plural if every else name
+        options.append((words[0], (len(descriptors), every, words[1:], True, len(words) == 1, True)))
+    return options
+
+
+def is_target_name(text: str, complete: bool = True) -> bool:
+    """Whether ``text`` is a target name the task world writes (an anatomical target or a
+    canonical lesion name, :func:`lesion_canonical`), or with ``complete=False`` the start
+    of one (constrained decoding of ``segment``'s target)."""
+    import bisect
+    names = _target_vocabulary()[0]
+    at = bisect.bisect_left(names, text)
+    if at < len(names) and (names[at] == text if complete else names[at].startswith(text)):
+        return True
+    words = text.split(' ')
+    done, last = (words, None) if complete else (words[:-1], words[-1])
+    states = {(0, False, (), False, False, False)}
+    for word in done:
+        states = {after for state in states for option, after in _lesion_words(state) if option == word}
+        if not states:
+            return False
+    if complete:
+        return any(state[4] for state in states)
+    return any(option.startswith(last) for state in states for option, _ in _lesion_words(state))
+
+
 def parse_target(text: str) -> 'AnatomyTarget | LesionQuery':
     """Map a target program's target text back to an anatomical target or lesion query.
 

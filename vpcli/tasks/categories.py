@@ -391,12 +391,27 @@ def _measured_scan(w: Writer, targets: list[str], session: int = 0) -> ScanInfo:
     return scans[0]
 
 
-def _mask_on(w: Writer, mask: str, scan: ScanInfo, session_scans: list[ScanInfo]) -> str:
-    """The mask variable to use with ``scan``: resampled when it is not the session's first."""
+def _scan_variable(w: Writer, scan: ScanInfo, suffix: str = '') -> str:
+    """The name the program measures ``scan`` by. When the prompt names the modality, the
+    measuring step first names the scan for it (``flair = img1``): the program says which
+    modality it measures, and the model writes the modality the prompt names, then the scan
+    whose line has it. Otherwise the scan's own name."""
+    if not w.bindings.get('on_modality'):
+        return scan.name
+    name = w.program.name(scan.modality.split(' ')[0] + suffix)
+    w.add(f'{name} = {scan.name}')
+    return name
+
+
+def _mask_on(w: Writer, mask: str, scan: ScanInfo, session_scans: list[ScanInfo],
+             variable: str | None = None) -> str:
+    """The mask variable to use with ``scan`` (named ``variable`` in the program, default
+    its own name): resampled when it is not the session's first."""
     if scan.name == session_scans[0].name:
         return mask
-    name = w.program.name(f'{mask}_{scan.name}')
-    w.add(f'{name} = resample_mask({mask}, {scan.name})')
+    variable = variable or scan.name
+    name = w.program.name(f'{mask}_{variable}')
+    w.add(f'{name} = resample_mask({mask}, {variable})')
     return name
 
 
@@ -419,8 +434,9 @@ def write_intensity(w: Writer) -> TaskDraft:
     w.encode()
     mask = w.segment(phrase.canonical, 'roi')
     w.step()
-    measured = _mask_on(w, mask, scan, session)
-    w.add(f'i = mean_intensity({scan.name}, {measured})')
+    measured_scan = _scan_variable(w, scan)
+    measured = _mask_on(w, mask, scan, session, measured_scan)
+    w.add(f'i = mean_intensity({measured_scan}, {measured})')
     unit = _intensity_unit(scan)
     w.add(f'output("mean_intensity", i, "{unit}")')
     segments = list(w.segments)
@@ -459,11 +475,12 @@ def write_intensity_comparison(w: Writer) -> TaskDraft:
     roi = w.segment(phrase.canonical, 'roi')
     ref = w.segment(reference.name, 'reference')
     w.step()
-    roi_measured = _mask_on(w, roi, scan, session)
-    ref_measured = _mask_on(w, ref, scan, session)
+    measured_scan = _scan_variable(w, scan)
+    roi_measured = _mask_on(w, roi, scan, session, measured_scan)
+    ref_measured = _mask_on(w, ref, scan, session, measured_scan)
     unit = _intensity_unit(scan)
-    w.add(f'i_roi = mean_intensity({scan.name}, {roi_measured})')
-    w.add(f'i_ref = mean_intensity({scan.name}, {ref_measured})')
+    w.add(f'i_roi = mean_intensity({measured_scan}, {roi_measured})')
+    w.add(f'i_ref = mean_intensity({measured_scan}, {ref_measured})')
     w.add(f'output("mean_intensity", i_roi, "{unit}")')
     w.add(f'output("reference_mean_intensity", i_ref, "{unit}")')
     w.add('output("intensity_ratio", ratio(i_roi, i_ref), "ratio")')
@@ -743,16 +760,17 @@ def write_intensity_change(w: Writer) -> TaskDraft:
     mask = w.segment(phrase.canonical, 'roi')
     w.step()
     unit = _intensity_unit(scans[0])
+    named = [_scan_variable(w, scan, suffix) for scan, suffix in zip(scans, ('_before', '_after'))]
     measured = []
-    for session_index, scan in enumerate(scans):
+    for session_index, (scan, variable) in enumerate(zip(scans, named)):
         name = w.program.name(f'roi_{session_index}')
         if scan.name == sessions[session_index][0].name:
             w.add(f'{name} = {mask}[{session_index}]')
         else:
-            w.add(f'{name} = resample_mask({mask}[{session_index}], {scan.name})')
+            w.add(f'{name} = resample_mask({mask}[{session_index}], {variable})')
         measured.append(name)
-    w.add(f'i_before = mean_intensity({scans[0].name}, {measured[0]})')
-    w.add(f'i_after = mean_intensity({scans[1].name}, {measured[1]})')
+    w.add(f'i_before = mean_intensity({named[0]}, {measured[0]})')
+    w.add(f'i_after = mean_intensity({named[1]}, {measured[1]})')
     w.add(f'output("intensity_before", i_before, "{unit}")')
     w.add(f'output("intensity_after", i_after, "{unit}")')
     w.add(f'output("intensity_change", difference(i_before, i_after), "{unit}")')
@@ -877,8 +895,9 @@ def write_signal_intensity(w: Writer) -> TaskDraft:
     w.encode()
     lesion = w.segment(phrase.canonical, 'lesion')
     w.step()
-    measured = _mask_on(w, lesion, scan, session)
-    w.add(f'r = signal_ratio({scan.name}, {measured})')
+    measured_scan = _scan_variable(w, scan)
+    measured = _mask_on(w, lesion, scan, session, measured_scan)
+    w.add(f'r = signal_ratio({measured_scan}, {measured})')
     w.add('output("signal_ratio", r, "ratio")')
     w.add('answer(signal_class(r))')
     segments = list(w.segments)

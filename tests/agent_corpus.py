@@ -11,10 +11,11 @@ import numpy as np
 from vpcli.agent.episodes import Episode, episode_from_program, refusal_episode
 from vpcli.agent.refusal import refusal_prompts
 
+#: canonical names of the real task world (the agent may write only those, constrained decoding)
 TARGETS = {
     'left hippocampus': ('left hippocampus', 'hippocampus on the left'),
     'right thalamus': ('right thalamus', 'thalamus on the right'),
-    'lateral ventricles': ('lateral ventricles', 'ventricles'),
+    'bilateral lateral ventricle': ('lateral ventricles', 'ventricles'),
 }
 TEMPLATES = {
     'volume': ('what is the volume of the {roi}?', 'measure the {roi} volume'),

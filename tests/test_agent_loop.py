@@ -33,7 +33,7 @@ def trained(tokenizer):
 
 def _two_scan_episode():
     return episode_from_program('how much has the lateral ventricles changed?', SCANS[2], ['img0', 'img1'],
-                                program('volume_change', 'lateral ventricles'), np.random.default_rng(0))
+                                program('volume_change', 'bilateral lateral ventricle'), np.random.default_rng(0))
 
 
 @pytest.mark.slow

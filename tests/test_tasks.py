@@ -259,12 +259,11 @@ def test_a_prompt_names_the_modality_of_the_scan_it_measures_when_the_session_ha
         if len({s.modality for s in first}) < 2:
             continue
         variable = re.search(r'(?:mean_intensity|signal_ratio)\((\w+)', draft.program).group(1)
-        # the measuring step names the scan for its modality first (``flair = img1``)
-        alias = re.search(rf'^{variable} = (img\d+)$', draft.program, re.M)
-        assert alias and variable.split('_')[0] == next(
-            s.modality for s in case.scans if s.name == alias.group(1)).lower(), draft.program
-        measured = alias.group(1)
-        modality = next(s.modality for s in case.scans if s.name == measured)
+        # the measuring step finds the scan by its modality first (``flair = find_scan("FLAIR")``)
+        found = re.search(rf'^{variable} = find_scan\("(\w+)"\)$', draft.program, re.M)
+        assert found and variable.split("_")[0] == found.group(1).lower(), draft.program
+        modality = found.group(1)
+        assert modality in {s.modality for s in first}
         words = phrasing()['modality'][modality]
         assert any(re.search(rf'(?<![\w*-]){re.escape(w)}(?![\w*-])', draft.prompt) for w in words), \
             (draft.prompt, measured, modality)

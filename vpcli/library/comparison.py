@@ -12,6 +12,7 @@ from typing import Callable
 from vpcli.errors import BadInputError, ProgramError
 from vpcli.library.masks import require_number, require_scan
 from vpcli.library.registry import agent_function
+from vpcli.library.context import RunContext
 from vpcli.volumes import Scan
 
 
@@ -151,3 +152,42 @@ def days_between(scan_a: Scan, scan_b: Scan) -> int:
                 f'ses-20210304)')
     return int((scan_b.date - scan_a.date).days)
 
+
+
+@agent_function('comparison', returns='image: one of the input scans')
+def find_scan(context: RunContext, modality: str, session: int = 0) -> Scan:
+    """The scan of a modality in one session, as the scan lines name modalities.
+
+    Sessions are counted in time order from 0, as ``segment`` orders its masks (scans
+    with equal session labels form a session). Use it to measure on the scan the prompt
+    names: ``flair = find_scan("FLAIR")``, then ``resample_mask(roi, flair)`` and
+    ``mean_intensity(flair, ...)``; ``find_scan("FLAIR", 1)`` for the second session.
+
+    Args:
+        modality: ``T1w``, ``T2w``, ``FLAIR``, ``PD``, ``GRE``, ``DWI``, ``ADC`` or ``CT``.
+        session: Which session, 0 for the first (oldest).
+
+    Returns:
+        The one scan of that modality in that session.
+
+    Raises:
+        ProgramError: when the session does not exist, or it has no scan or several scans
+            of that modality.
+    """
+    from vpcli.vision.model import session_groups
+
+    if not isinstance(modality, str):
+        raise ProgramError(f'find_scan: modality must be a text such as "FLAIR", got {modality!r}')
+    if isinstance(session, bool) or not isinstance(session, int):
+        raise ProgramError(f'find_scan: session must be a whole number (0 for the first), got {session!r}')
+    groups = session_groups(context.scans)
+    if not 0 <= session < len(groups):
+        raise ProgramError(f'find_scan: session {session} does not exist; the scans form '
+                           f'{len(groups)} session(s), numbered from 0')
+    found = [context.scans[i] for i in groups[session]
+             if context.scans[i].modality.lower() == modality.strip().lower()]
+    if len(found) != 1:
+        names = ', '.join(f'{context.scans[i].name} ({context.scans[i].modality})' for i in groups[session])
+        problem = 'no' if not found else f'{len(found)}'
+        raise ProgramError(f'find_scan: {problem} {modality} scan(s) in session {session} ({names})')
+    return found[0]

@@ -391,23 +391,27 @@ def _measured_scan(w: Writer, targets: list[str], session: int = 0) -> ScanInfo:
     return scans[0]
 
 
-def _scan_variable(w: Writer, scan: ScanInfo, suffix: str = '') -> str:
+def _scan_variable(w: Writer, scan: ScanInfo, suffix: str = '', session: int = 0) -> str:
     """The name the program measures ``scan`` by. When the prompt names the modality, the
-    measuring step first names the scan for it (``flair = img1``): the program says which
-    modality it measures, and the model writes the modality the prompt names, then the scan
-    whose line has it. Otherwise the scan's own name."""
+    measuring step first finds the scan of that modality (``flair = find_scan("FLAIR")``;
+    ``find_scan("FLAIR", 1)`` in the second session): the program says which modality it
+    measures, and the library, not the model, finds which scan has it. Otherwise the
+    scan's own name."""
     if not w.bindings.get('on_modality'):
         return scan.name
-    name = w.program.name(scan.modality.split(' ')[0] + suffix)
-    w.add(f'{name} = {scan.name}')
+    modality = scan.modality.split(' ')[0]
+    name = w.program.name(modality + suffix)
+    w.add(f'{name} = find_scan("{modality}"' + (f', {session})' if session else ')'))
     return name
 
 
 def _mask_on(w: Writer, mask: str, scan: ScanInfo, session_scans: list[ScanInfo],
              variable: str | None = None) -> str:
-    """The mask variable to use with ``scan`` (named ``variable`` in the program, default
-    its own name): resampled when it is not the session's first."""
-    if scan.name == session_scans[0].name:
+    """The mask variable to use with ``scan``: resampled when it is not the session's
+    first, and always when the program found the scan by modality (``variable`` from
+    :func:`_scan_variable`; resampling onto the mask's own grid changes nothing)."""
+    found = variable is not None and variable != scan.name
+    if scan.name == session_scans[0].name and not found:
         return mask
     variable = variable or scan.name
     name = w.program.name(f'{mask}_{variable}')
@@ -760,11 +764,12 @@ def write_intensity_change(w: Writer) -> TaskDraft:
     mask = w.segment(phrase.canonical, 'roi')
     w.step()
     unit = _intensity_unit(scans[0])
-    named = [_scan_variable(w, scan, suffix) for scan, suffix in zip(scans, ('_before', '_after'))]
+    named = [_scan_variable(w, scan, suffix, index)
+             for index, (scan, suffix) in enumerate(zip(scans, ('_before', '_after')))]
     measured = []
     for session_index, (scan, variable) in enumerate(zip(scans, named)):
         name = w.program.name(f'roi_{session_index}')
-        if scan.name == sessions[session_index][0].name:
+        if scan.name == sessions[session_index][0].name and variable == scan.name:
             w.add(f'{name} = {mask}[{session_index}]')
         else:
             w.add(f'{name} = resample_mask({mask}[{session_index}], {variable})')

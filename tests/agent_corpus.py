@@ -15,7 +15,7 @@ from vpcli.agent.refusal import refusal_prompts
 TARGETS = {
     'left hippocampus': ('left hippocampus', 'hippocampus on the left'),
     'right thalamus': ('right thalamus', 'thalamus on the right'),
-    'bilateral lateral ventricle': ('lateral ventricles', 'ventricles'),
+    'brainstem': ('brainstem', 'brain stem'),
 }
 TEMPLATES = {
     'volume': ('what is the volume of the {roi}?', 'measure the {roi} volume'),

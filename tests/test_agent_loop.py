@@ -32,8 +32,8 @@ def trained(tokenizer):
 
 
 def _two_scan_episode():
-    return episode_from_program('how much has the lateral ventricles changed?', SCANS[2], ['img0', 'img1'],
-                                program('volume_change', 'bilateral lateral ventricle'), np.random.default_rng(0))
+    return episode_from_program('how much has the brain stem changed?', SCANS[2], ['img0', 'img1'],
+                                program('volume_change', 'brainstem'), np.random.default_rng(0))
 
 
 @pytest.mark.slow

@@ -85,3 +85,32 @@ def test_days_between_with_an_unknown_date_names_the_file():
     assert '\n' not in message
     with pytest.raises(ProgramError, match='scan_a must be a scan'):
         days_between(3, known)
+
+
+def test_find_scan_returns_the_one_scan_of_a_modality_in_a_session():
+    import dataclasses
+
+    from vpcli.library.comparison import find_scan
+    from vpcli.library.context import RunContext
+
+    def scan(name, modality, session, date):
+        return dataclasses.replace(dated_scan(name, f'{name}.nii.gz', date), modality=modality,
+                                   session=session)
+    # listed out of time order: sessions count from the oldest
+    scans = [scan('img0', 'FLAIR', '02', dt.date(2021, 1, 1)), scan('img1', 'T1w', '02', dt.date(2021, 1, 1)),
+             scan('img2', 'FLAIR', '01', dt.date(2020, 1, 1)), scan('img3', 'T1w', '01', dt.date(2020, 1, 1))]
+    context = RunContext(scans=scans)
+    assert find_scan(context, 'FLAIR').name == 'img2'
+    assert find_scan(context, 'flair', 1).name == 'img0'
+    assert find_scan(context, 'T1w', 1).name == 'img1'
+    with pytest.raises(ProgramError, match=r'no PD scan\(s\) in session 0 \(img2 \(FLAIR\), img3 \(T1w\)\)'):
+        find_scan(context, 'PD')
+    with pytest.raises(ProgramError, match='session 2 does not exist; the scans form 2 session'):
+        find_scan(context, 'FLAIR', 2)
+    with pytest.raises(ProgramError, match='session must be a whole number'):
+        find_scan(context, 'FLAIR', True)
+    with pytest.raises(ProgramError, match='modality must be a text'):
+        find_scan(context, 3)
+    twice = RunContext(scans=[scan('img0', 'T1w', '01', None), scan('img1', 'T1w', '01', None)])
+    with pytest.raises(ProgramError, match=r'2 T1w scan\(s\) in session 0'):
+        find_scan(twice, 'T1w')

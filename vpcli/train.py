@@ -370,11 +370,10 @@ class JointTrainer:
         return 'joint'
 
     def _frozen_copy(self, state: dict):
+        """The language model with ``state``, frozen (the refresh's φ anchor)."""
         from vpcli.agent.model import AgentModel
-        copy = AgentModel(self.agent.config, embedding_token_id=self.agent.embedding_token_id,
-                          mod_token_id=self.agent.mod_token_id)
-        copy.load_state_dict(state, strict=True)
-        copy.to(self.device).eval()
+        copy = AgentModel.from_checkpoint({**self.agent.checkpoint(), 'state': state},
+                                          any_model_text=True).to(self.device).eval()
         for parameter in copy.parameters():
             parameter.requires_grad_(False)
         return copy

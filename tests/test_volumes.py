@@ -60,6 +60,13 @@ def test_load_scans_names_and_describes(tmp_path):
     assert scans[0].volume.tensor.dtype == torch.float32
     assert scans[1].modality == 'labelmap' and not scans[1].volume.tensor.is_floating_point()
     assert scans[0].describe() == 'img0: T1w, date 2019-12-31, session 01'
+    assert scans[0].describe(date=False) == 'img0: T1w, date unknown, session 01'
+    assert scans[0].describe(session=False) == 'img0: T1w, date 2019-12-31, session unknown'
+    from vpcli.tasks.world import ScanInfo
+    info = ScanInfo('img1', 'T1w', 0, '2019-12-31', contrast=True)
+    assert info.describe() == 'img1: T1w post-contrast, date 2019-12-31, session 01'
+    assert info.describe(date=False, session=False) == \
+        'img1: T1w post-contrast, date unknown, session unknown'
     assert len(scans[0].sha256) == 64
 
 

@@ -58,6 +58,14 @@ class SourceRef:
         return self.name if self.file is None else f'{self.name} ({self.file})'
 
 
+def state_line(name: str, modality: str, contrast: bool, date: str | None,
+               session: str | None) -> str:
+    """One scan's line of the agent's state: ``img0: T1w, date 2021-04-02, session 01``
+    (``unknown`` for a missing date or session)."""
+    modality += ' post-contrast' if contrast else ''
+    return f'{name}: {modality}, date {date or "unknown"}, session {session or "unknown"}'
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Scan:
     """An input scan (or an image derived from one) plus the metadata the agent sees.
@@ -93,12 +101,14 @@ class Scan:
         return dataclasses.replace(self, volume=volume, name=f'{self.name}_{suffix}', path=None,
                                    sha256=None)
 
-    def describe(self) -> str:
-        """The one line per scan that starts the agent's state (name, modality, date, session)."""
-        date = self.date.isoformat() if self.date else 'unknown'
-        session = self.session if self.session else 'unknown'
-        modality = self.modality + (' post-contrast' if self.contrast else '')
-        return f'{self.name}: {modality}, date {date}, session {session}'
+    def describe(self, date: bool = True, session: bool = True) -> str:
+        """The one line per scan that starts the agent's state (name, modality, date, session).
+
+        ``date=False`` or ``session=False`` writes that item as unknown.
+        """
+        return state_line(self.name, self.modality, self.contrast,
+                          self.date.isoformat() if date and self.date else None,
+                          self.session if session else None)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

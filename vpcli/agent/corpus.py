@@ -9,8 +9,6 @@ never appear in training; :func:`sample_episodes` with ``split='eval'`` draws on
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from vpcli.agent.episodes import Episode, episode_from_program, refusal_episode
@@ -28,17 +26,12 @@ def scan_lines(case, rng: np.random.Generator | None = None, unknown: float = 0.
     scans without that metadata do (:meth:`vpcli.volumes.Scan.describe`). Longitudinal
     cases keep both: their programs compare dates and sessions.
     """
-    lines = [scan.describe() for scan in case.scans]
     if unknown <= 0 or rng is None:
-        return lines
+        return [scan.describe() for scan in case.scans]
     no_date, no_session = rng.random() < unknown, rng.random() < unknown
     if len({scan.session for scan in case.scans}) > 1:
-        return lines
-    if no_date:
-        lines = [re.sub(r', date [^,]+,', ', date unknown,', line) for line in lines]
-    if no_session:
-        lines = [re.sub(r', session [^,]+$', ', session unknown', line) for line in lines]
-    return lines
+        no_date = no_session = False
+    return [scan.describe(date=not no_date, session=not no_session) for scan in case.scans]
 
 
 def task_episode(draft, case, rng: np.random.Generator, unknown_metadata: float = 0.0) -> Episode:

@@ -58,11 +58,12 @@ class ScanInfo:
     date: str | None = None
     contrast: bool = False
 
-    def describe(self) -> str:
-        """The state line the agent gets (same format as :meth:`vpcli.volumes.Scan.describe`)."""
-        modality = self.modality + (' post-contrast' if self.contrast else '')
-        return (f'{self.name}: {modality}, date {self.date or "unknown"}, '
-                f'session {self.session + 1:02d}')
+    def describe(self, date: bool = True, session: bool = True) -> str:
+        """The state line the agent gets (:func:`vpcli.volumes.state_line`; ``date=False``
+        or ``session=False`` writes that item as unknown)."""
+        from vpcli.volumes import state_line
+        return state_line(self.name, self.modality, self.contrast, self.date if date else None,
+                          f'{self.session + 1:02d}' if session else None)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,23 @@ def test_every_target_uses_the_synth_vocabulary():
                        'Right-Cerebral-Cortex'}, unknown
 
 
+def test_every_term_names_one_target():
+    """A prompt's term must say which target it means: no term (or plural) of one anatomical
+    target or lesion class is also a term of another ("insular lobe" once named both the
+    insula and the insular lobe, so the right program for it was a coin toss)."""
+    import collections
+    ontology = load_ontology()
+    owners = collections.defaultdict(set)
+    for target in ontology.targets.values():
+        for term in target.terms + ((target.plural,) if target.plural else ()):
+            owners[term.lower()].add(('anatomy', target.key))
+    for key, cls in ontology.lesion_classes.items():
+        for term in cls.terms + (cls.plural,):
+            owners[term.lower()].add(('lesion', key))
+    shared = {term: sorted(keys) for term, keys in owners.items() if len(keys) > 1}
+    assert not shared, shared
+
+
 def test_lesion_hierarchy():
     ontology = load_ontology()
     assert ontology.ancestors('glioma') == ['glioma', 'neoplasm', 'mass', 'lesion']

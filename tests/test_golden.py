@@ -33,7 +33,7 @@ import pytest
 PROMPT = 'segment the white matter'
 TARGET = 'bilateral cerebral white matter'
 #: Dice of the shipped weights on this scan (0.637, step 12700) less 0.05 (module docstring)
-DICE_THRESHOLD = 0.58
+DICE_THRESHOLD = 0.63
 
 REPO = Path(__file__).resolve().parent.parent
 

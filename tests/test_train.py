@@ -266,3 +266,40 @@ def test_a_run_resumed_inside_the_code_refresh_equals_one_run(tmp_path):
     lost = JointTrainer.resume(tmp_path / 'checkpoint.pt', recipe=REFRESH)
     with pytest.raises(BadInputError, match='step 4 is inside the code refresh'):
         lost.train(5, log=lambda line: None)
+
+
+def _rate(recipe: Recipe, step: int) -> float:
+    """The language model's learning rate that a trainer of ``recipe`` sets at ``step``."""
+    from types import SimpleNamespace
+    groups = [{}], [{}]
+    trainer = SimpleNamespace(recipe=recipe, step=step,
+                              agent_optimizer=SimpleNamespace(param_groups=groups[0]),
+                              vision_optimizer=SimpleNamespace(param_groups=groups[1]))
+    trainer.stage = lambda: JointTrainer.stage(trainer)
+    JointTrainer._set_learning_rates(trainer)
+    assert groups[1][0]['lr'] == recipe.vision_learning_rate
+    return groups[0][0]['lr']
+
+
+def test_learning_rates_warm_up_decay_to_the_joint_rate_and_restart_in_a_refresh():
+    small = Recipe.load(find_recipe('small'))
+    peak, floor = small.learning_rate, small.joint_learning_rate
+    assert _rate(small, 0) == pytest.approx(peak / small.warmup_steps)
+    assert _rate(small, small.warmup_steps) == pytest.approx(peak)
+    assert _rate(small, small.code_steps - 1) == pytest.approx(floor, rel=1e-3)
+    assert _rate(small, small.code_steps) == floor  # joint stage
+    start, refresh_peak = small.refresh_start, small.refresh_learning_rate
+    assert _rate(small, start) == pytest.approx(refresh_peak / 20)
+    assert _rate(small, start + 20) == pytest.approx(refresh_peak)
+    assert _rate(small, start + small.refresh_steps - 1) == pytest.approx(floor, rel=1e-3)
+    assert _rate(small, start + small.refresh_steps) == floor
+    # lengthening a refresh moves the cosine: the rates docs/training.md gives for the small
+    # run's lengthenings (7,500 steps from step 12,700; 11,500 from step 17,500)
+    for length, step, rate in ((7500, 12700, 0.77e-3), (11500, 17500, 0.42e-3)):
+        longer = dataclasses.replace(small, refresh_steps=length)
+        assert _rate(longer, step) == pytest.approx(rate, abs=0.005e-3)
+    # the code-only trainer: warm-up, then cosine to a tenth of the peak
+    from vpcli.agent.training import TrainConfig, learning_rate
+    config = TrainConfig(preset='tiny', steps=100, learning_rate=1e-3, warmup_steps=10)
+    assert learning_rate(config, 9) == pytest.approx(1e-3)
+    assert learning_rate(config, 100) == pytest.approx(1e-4)

@@ -31,7 +31,6 @@ in pieces gives the same weights as one in a go.
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 import tomllib
@@ -379,22 +378,14 @@ class JointTrainer:
         return copy
 
     def _set_learning_rates(self) -> None:
+        from vpcli.agent.training import warmup_cosine
         recipe, step = self.recipe, self.step
-        if self.stage() == 'refresh':
-            into = step - recipe.refresh_start
-            if into < 20:
-                rate = recipe.refresh_learning_rate * (into + 1) / 20
-            else:
-                progress = (into - 20) / max(1, recipe.refresh_steps - 20)
-                floor = recipe.joint_learning_rate
-                rate = floor + (recipe.refresh_learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.stage() == 'refresh':  # 20 warm-up steps, cosine to the joint stage's rate
+            rate = warmup_cosine(step - recipe.refresh_start, 20, recipe.refresh_steps,
+                                 recipe.refresh_learning_rate, recipe.joint_learning_rate)
         elif step < recipe.code_steps:
-            if step < recipe.warmup_steps:
-                rate = recipe.learning_rate * (step + 1) / recipe.warmup_steps
-            else:
-                progress = (step - recipe.warmup_steps) / max(1, recipe.code_steps - recipe.warmup_steps)
-                floor = recipe.joint_learning_rate / recipe.learning_rate
-                rate = recipe.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+            rate = warmup_cosine(step, recipe.warmup_steps, recipe.code_steps,
+                                 recipe.learning_rate, recipe.joint_learning_rate)
         else:
             rate = recipe.joint_learning_rate
         for group in self.agent_optimizer.param_groups:

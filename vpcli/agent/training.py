@@ -80,12 +80,20 @@ def make_batch(tokenizer: Tokenizer, episodes: list[Episode], encoding_width: in
     return ids, targets, encodings if encodings is not None and len(encodings) else None
 
 
+def warmup_cosine(step: int, warmup: int, length: int, peak: float, floor: float) -> float:
+    """Learning rate at ``step`` of a schedule of ``length`` steps: linear warm-up over
+    ``warmup`` steps to ``peak``, then cosine decay to ``floor`` at ``length`` (and
+    ``floor`` after it)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min((step - warmup) / max(1, length - warmup), 1.0)
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Warm-up then cosine decay to 10% of the peak."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    return warmup_cosine(step, config.warmup_steps, config.steps, config.learning_rate,
+                         0.1 * config.learning_rate)
 
 
 class Trainer:

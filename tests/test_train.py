@@ -268,36 +268,37 @@ def test_a_run_resumed_inside_the_code_refresh_equals_one_run(tmp_path):
         lost.train(5, log=lambda line: None)
 
 
-def _rate(recipe: Recipe, step: int) -> float:
-    """The language model's learning rate that a trainer of ``recipe`` sets at ``step``."""
-    from types import SimpleNamespace
-    groups = [{}], [{}]
-    trainer = SimpleNamespace(recipe=recipe, step=step,
-                              agent_optimizer=SimpleNamespace(param_groups=groups[0]),
-                              vision_optimizer=SimpleNamespace(param_groups=groups[1]))
-    trainer.stage = lambda: JointTrainer.stage(trainer)
-    JointTrainer._set_learning_rates(trainer)
-    assert groups[1][0]['lr'] == recipe.vision_learning_rate
-    return groups[0][0]['lr']
+@pytest.fixture(scope='module')
+def rates():
+    """``(recipe, step) -> rate``: the language model's learning rate a trainer running
+    ``recipe`` sets at ``step`` (a tiny trainer given the recipe's schedule settings)."""
+    trainer = JointTrainer.create(RECIPE, log=lambda line: None)
+
+    def rate(recipe: Recipe, step: int) -> float:
+        trainer.recipe, trainer.step = recipe, step
+        trainer._set_learning_rates()
+        assert trainer.vision_optimizer.param_groups[0]['lr'] == recipe.vision_learning_rate
+        return trainer.agent_optimizer.param_groups[0]['lr']
+    return rate
 
 
-def test_learning_rates_warm_up_decay_to_the_joint_rate_and_restart_in_a_refresh():
+def test_learning_rates_warm_up_decay_to_the_joint_rate_and_restart_in_a_refresh(rates):
     small = Recipe.load(find_recipe('small'))
     peak, floor = small.learning_rate, small.joint_learning_rate
-    assert _rate(small, 0) == pytest.approx(peak / small.warmup_steps)
-    assert _rate(small, small.warmup_steps) == pytest.approx(peak)
-    assert _rate(small, small.code_steps - 1) == pytest.approx(floor, rel=1e-3)
-    assert _rate(small, small.code_steps) == floor  # joint stage
+    assert rates(small, 0) == pytest.approx(peak / small.warmup_steps)
+    assert rates(small, small.warmup_steps) == pytest.approx(peak)
+    assert rates(small, small.code_steps - 1) == pytest.approx(floor, rel=1e-3)
+    assert rates(small, small.code_steps) == floor  # joint stage
     start, refresh_peak = small.refresh_start, small.refresh_learning_rate
-    assert _rate(small, start) == pytest.approx(refresh_peak / 20)
-    assert _rate(small, start + 20) == pytest.approx(refresh_peak)
-    assert _rate(small, start + small.refresh_steps - 1) == pytest.approx(floor, rel=1e-3)
-    assert _rate(small, start + small.refresh_steps) == floor
+    assert rates(small, start) == pytest.approx(refresh_peak / 20)
+    assert rates(small, start + 20) == pytest.approx(refresh_peak)
+    assert rates(small, start + small.refresh_steps - 1) == pytest.approx(floor, rel=1e-3)
+    assert rates(small, start + small.refresh_steps) == floor
     # lengthening a refresh moves the cosine: the rates docs/training.md gives for the small
     # run's lengthenings (7,500 steps from step 12,700; 11,500 from step 17,500)
     for length, step, rate in ((7500, 12700, 0.77e-3), (11500, 17500, 0.42e-3)):
         longer = dataclasses.replace(small, refresh_steps=length)
-        assert _rate(longer, step) == pytest.approx(rate, abs=0.005e-3)
+        assert rates(longer, step) == pytest.approx(rate, abs=0.005e-3)
     # the code-only trainer: warm-up, then cosine to a tenth of the peak
     from vpcli.agent.training import TrainConfig, learning_rate
     config = TrainConfig(preset='tiny', steps=100, learning_rate=1e-3, warmup_steps=10)

@@ -295,7 +295,8 @@ def test_learning_rates_warm_up_decay_to_the_joint_rate_and_restart_in_a_refresh
     assert rates(small, start + small.refresh_steps - 1) == pytest.approx(floor, rel=1e-3)
     assert rates(small, start + small.refresh_steps) == floor
     # lengthening a refresh moves the cosine: the rates docs/training.md gives for the small
-    # run's lengthenings (7,500 steps from step 12,700; 11,500 from 17,500; 14,000 from 21,500, not kept)
+    # run's lengthenings (7,500 steps from step 12,700; 11,500 from 17,500; 14,000 from
+    # 21,500, tried and not kept)
     for length, step, rate in ((7500, 12700, 0.77e-3), (11500, 17500, 0.42e-3),
                                (14000, 21500, 0.26e-3)):
         longer = dataclasses.replace(small, refresh_steps=length)

@@ -31,6 +31,7 @@ in pieces gives the same weights as one in a go.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 import tomllib
@@ -92,6 +93,12 @@ class Recipe:
         refresh_focus: Task categories drawn for ``refresh_focus_fraction`` of each refresh
             batch (the rest is drawn as in the code-only stage).
         refresh_focus_fraction: Share of a refresh batch from ``refresh_focus``.
+        refresh_hard_rows: Rows of each refresh batch chosen by online hard-example mining:
+            the training episodes whose target program the language model, as it is at
+            that step, predicts worst (the highest cross-entropy of any one program token
+            under teacher forcing) among ``refresh_hard_pool`` freshly drawn ones (drawn as
+            in the code-only stage). The other rows are drawn as before (0: none).
+        refresh_hard_pool: Episodes scored per step to choose the ``refresh_hard_rows``.
         phi_anchor_weight: Weight of the φ anchor during the refresh.
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
@@ -123,6 +130,8 @@ class Recipe:
     refresh_learning_rate: float = 5e-4
     refresh_focus: list = dataclasses.field(default_factory=list)
     refresh_focus_fraction: float = 0.0
+    refresh_hard_rows: int = 0
+    refresh_hard_pool: int = 0
     phi_anchor_weight: float = 1.0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -235,6 +244,8 @@ class JointTrainer:
         self._block: tuple[int, Any] | None = None
         self._info: tuple[Any, Any] | None = None
         self.synthesis_seconds = 0.0
+        #: hardness of the last refresh step's mined pool (``refresh_hard_rows``)
+        self._mined = None
         #: the language model frozen at ``refresh_start`` (φ anchor of the code refresh)
         self.phi_teacher = None
 
@@ -297,7 +308,7 @@ class JointTrainer:
                        'refusal_fraction', 'unknown_metadata', 'vocab_size', 'tokenizer_texts',
                        'training_resolution', 'refresh_start', 'refresh_steps',
                        'refresh_learning_rate', 'refresh_focus', 'refresh_focus_fraction',
-                       'phi_anchor_weight')
+                       'refresh_hard_rows', 'refresh_hard_pool', 'phi_anchor_weight')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
             fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
                      if k in different]
@@ -394,11 +405,10 @@ class JointTrainer:
             group['lr'] = recipe.vision_learning_rate
 
     # ----- losses -----------------------------------------------------------------------
-    def _code_batch(self, rng: np.random.Generator, count: int, focus: int = 0):
-        """``(ids, targets, encodings)`` of ``count`` code-only episodes, ``focus`` of them
-        from the recipe's ``refresh_focus`` categories."""
+    def _code_episodes(self, rng: np.random.Generator, count: int, focus: int = 0) -> list:
+        """``count`` code-only episodes, ``focus`` of them from the recipe's ``refresh_focus``
+        categories."""
         from vpcli.agent.corpus import sample_episodes
-        from vpcli.agent.training import make_batch
 
         recipe = self.recipe
         episodes = sample_episodes(rng, count - focus, refusal_fraction=recipe.refusal_fraction,
@@ -407,11 +417,63 @@ class JointTrainer:
             category = recipe.refresh_focus[int(rng.integers(len(recipe.refresh_focus)))]
             episodes += sample_episodes(rng, 1, category=category,
                                         unknown_metadata=recipe.unknown_metadata)
+        return episodes
+
+    def _tensors(self, episodes: list, rng: np.random.Generator):
+        """``(ids, targets, encodings)`` of episodes on the training device."""
+        from vpcli.agent.training import make_batch
+
         ids, targets, encodings = make_batch(self.tokenizer, episodes,
                                              self.agent.config.encoding_width, rng,
                                              self.agent.config.max_positions)
         ids, targets = ids.to(self.device), targets.to(self.device)
         return ids, targets, None if encodings is None else encodings.to(self.device)
+
+    def _code_batch(self, rng: np.random.Generator, count: int, focus: int = 0):
+        """``(ids, targets, encodings)`` of ``count`` code-only episodes, ``focus`` of them
+        from the recipe's ``refresh_focus`` categories."""
+        return self._tensors(self._code_episodes(rng, count, focus), rng)
+
+    def hardness(self, episodes: list, rng: np.random.Generator, chunk: int = 16) -> list[float]:
+        """Per episode, the highest cross-entropy of any one trained token (program,
+        ``<STEP>``, ``<STOP>``, ``<REFUSE>``) under teacher forcing, by the language model as
+        it is now (no gradient). Above ln 2 the target token has probability under one half,
+        so another token may be likelier and greedy decoding may write a different
+        program."""
+        order = sorted(range(len(episodes)), key=lambda i: len(episodes[i].prompt)
+                       + sum(len(step) for step in episodes[i].steps))
+        scores = [0.0] * len(episodes)
+        was_training = self.agent.training
+        self.agent.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(order), chunk):
+                    rows = order[start:start + chunk]
+                    ids, targets, encodings = self._tensors([episodes[i] for i in rows], rng)
+                    logits, _, _ = self.agent(ids, encodings)
+                    ce = torch.nn.functional.cross_entropy(
+                        logits.float().transpose(1, 2), targets, ignore_index=-100,
+                        reduction='none')
+                    for row, value in zip(rows, ce.max(dim=1).values.tolist()):
+                        scores[row] = value
+        finally:
+            self.agent.train(was_training)
+        return scores
+
+    def _refresh_episodes(self, rng: np.random.Generator) -> list:
+        """A refresh batch's episodes: the mined hard rows first, then the drawn ones."""
+        recipe = self.recipe
+        hard = min(recipe.refresh_hard_rows, recipe.batch_size) if recipe.refresh_hard_pool else 0
+        drawn = recipe.batch_size - hard
+        focus = round(drawn * recipe.refresh_focus_fraction) if recipe.refresh_focus else 0
+        episodes = []
+        if hard:
+            pool = self._code_episodes(rng, max(recipe.refresh_hard_pool, hard))
+            scores = self.hardness(pool, np.random.default_rng([recipe.seed, self.step, 2]))
+            ranked = sorted(range(len(pool)), key=lambda i: (-scores[i], i))
+            episodes = [pool[i] for i in ranked[:hard]]
+            self._mined = scores
+        return episodes + self._code_episodes(rng, drawn, focus)
 
     def _code_loss(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, int]:
         """Summed token cross-entropy of ``count`` code-only episodes, and the token count."""
@@ -429,8 +491,8 @@ class JointTrainer:
                                     f'checkpoint holds no φ anchor (the refresh must start at '
                                     f'step {recipe.refresh_start})')
             self.phi_teacher = self._frozen_copy(self.agent.state_dict())
-        focus = round(recipe.batch_size * recipe.refresh_focus_fraction) if recipe.refresh_focus else 0
-        ids, targets, encodings = self._code_batch(rng, recipe.batch_size, focus)
+        self._mined = None
+        ids, targets, encodings = self._tensors(self._refresh_episodes(rng), rng)
         logits, hidden, _ = self.agent(ids, encodings)
         ce = _summed_ce(logits, targets) / max(int((targets != -100).sum()), 1)
         markers = ids == self.special[MOD]
@@ -441,8 +503,10 @@ class JointTrainer:
         drift = torch.nn.functional.mse_loss(self.agent.phi(hidden[markers]), anchor_phi) \
             / anchor_phi.pow(2).mean().clamp_min(1e-8) if bool(markers.any()) \
             else torch.zeros((), device=self.device)
-        return ce + recipe.phi_anchor_weight * drift, {'ce': float(ce.detach()),
-                                                       'phi_drift': float(drift.detach())}
+        parts = {'ce': float(ce.detach()), 'phi_drift': float(drift.detach())}
+        if self._mined is not None:  # share of the scored pool the model may get wrong
+            parts['hard_share'] = float(np.mean(np.asarray(self._mined) > math.log(2)))
+        return ce + recipe.phi_anchor_weight * drift, parts
 
     def _case(self, block: int):
         """The synthesised case of a joint block (made once, kept while the block lasts)."""
@@ -773,6 +837,9 @@ def _summarise(window: list[dict], step: int, seconds: float) -> dict:
     drift = [w['phi_drift'] for w in window if 'phi_drift' in w]
     if drift:
         entry['phi_drift'] = float(np.mean(drift))
+    hard = [w['hard_share'] for w in window if 'hard_share' in w]
+    if hard:
+        entry['hard_share'] = float(np.mean(hard))
     entry['stage'] = window[-1]['stage']
     return entry
 
@@ -784,6 +851,8 @@ def _log_line(entry: dict, until: int) -> str:
         line += f'  dice {entry["dice"]:.3f}'
     if 'phi_drift' in entry:
         line += f'  φ drift {entry["phi_drift"]:.2e}'
+    if 'hard_share' in entry:
+        line += f'  hard {entry["hard_share"]:.1%}'
     rate = entry['steps'] / entry['seconds'] if entry['seconds'] else 0.0
     return line + f'  {rate:.2f} steps/s'
 

@@ -280,7 +280,9 @@ def test_hardness_is_the_worst_program_token_and_does_not_depend_on_the_batch():
     torch.set_num_threads(1)
     trainer = JointTrainer.create(MINED, log=lambda line: None)
     episodes = sample_episodes(np.random.default_rng(3), 7, refusal_fraction=0.3)
+    trainer.agent.train()
     together = trainer.hardness(episodes, np.random.default_rng(0), chunk=4)
+    assert trainer.agent.training  # scored in eval mode, then left as it was found
     for episode, score in zip(episodes, together):
         ids, targets, encodings = trainer._tensors([episode], np.random.default_rng(0))
         with torch.no_grad():
@@ -289,7 +291,6 @@ def test_hardness_is_the_worst_program_token_and_does_not_depend_on_the_batch():
         ce = torch.nn.functional.cross_entropy(logits[0][mask].float(), targets[0][mask],
                                                reduction='none')
         assert score == pytest.approx(float(ce.max()), rel=1e-4)
-    assert trainer.agent.training is False  # left as it was found
 
 
 @pytest.mark.slow
@@ -300,7 +301,7 @@ def test_a_mined_refresh_batch_leads_with_the_pools_worst_and_resumes_exactly(tm
     trainer = JointTrainer.create(MINED, log=lambda line: None)
     trainer.train(3, tmp_path / 'checkpoint.pt', log=lambda line: None)
     rng = np.random.default_rng([MINED.seed, trainer.step])
-    batch = trainer._refresh_episodes(rng)
+    batch, _ = trainer._refresh_episodes(rng)
     assert len(batch) == MINED.batch_size
     pool = trainer._code_episodes(np.random.default_rng([MINED.seed, trainer.step]), 6)
     scores = trainer.hardness(pool, np.random.default_rng([MINED.seed, trainer.step, 2]))

@@ -244,8 +244,6 @@ class JointTrainer:
         self._block: tuple[int, Any] | None = None
         self._info: tuple[Any, Any] | None = None
         self.synthesis_seconds = 0.0
-        #: hardness of the last refresh step's mined pool (``refresh_hard_rows``)
-        self._mined = None
         #: the language model frozen at ``refresh_start`` (φ anchor of the code refresh)
         self.phi_teacher = None
 
@@ -460,20 +458,20 @@ class JointTrainer:
             self.agent.train(was_training)
         return scores
 
-    def _refresh_episodes(self, rng: np.random.Generator) -> list:
-        """A refresh batch's episodes: the mined hard rows first, then the drawn ones."""
+    def _refresh_episodes(self, rng: np.random.Generator) -> tuple[list, list[float] | None]:
+        """A refresh batch's episodes (the mined hard rows first, then the drawn ones) and
+        the mined pool's hardness (None without mining)."""
         recipe = self.recipe
         hard = min(recipe.refresh_hard_rows, recipe.batch_size) if recipe.refresh_hard_pool else 0
         drawn = recipe.batch_size - hard
         focus = round(drawn * recipe.refresh_focus_fraction) if recipe.refresh_focus else 0
-        episodes = []
+        episodes, scores = [], None
         if hard:
             pool = self._code_episodes(rng, max(recipe.refresh_hard_pool, hard))
             scores = self.hardness(pool, np.random.default_rng([recipe.seed, self.step, 2]))
             ranked = sorted(range(len(pool)), key=lambda i: (-scores[i], i))
             episodes = [pool[i] for i in ranked[:hard]]
-            self._mined = scores
-        return episodes + self._code_episodes(rng, drawn, focus)
+        return episodes + self._code_episodes(rng, drawn, focus), scores
 
     def _code_loss(self, rng: np.random.Generator, count: int) -> tuple[torch.Tensor, int]:
         """Summed token cross-entropy of ``count`` code-only episodes, and the token count."""
@@ -491,8 +489,8 @@ class JointTrainer:
                                     f'checkpoint holds no φ anchor (the refresh must start at '
                                     f'step {recipe.refresh_start})')
             self.phi_teacher = self._frozen_copy(self.agent.state_dict())
-        self._mined = None
-        ids, targets, encodings = self._tensors(self._refresh_episodes(rng), rng)
+        episodes, mined = self._refresh_episodes(rng)
+        ids, targets, encodings = self._tensors(episodes, rng)
         logits, hidden, _ = self.agent(ids, encodings)
         ce = _summed_ce(logits, targets) / max(int((targets != -100).sum()), 1)
         markers = ids == self.special[MOD]
@@ -504,8 +502,8 @@ class JointTrainer:
             / anchor_phi.pow(2).mean().clamp_min(1e-8) if bool(markers.any()) \
             else torch.zeros((), device=self.device)
         parts = {'ce': float(ce.detach()), 'phi_drift': float(drift.detach())}
-        if self._mined is not None:  # share of the scored pool the model may get wrong
-            parts['hard_share'] = float(np.mean(np.asarray(self._mined) > math.log(2)))
+        if mined is not None:  # share of the scored pool the model may get wrong
+            parts['hard_share'] = float(np.mean(np.asarray(mined) > math.log(2)))
         return ce + recipe.phi_anchor_weight * drift, parts
 
     def _case(self, block: int):

@@ -8,6 +8,7 @@ oracle check against synthetic scans is in ``test_tasks_oracle.py``.
 from __future__ import annotations
 
 import re
+import zlib
 
 import numpy as np
 import pytest
@@ -206,9 +207,11 @@ def _validate(draft) -> None:
 
 @pytest.mark.parametrize('category', CATEGORIES)
 def test_every_category_samples_a_valid_program(category):
-    rng = np.random.default_rng(abs(hash(category)) % 2**32)
+    # zlib.crc32, not hash(): str hashes change with each process (PYTHONHASHSEED), which
+    # made this test's draws, and whether a rare variant appeared in them, differ run to run.
+    rng = np.random.default_rng(zlib.crc32(category.encode()))
     variants = set()
-    for _ in range(30):
+    for _ in range(60):  # the rarest variant, volume_change's rate, is about 1 in 5
         draft = draw(rng, category)
         assert draft.category == category
         assert draft.prompt and '{' not in draft.prompt

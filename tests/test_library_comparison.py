@@ -114,3 +114,31 @@ def test_find_scan_returns_the_one_scan_of_a_modality_in_a_session():
     twice = RunContext(scans=[scan('img0', 'T1w', '01', None), scan('img1', 'T1w', '01', None)])
     with pytest.raises(ProgramError, match=r'2 T1w scan\(s\) in session 0'):
         find_scan(twice, 'T1w')
+
+
+def test_find_scan_tells_a_t1w_before_contrast_from_the_one_after():
+    import dataclasses
+
+    from vpcli.library.comparison import find_scan
+    from vpcli.library.context import RunContext
+
+    def scan(name, contrast, session='01'):
+        return dataclasses.replace(dated_scan(name, f'{name}.nii.gz', None), modality='T1w',
+                                   session=session, contrast=contrast)
+    # a tumour study's session (BIDS ``ce-`` entity on the second): the names the scan lines give
+    pair = RunContext(scans=[scan('img0', False), scan('img1', True)])
+    assert [line.split(',')[0] for line in (s.describe() for s in pair.scans)] == \
+        ['img0: T1w', 'img1: T1w post-contrast']
+    assert find_scan(pair, 'T1w').name == 'img0'
+    assert find_scan(pair, 'T1w post-contrast').name == 'img1'
+    assert find_scan(pair, ' t1w  POST-CONTRAST ').name == 'img1'
+    # a session whose only T1w is after contrast still answers to "T1w"
+    alone = RunContext(scans=[scan('img0', True)])
+    assert find_scan(alone, 'T1w').name == 'img0'
+    with pytest.raises(ProgramError, match=r'no T1w post-contrast scan\(s\) in session 0 '
+                                           r'\(img0 \(T1w\)\)'):
+        find_scan(RunContext(scans=[scan('img0', False)]), 'T1w post-contrast')
+    both_after = RunContext(scans=[scan('img0', True), scan('img1', True)])
+    with pytest.raises(ProgramError, match=r'2 T1w scan\(s\) in session 0 \(img0 \(T1w post-contrast\), '
+                                           r'img1 \(T1w post-contrast\)\)'):
+        find_scan(both_after, 'T1w')

@@ -58,11 +58,16 @@ class SourceRef:
         return self.name if self.file is None else f'{self.name} ({self.file})'
 
 
+def modality_label(modality: str, contrast: bool) -> str:
+    """The modality as a scan's state line names it: ``T1w`` or ``T1w post-contrast``."""
+    return modality + (' post-contrast' if contrast else '')
+
+
 def state_line(name: str, modality: str, contrast: bool, date: str | None,
                session: str | None) -> str:
     """One scan's line of the agent's state: ``img0: T1w, date 2021-04-02, session 01``
     (``unknown`` for a missing date or session)."""
-    modality += ' post-contrast' if contrast else ''
+    modality = modality_label(modality, contrast)
     return f'{name}: {modality}, date {date or "unknown"}, session {session or "unknown"}'
 
 

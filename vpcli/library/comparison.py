@@ -13,7 +13,7 @@ from vpcli.errors import BadInputError, ProgramError
 from vpcli.library.masks import require_number, require_scan
 from vpcli.library.registry import agent_function
 from vpcli.library.context import RunContext
-from vpcli.volumes import Scan
+from vpcli.volumes import Scan, modality_label
 
 
 def _elementwise(function: str, first, second, combine: Callable[[float, float], float],
@@ -162,9 +162,13 @@ def find_scan(context: RunContext, modality: str, session: int = 0) -> Scan:
     with equal session labels form a session). Use it to measure on the scan the prompt
     names: ``flair = find_scan("FLAIR")``, then ``resample_mask(roi, flair)`` and
     ``mean_intensity(flair, ...)``; ``find_scan("FLAIR", 1)`` for the second session.
+    Where a session holds a T1w before and after contrast, ``find_scan("T1w")`` is the
+    one before and ``find_scan("T1w post-contrast")`` the one after, as the scan lines
+    name them; a lone post-contrast T1w is also found by ``"T1w"``.
 
     Args:
-        modality: ``T1w``, ``T2w``, ``FLAIR``, ``PD``, ``GRE``, ``DWI``, ``ADC`` or ``CT``.
+        modality: ``T1w``, ``T2w``, ``FLAIR``, ``PD``, ``GRE``, ``DWI``, ``ADC`` or ``CT``,
+            or ``T1w post-contrast``.
         session: Which session, 0 for the first (oldest).
 
     Returns:
@@ -184,10 +188,13 @@ def find_scan(context: RunContext, modality: str, session: int = 0) -> Scan:
     if not 0 <= session < len(groups):
         raise ProgramError(f'find_scan: session {session} does not exist; the scans form '
                            f'{len(groups)} session(s), numbered from 0')
-    found = [context.scans[i] for i in groups[session]
-             if context.scans[i].modality.lower() == modality.strip().lower()]
+    in_session = [context.scans[i] for i in groups[session]]
+    wanted = ' '.join(modality.split()).lower()
+    # the scan line's name first ("T1w" / "T1w post-contrast"), then the bare modality
+    found = ([s for s in in_session if modality_label(s.modality, s.contrast).lower() == wanted]
+             or [s for s in in_session if s.modality.lower() == wanted])
     if len(found) != 1:
-        names = ', '.join(f'{context.scans[i].name} ({context.scans[i].modality})' for i in groups[session])
+        names = ', '.join(f'{s.name} ({modality_label(s.modality, s.contrast)})' for s in in_session)
         problem = 'no' if not found else f'{len(found)}'
         raise ProgramError(f'find_scan: {problem} {modality} scan(s) in session {session} ({names})')
     return found[0]

@@ -24,3 +24,20 @@ def test_reproduce_reexports_the_committed_state_after_recipe_changes():
     assert '- at step 40: `code_steps` 50 → 100' in section
     assert '- at step 60: `model_text` 1 → 2; `unknown_metadata` 0.0 → 0.25' in section
     assert 'cp weights/train-state/small-checkpoint.pt runs/small/checkpoint.pt' in section
+
+
+def test_the_card_does_not_import_the_evaluation_code():
+    """weights -> model_card -> evaluate -> agent.run -> weights was an import circle (issue 20);
+    the card takes its headlines as data."""
+    import ast
+    import inspect
+
+    from vpcli import model_card
+    imported = set()
+    for node in ast.walk(ast.parse(inspect.getsource(model_card))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert not {name for name in imported if name.startswith(('vpcli.evaluate', 'vpcli.agent',
+                                                              'vpcli.weights'))}, imported

@@ -861,10 +861,12 @@ def consistency_suite(bundle, count: int = DEFAULT_COUNTS['consistency'], seed: 
 #: the real-scan check: prompt, the target k* segments, the example label ids of its reference
 EXAMPLE_PROMPTS = (
     ('segment the white matter', 'bilateral cerebral white matter', (2,)),
+    # the reference grey matter also holds deep and cerebellar grey matter, which the
+    # target (the cerebral cortex) does not
+    ('segment the grey matter', 'bilateral cerebral cortex', (1,)),
     ('segment the brain', 'whole brain', (1, 2)),
     # no reference on this scan: their masks show whether the network tells targets apart
     ('segment the lateral ventricles', 'bilateral lateral ventricle', None),
-    ('segment the cerebral cortex', 'bilateral cerebral cortex', None),
     ('segment the left hippocampus', 'left hippocampus', None),
 )
 
@@ -1011,9 +1013,10 @@ def headline(result: dict) -> str:
         overlap = (f'; masks of {m["targets"]} targets overlap with mean pairwise Dice '
                    f'{_number(m["target_overlap"])} (1.0: one mask for every target)'
                    if m.get('target_overlap') is not None else '')
-        scored = ', '.join(repr(p) for p, _, ids in EXAMPLE_PROMPTS if ids is not None)
-        return (f'example{mode}: mean Dice {_number(m["mean_dice"])} on the MNI152 example '
-                f'({scored}){overlap}')
+        per_prompt = result.get('per_prompt', {})
+        scored = ', '.join(f'{p!r} {_number(per_prompt.get(p, {}).get("dice"))}'
+                           for p, _, ids in EXAMPLE_PROMPTS if ids is not None)
+        return f'example{mode}: Dice on the MNI152 example: {scored}{overlap}'
     return (f'consistency{mode}: median volume spread {_percent(m["median_spread"])} over '
             f'{m["cases"]} cases x {len(m["variants"])} variants (target <= 3 %)')
 

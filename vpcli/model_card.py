@@ -42,15 +42,23 @@ def machine_description() -> str:
     return ', '.join(parts) + f'; {platform.system()} {platform.machine()}, torch {torch.__version__}'
 
 
-def evaluation_record(results: dict[str, dict], command: str) -> dict:
-    """The manifest's ``evaluation`` entry for a set of suite results."""
-    from vpcli.evaluate import headline
+def evaluation_record(results: dict[str, dict], command: str,
+                      headlines: dict[str, str]) -> dict:
+    """The manifest's ``evaluation`` entry for a set of suite results.
+
+    Args:
+        results: Suite name -> result (``vpcli.evaluate.evaluate``).
+        command: The command line that measured them.
+        headlines: Suite name -> its one-line headline (``vpcli.evaluate.headline``; passed
+            in so that this module does not import the evaluation code, which imports the
+            weights loader, which writes this card).
+    """
     record = {'command': command, 'machine': machine_description(),
               'date': dt.date.today().isoformat(), 'suites': {}}
     for suite, result in results.items():
         record['suites'][suite] = {
             'command': command, 'date': record['date'], 'machine': record['machine'],
-            'headline': headline(result), 'metrics': result['metrics'], 'count': result['count'],
+            'headline': headlines[suite], 'metrics': result['metrics'], 'count': result['count'],
             'seed': result['seed'], 'device': result['device'], 'seconds': result['seconds'],
             'programs': result.get('programs', 'agent'),
             **{key: result[key] for key in ('per_category', 'per_target', 'per_class')

@@ -72,12 +72,14 @@ def _record(folder: Path, results: dict) -> None:
     import shlex
 
     from vpcli import model_card
+    from vpcli.evaluate import headline
     from vpcli.volumes import write_text_atomic
     path = folder / 'manifest.json'
     manifest = json.loads(path.read_text())
     argv = ['voxelprompt', *sys.argv[1:]] if sys.argv and sys.argv[1:2] == ['eval'] else \
         ['voxelprompt', 'eval', '--suite', ','.join(results), '--record']
-    new = model_card.evaluation_record(results, shlex.join(argv))
+    new = model_card.evaluation_record(results, shlex.join(argv),
+                                       {suite: headline(result) for suite, result in results.items()})
     old = manifest.get('evaluation') or {}
     if old.get('suites') and len(results) < len(old['suites']):
         new['suites'] = {**old['suites'], **new['suites']}  # keep suites not rerun

@@ -48,6 +48,8 @@ def collect_info(weights: Optional[Path]) -> dict:
                                 evaluation=manifest.get('evaluation') or {})
         except VoxelPromptError as error:
             weights_info.update(error=str(error))
+    from vpcli.tasks.ontology import load_ontology
+    ontology = load_ontology()
     functions = registry()
     return {'versions': versions, 'device': device, 'weights': weights_info,
             'capabilities': {
@@ -55,6 +57,9 @@ def collect_info(weights: Optional[Path]) -> dict:
                               for c in CATEGORIES},
                 'recipes': sorted(all_recipes()),
                 'task_categories': list(TASK_CATEGORIES),
+                # what `segment` can be asked for by name (programs given to `exec`)
+                'targets': {'anatomy': list(ontology.targets),
+                            'lesion_classes': [c.name for c in ontology.lesion_classes.values()]},
                 'training_recipes': sorted(p.stem for p in
                                            (Path(__file__).resolve().parents[2] / 'recipes' / 'train').glob('*.toml')),
                 'formats': ['.nii', '.nii.gz', '.mgz', '.mgh']}}
@@ -87,3 +92,7 @@ def info(
             console.print(f"[bold]{category:<17}[/bold] {', '.join(names)}")
     console.print(f"[bold]recipes[/bold]   {', '.join(report['capabilities']['recipes'])}")
     console.print(f"[bold]tasks[/bold]     {', '.join(report['capabilities']['task_categories'])}")
+    targets = report['capabilities']['targets']
+    console.print(f"[bold]targets[/bold]   {len(targets['anatomy'])} anatomical targets and "
+                  f"{len(targets['lesion_classes'])} lesion classes `segment` can name "
+                  f"(`voxelprompt info --json` lists them)")

@@ -10,6 +10,7 @@ import typer
 
 from vpcli.cli import app
 from vpcli.cli._common import reports_errors
+from vpcli.errors import BadInputError
 
 
 @app.command('train')
@@ -23,6 +24,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU threads (default: the recipe\'s).')] = None,
     export: Annotated[Optional[Path], typer.Option('--export', help='After training, write a weights folder (agent.pt, vision.pt, tokenizer.model, manifest.json) here.')] = None,
     quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress bar on stderr.')] = False,
+    stage: Annotated[Optional[str], typer.Option('--stage', help='Check the recipe is of this stage: vision (the dense vision stage, recipes dense-cpu / dense-gpu) or joint (language model and joint episodes).')] = None,
     change_recipe: Annotated[bool, typer.Option('--change-recipe', help='Continue a run under a recipe that differs in data-shaping settings (stage lengths, batch sizes, seed...); recorded in the checkpoint and manifest.')] = False,
 ) -> None:
     """Train (or continue training) the agent and vision network; checkpoints regularly.
@@ -43,6 +45,13 @@ def train(
             print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
 
     recipe_path = find_recipe(recipe)
+    from vpcli.vision.dense_training import recipe_stage
+    if stage is not None and stage != (recipe_stage(recipe_path) or 'joint'):
+        raise BadInputError(f'{recipe_path}: is not a {stage} recipe (its stage is '
+                            f'{recipe_stage(recipe_path) or "joint"})')
+    if recipe_stage(recipe_path) == 'vision':
+        _train_vision(recipe_path, output, resume, until, device, threads, export, log)
+        return
     the_recipe = Recipe.load(recipe_path)
     if threads:
         the_recipe.threads = threads
@@ -81,3 +90,40 @@ def train(
             shown = str(recipe_path)
         trainer.export(export, recipe_path=shown)
         log(f'weights written to {export}')
+
+
+def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until: Optional[int],
+                  device: str, threads: Optional[int], export: Optional[Path], log) -> None:
+    """The dense vision stage (``stage = "vision"`` recipes; docs/training.md)."""
+    import torch
+
+    from vpcli.devices import resolve_device
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+
+    recipe = DenseRecipe.load(recipe_path)
+    if threads:
+        recipe.threads = threads
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    chosen = resolve_device(device)
+    checkpoint = output / 'checkpoint.pt'
+    if resume is None and checkpoint.is_file():
+        resume = checkpoint
+    if resume is not None:
+        trainer = DenseTrainer.resume(resume, chosen, recipe)
+        log(f'resumed {resume} at step {trainer.step}')
+    else:
+        trainer = DenseTrainer.create(recipe, chosen)
+        log(f'new dense vision run of recipe {recipe.name} on {chosen}')
+    output.mkdir(parents=True, exist_ok=True)
+    trainer.train(recipe.steps if until is None else until, checkpoint, log,
+                  journal=output / 'train_log.jsonl')
+    log(f'step {trainer.step}; checkpoint {checkpoint}')
+    if export is not None:
+        from vpcli.vision.dense_training import export_vision
+        from vpcli.weights import verify_manifest
+        folder = Path(export)
+        verify_manifest(folder)  # the folder's other files must be intact
+        state = folder / 'train-state' / f'{recipe.name}-checkpoint.pt'
+        export_vision(trainer, folder, state)
+        log(f'vision network written to {folder / "vision.pt"} (compact training state {state})')

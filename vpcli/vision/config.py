@@ -35,6 +35,15 @@ class VisionConfig:
             only on coarse synthetic grids (the CPU recipe: 2 mm) set it to that spacing,
             so a 1 mm scan is seen at the scale the network learnt (and costs 8x less).
         seed: Seed of the weight initialisation.
+        label_ids: Dense networks: FreeSurfer ids of the finest anatomical partition, one
+            softmax channel each after the background channel (empty: a one-channel
+            network whose output φ alone decides, as in the paper).
+        label_names: Their colour-table names (how targets are made of them, with no
+            colour table at run time; :mod:`vpcli.vision.targets`).
+        lesion_classes: Dense networks: leaf lesion class keys, one sigmoid channel each.
+        phi_mixing: Whether every level mixes φ into its features (the paper's design).
+            Dense networks leave it off: one pass gives every target, and the target the
+            program names is assembled from its channels (docs/vision.md).
     """
     widths: tuple[int, ...] = (8, 16, 16, 16, 16, 16)
     phi_size: int = 32
@@ -48,10 +57,18 @@ class VisionConfig:
     intensity_percentiles: tuple[float, float] = (0.5, 99.5)
     min_spacing_mm: float = 0.0
     seed: int = 0
+    label_ids: tuple[int, ...] = ()
+    label_names: tuple[str, ...] = ()
+    lesion_classes: tuple[str, ...] = ()
+    phi_mixing: bool = True
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
         object.__setattr__(self, 'widths', widths)
+        for name in ('label_ids', 'label_names', 'lesion_classes'):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.label_ids) != len(self.label_names):
+            raise ValueError('label_ids and label_names must have the same length')
         object.__setattr__(self, 'intensity_percentiles',
                            tuple(float(p) for p in self.intensity_percentiles))
         if not widths:
@@ -66,6 +83,16 @@ class VisionConfig:
                              f'0 <= low < high <= 100')
 
     @property
+    def dense(self) -> bool:
+        """True for a network with one output channel per label and lesion class."""
+        return bool(self.label_ids)
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the head: 1, or background + labels + lesion classes."""
+        return 1 + len(self.label_ids) + len(self.lesion_classes) if self.dense else 1
+
+    @property
     def levels(self) -> int:
         """Number of resolution levels."""
         return len(self.widths)
@@ -75,6 +102,8 @@ class VisionConfig:
         data = dataclasses.asdict(self)
         data['widths'] = list(self.widths)
         data['intensity_percentiles'] = list(self.intensity_percentiles)
+        for name in ('label_ids', 'label_names', 'lesion_classes'):
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
@@ -93,6 +122,13 @@ CONFIGS = {
     'tiny': VisionConfig(widths=(4, 8, 8, 8), embedding_width=32),
     'small': VisionConfig(widths=(8, 16, 16, 16, 16, 16), embedding_width=256),
     'paper': VisionConfig(widths=(32, 96, 96, 96, 96, 96), embedding_width=512),
+    # dense networks (docs/vision.md): the label tables are filled in by the dense stage
+    'dense-tiny': VisionConfig(widths=(4, 8, 8), embedding_width=32, phi_mixing=False,
+                               min_spacing_mm=2.0),
+    'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
+                              phi_mixing=False, min_spacing_mm=2.0),
+    'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
+                              phi_mixing=False, min_spacing_mm=1.0),
 }
 
 

@@ -201,26 +201,41 @@ class LevelBlock(nn.Module):
     """One level: native conv -> SiLU -> GroupNorm -> φ mixing -> stream interaction."""
 
     def __init__(self, in_channels: int, channels: int, phi_size: int, group_size: int,
-                 attention_size: int, interact: bool, anisotropy_threshold: float) -> None:
+                 attention_size: int, interact: bool, anisotropy_threshold: float,
+                 phi_mixing: bool = True) -> None:
         super().__init__()
         self.conv = NativeConv(in_channels, channels, anisotropy_threshold)
         self.norm = nn.GroupNorm(channels // group_size, channels)
         # fc on [features, φ] == conv1x1 on features + a per-stream bias from φ; the
         # split form never materialises φ broadcast over every voxel
         self.mix_features = Pointwise(channels, channels)
-        self.mix_phi = nn.Linear(phi_size, channels, bias=False)
+        self.mix_phi = nn.Linear(phi_size, channels, bias=False) if phi_mixing else None
         self.interaction = StreamInteraction(channels, attention_size) if interact else None
 
     def forward(self, streams: list[torch.Tensor], geometries: list[vx.AcquisitionGeometry],
                 phi: torch.Tensor) -> list[torch.Tensor]:
         """Run the level on every stream; ``phi`` is ``(n, phi_size)``."""
-        phi_bias = self.mix_phi(phi)
+        phi_bias = self.mix_phi(phi) if self.mix_phi is not None else None
         mixed = []
         for index, (features, geometry) in enumerate(zip(streams, geometries)):
             features = F.silu(self.conv(features, geometry))
             features = self.norm(features.unsqueeze(0))[0]
-            features = self.mix_features(features) + phi_bias[index].view(-1, 1, 1, 1)
+            features = self.mix_features(features)
+            if phi_bias is not None:
+                features = features + phi_bias[index].view(-1, 1, 1, 1)
             mixed.append(F.silu(features))
         if self.interaction is not None:
             mixed = self.interaction(mixed, geometries)
         return mixed
+
+    def forward_batch(self, features: torch.Tensor) -> torch.Tensor:
+        """The level on a batch of single-scan samples ``(B, C, X, Y, Z)`` on one isotropic
+        grid, with no φ (dense training): the same result as :meth:`forward` on each
+        sample alone (a lone stream's attention is its value projection, added)."""
+        if self.mix_phi is not None:
+            raise ValueError('forward_batch is for networks without φ mixing')
+        features = self.norm(F.silu(self.conv.conv(features)))
+        features = F.silu(self.mix_features(features))
+        if self.interaction is not None:
+            features = features + self.interaction.project(self.interaction.value(features))
+        return features

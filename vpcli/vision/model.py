@@ -30,6 +30,7 @@ from vpcli.library.context import FeedbackItem
 from vpcli.vision.config import VisionConfig
 from vpcli.vision.layers import LevelBlock, Pointwise, upsample
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
+from vpcli.vision.targets import target_key
 from vpcli.volumes import Mask, union_sources
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ class Encoding:
     embeddings: torch.Tensor
     phi: torch.Tensor
     segmentations: list[SegmentationRecord] = dataclasses.field(default_factory=list)
+    dense: list[torch.Tensor] | None = None
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -160,7 +162,7 @@ class VisionNetwork(nn.Module):
         def block(in_channels: int, level: int) -> LevelBlock:
             return LevelBlock(in_channels, widths[level], config.phi_size, config.group_size,
                               config.attention_size, level >= config.interaction_from_level,
-                              config.anisotropy_threshold)
+                              config.anisotropy_threshold, config.phi_mixing)
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -171,7 +173,7 @@ class VisionNetwork(nn.Module):
             self.bottleneck = block(widths[-1], levels - 1)
             self.decoder = nn.ModuleList(
                 block(widths[level + 1] + widths[level], level) for level in range(levels - 1))
-            self.head = Pointwise(widths[0], 1)
+            self.head = Pointwise(widths[0], config.output_channels)
             self.embed = nn.Linear(widths[-1], config.embedding_width)
 
     @property
@@ -237,6 +239,12 @@ class VisionNetwork(nn.Module):
         """
         n = len(encoding.scans)
         phi = phi_matrix(phi, n, self.config.phi_size, self.device)
+        if self.config.dense:
+            raise ProgramError('a dense network segments a named target: use segment()')
+        return [torch.sigmoid(self.head(f)) for f in self._decode(encoding, phi)]
+
+    def _decode(self, encoding: Encoding, phi: torch.Tensor) -> list[torch.Tensor]:
+        """Generator features of the top level, per stream."""
         levels = self.config.levels
         geometries = encoding.geometries
         streams = self.bottleneck(encoding.features[-1], geometries[-1], phi)
@@ -246,19 +254,99 @@ class VisionNetwork(nn.Module):
                 moved = upsample(features, geometries[level + 1][index], geometries[level][index])
                 upsampled.append(torch.cat([moved, encoding.features[level][index]]))
             streams = self.decoder[level](upsampled, geometries[level], phi)
-        return [torch.sigmoid(self.head(features)) for features in streams]
+        return streams
+
+    # ------------------------------------------------------------ dense networks
+    def dense_probabilities(self, encoding: Encoding) -> list[torch.Tensor]:
+        """Dense networks: per stream ``(1 + labels + lesion classes, X, Y, Z)``: the softmax
+        over background and labels, then the lesion sigmoids. The trunk does not depend on
+        φ, so this runs once per encoding and is kept on it."""
+        if encoding.dense is None:
+            zeros = torch.zeros(len(encoding.scans), self.config.phi_size, device=self.device)
+            probabilities = []
+            anatomy = 1 + len(self.config.label_ids)
+            for features in self._decode(encoding, zeros):
+                logits = self.head(features)
+                probabilities.append(torch.cat([logits[:anatomy].softmax(0),
+                                                torch.sigmoid(logits[anatomy:])]))
+            encoding.dense = probabilities
+        return encoding.dense
+
+    def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Dense training: head logits ``(B, channels, X, Y, Z)`` of a batch of single-scan
+        samples ``(B, 1, X, Y, Z)`` on one isotropic grid whose sides are multiples of
+        ``2 ** (levels - 1)``. The same function as :meth:`encode` + :meth:`dense_probabilities`
+        (before the softmax) on each sample alone."""
+        skips = []
+        features = images
+        for level, block in enumerate(self.encoder):
+            if level > 0:
+                features = F.max_pool3d(features, 2, ceil_mode=True)
+            features = block.forward_batch(features)
+            skips.append(features)
+        features = self.bottleneck.forward_batch(features)
+        for level in reversed(range(self.config.levels - 1)):
+            skip = skips[level]
+            upsampled = F.interpolate(features, scale_factor=2.0, mode='trilinear',
+                                      align_corners=False)[..., :skip.shape[2], :skip.shape[3],
+                                                           :skip.shape[4]]
+            features = self.decoder[level].forward_batch(torch.cat([upsampled, skip], dim=1))
+        return self.head(features)
+
+    def select(self, encoding: Encoding, key: str) -> list[torch.Tensor]:
+        """Dense networks: per stream the probability ``(1, X, Y, Z)`` of target ``key``."""
+        from vpcli.vision.targets import parts_of
+        config = self.config
+        parts = parts_of(key, config.label_names, config.lesion_classes)
+        anatomy = 1 + len(config.label_ids)
+        out = []
+        for probabilities in self.dense_probabilities(encoding):
+            if parts.labels:
+                chosen = probabilities[list(parts.labels)].sum(0, keepdim=True)
+                if parts.white_matter_sides:
+                    chosen = chosen + self._lobe_white_matter(probabilities, parts)
+            else:
+                chosen = torch.zeros_like(probabilities[:1])
+            if parts.lesions:
+                lesions = probabilities[[anatomy + i for i in parts.lesions]].amax(0, keepdim=True)
+                chosen = torch.maximum(chosen, lesions)
+            out.append(chosen.clamp(0, 1))
+        return out
+
+    def _lobe_white_matter(self, probabilities: torch.Tensor, parts) -> torch.Tensor:
+        """The cerebral white matter whose nearest predicted cortical parcel is one of the
+        target's (as the ground truth of lobes and territories is defined)."""
+        import numpy as np
+        from scipy import ndimage
+        config = self.config
+        anatomy = 1 + len(config.label_ids)
+        winners = probabilities[:anatomy].argmax(0).cpu().numpy()
+        cortical = np.array([name.startswith('ctx-') for name in ('',) + tuple(config.label_names)])
+        inside = cortical[winners]
+        if not inside.any():
+            return torch.zeros_like(probabilities[:1])
+        _, nearest = ndimage.distance_transform_edt(~inside, return_indices=True)
+        nearest_parcel = winners[tuple(nearest)]
+        in_target = torch.from_numpy(np.isin(nearest_parcel, list(parts.labels))).to(probabilities.device)
+        names = {name: i + 1 for i, name in enumerate(config.label_names)}
+        white = [names[f'{side}-Cerebral-White-Matter'] for side in parts.white_matter_sides
+                 if f'{side}-Cerebral-White-Matter' in names]
+        return probabilities[white].sum(0, keepdim=True) * in_target
 
     def segment_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
         """Per-scan probabilities on each input scan's own grid (shape and geometry)."""
         probabilities = self.generate(encoding, phi)
         return [prepared.restore(p) for prepared, p in zip(encoding.prepared, probabilities)]
 
-    def session_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
+    def session_probabilities(self, encoding: Encoding, phi: Any = None,
+                              probabilities: list[torch.Tensor] | None = None) -> list[vx.Volume]:
         """Max-merged probabilities per session, on the grid of each session's first scan.
 
-        Differentiable. Sessions in :func:`session_groups` order.
+        Differentiable. Sessions in :func:`session_groups` order. ``probabilities`` (per
+        stream, on the prepared grids) replaces running the generator with ``phi``.
         """
-        probabilities = self.generate(encoding, phi)
+        if probabilities is None:
+            probabilities = self.generate(encoding, phi)
         merged = []
         for group in encoding.sessions:
             first = encoding.prepared[group[0]]
@@ -272,7 +360,13 @@ class VisionNetwork(nn.Module):
         return merged
 
     def segment(self, encoding: Encoding, target: str, phi: Any = None) -> Mask | tuple[Mask, ...]:
-        """Segment ``target`` (text for the reader; φ conditions the network).
+        """Segment ``target``.
+
+        The paper's one-channel networks are conditioned by φ alone (the text is for the
+        reader). Dense networks return the target the text names, assembled from their
+        channels (:meth:`select`; an unknown name is a :class:`ProgramError`); φ is kept in
+        the program for the record but does not choose the target (docs/vision.md gives
+        the measurement behind that choice).
 
         Returns:
             A boolean :class:`Mask` per session on the grid of the session's first scan
@@ -281,7 +375,12 @@ class VisionNetwork(nn.Module):
             the differentiable probabilities is appended to ``encoding.segmentations``.
         """
         phi_rows = phi_matrix(phi, len(encoding.scans), self.config.phi_size, self.device)
-        probabilities = self.session_probabilities(encoding, phi_rows)
+        if self.config.dense:
+            key = target_key(str(target))
+            probabilities = self.session_probabilities(encoding,
+                                                       probabilities=self.select(encoding, key))
+        else:
+            probabilities = self.session_probabilities(encoding, phi_rows)
         masks = []
         for group, probability in zip(encoding.sessions, probabilities):
             first = encoding.scans[group[0]]

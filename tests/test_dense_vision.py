@@ -1,0 +1,209 @@
+"""The dense vision network: batched training path, loss, synthesis, selector, segment."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import voxel as vx
+
+from conftest import make_geometry
+from vpcli.errors import ProgramError
+from vpcli.vision.config import VisionConfig, named_config
+from vpcli.vision.dense_training import composite_matrix, dense_loss
+from vpcli.vision.model import VisionNetwork
+from vpcli.vision.targets import parts_of, target_key
+from vpcli.volumes import Scan, SourceRef
+
+#: a few real vocabulary labels (FreeSurfer ids and colour-table names)
+LABELS = ((2, 'Left-Cerebral-White-Matter'), (41, 'Right-Cerebral-White-Matter'),
+          (17, 'Left-Hippocampus'), (53, 'Right-Hippocampus'), (1028, 'ctx-lh-superiorfrontal'),
+          (2028, 'ctx-rh-superiorfrontal'))
+LESIONS = ('glioma', 'infarct')
+
+
+def tiny_config(**changes) -> VisionConfig:
+    names = tuple(name for _, name in LABELS)
+    config = dataclasses.replace(named_config('dense-tiny'), label_ids=tuple(i for i, _ in LABELS),
+                                 label_names=names, lesion_classes=LESIONS, seed=5)
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope='module')
+def network() -> VisionNetwork:
+    torch.set_num_threads(1)
+    return VisionNetwork(tiny_config()).eval()
+
+
+def scan_on(shape=(16, 16, 16), spacing=2.0, seed=0) -> Scan:
+    geometry = make_geometry(shape, (spacing,) * 3, 'RAS')
+    generator = torch.Generator().manual_seed(seed)
+    volume = vx.Volume(torch.rand((1, *shape), generator=generator) * 100 + 10, geometry)
+    return Scan(volume=volume, name='img0', sources=(SourceRef('img0', 'img0.nii.gz'),))
+
+
+def test_batched_training_path_equals_the_native_path(network):
+    scan = scan_on()
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        native = network.dense_probabilities(encoding)[0]
+        prepared = encoding.prepared[0].volume.tensor
+        logits = network.dense_logits(prepared[None])[0]
+    anatomy = 1 + len(LABELS)
+    batched = torch.cat([logits[:anatomy].softmax(0), torch.sigmoid(logits[anatomy:])])
+    assert batched.shape == native.shape
+    assert torch.allclose(batched, native, atol=1e-5)
+
+
+def test_a_batch_is_the_same_as_its_samples_alone(network):
+    images = torch.rand(3, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        together = network.dense_logits(images)
+        alone = torch.cat([network.dense_logits(images[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_targets_are_made_of_their_parts():
+    names = [name for _, name in LABELS]
+    white = parts_of('bilateral cerebral white matter', names, LESIONS)
+    assert white.labels == (1, 2) and not white.lesions
+    lobe = parts_of('left frontal lobe', names, LESIONS)
+    assert lobe.labels == (5,) and lobe.white_matter_sides == ('Left',)
+    neoplasm = parts_of('neoplasm', names, LESIONS)
+    assert neoplasm.lesions == (0,)  # glioma is a neoplasm, an infarct is not
+    assert parts_of('lesion', names, LESIONS).lesions == (0, 1)
+    assert target_key('largest left frontal glioma') == 'glioma'
+    assert target_key('left hippocampus') == 'left hippocampus'
+    with pytest.raises(ProgramError, match='unknown target "left elbow"'):
+        target_key('left elbow')
+
+
+def test_segment_returns_the_named_target_whatever_phi(network):
+    scan = scan_on()
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        left = network.segment(encoding, 'left hippocampus')
+        both = network.segment(encoding, 'bilateral hippocampus')
+        with_phi = network.segment(encoding, 'bilateral hippocampus', phi=torch.randn(32))
+        probabilities = network.dense_probabilities(encoding)[0]
+    expected = encoding.prepared[0].restore(probabilities[[3, 4]].sum(0, keepdim=True)).tensor > 0.5
+    assert torch.equal(both.volume.tensor.bool(), expected.cpu())
+    assert torch.equal(with_phi.volume.tensor, both.volume.tensor)
+    assert int(left.volume.tensor.sum()) <= int(both.volume.tensor.sum())
+    with pytest.raises(ProgramError, match='unknown target'):
+        network.segment(encoding, 'left elbow')
+
+
+def _one_hot_logits(labels: torch.Tensor, classes: int, lesions: torch.Tensor) -> torch.Tensor:
+    anatomy = torch.nn.functional.one_hot(labels, classes).permute(0, 4, 1, 2, 3).float() * 40 - 20
+    return torch.cat([anatomy, lesions * 40 - 20], dim=1)
+
+
+def test_dense_loss_rewards_the_right_labels_and_unions():
+    config = tiny_config()
+    composites = composite_matrix(config)
+    classes = 1 + len(LABELS)
+    generator = torch.Generator().manual_seed(2)
+    labels = torch.randint(classes, (2, 6, 6, 6), generator=generator)
+    lesions = (torch.rand(2, len(LESIONS), 6, 6, 6, generator=generator) > 0.8).float()
+    _, right = dense_loss(_one_hot_logits(labels, classes, lesions), labels, lesions, composites)
+    wrong_labels = (labels + 1) % classes
+    _, wrong = dense_loss(_one_hot_logits(wrong_labels, classes, 1 - lesions), labels, lesions,
+                          composites)
+    assert right['dice'] > 0.99 and right['composite_dice'] > 0.99 and right['lesion_dice'] > 0.99
+    assert wrong['dice'] < 0.1 and wrong['lesion_dice'] < 0.1
+    assert right['ce'] < wrong['ce']
+
+
+def test_composite_dice_equals_the_dice_of_the_union():
+    config = tiny_config()
+    composites = composite_matrix(config)
+    classes = 1 + len(LABELS)
+    generator = torch.Generator().manual_seed(3)
+    labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)
+    logits = torch.randn(1, classes + len(LESIONS), 5, 5, 5, generator=generator)
+    lesions = torch.zeros(1, len(LESIONS), 5, 5, 5)
+    _, parts = dense_loss(logits, labels, lesions, composites)
+    probabilities = logits[:, :classes].softmax(1)
+    dices = []
+    for column in composites.T:
+        members = column.nonzero().flatten()
+        union_p = probabilities[:, members].sum(1)
+        union_t = torch.isin(labels, members).float()
+        if union_t.sum() > 0:
+            dices.append(float((2 * (union_p * union_t).sum() + 1) / (union_p.sum() + union_t.sum() + 1)))
+    assert parts['composite_dice'] == pytest.approx(np.mean(dices), abs=1e-5)
+
+
+@pytest.mark.slow
+def test_synthesis_makes_reproducible_batches_on_the_training_grid():
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
+    from vpcli.synth.vocabulary import load_vocabulary
+    ids = load_vocabulary().ids
+    settings = SynthesisSettings(shape=(16, 16, 16), lesion_probability=1.0)
+    first = DenseSynthesizer(ids, LESIONS, 'cpu', settings, seed=4).sample(2)
+    again = DenseSynthesizer(ids, LESIONS, 'cpu', settings, seed=4).sample(2)
+    assert first.image.shape == (2, 1, 16, 16, 16) and first.labels.shape == (2, 16, 16, 16)
+    assert first.lesions.shape == (2, len(LESIONS), 16, 16, 16)
+    assert torch.equal(first.image, again.image) and torch.equal(first.labels, again.labels)
+    assert float(first.image.min()) >= 0 and float(first.image.max()) <= 1
+    assert int(first.labels.max()) <= len(ids) and bool((first.labels > 0).any())
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_resumed_dense_run_equals_one_run(tmp_path):
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+    torch.set_num_threads(1)
+    recipe = DenseRecipe(name='t', vision_config='dense-tiny', steps=4, batch_size=1,
+                         shape=[16, 16, 16], warmup_steps=1, checkpoint_every=2, log_every=2)
+    straight = DenseTrainer.create(recipe)
+    straight.train(3, log=lambda line: None)
+    split = DenseTrainer.create(recipe)
+    split.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    resumed = DenseTrainer.resume(tmp_path / 'checkpoint.pt', recipe=recipe)
+    resumed.train(3, log=lambda line: None)
+    for (name, a), (_, b) in zip(straight.network.state_dict().items(),
+                                 resumed.network.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert straight.history[-1]['loss'] == resumed.history[-1]['loss']
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path):
+    pytest.importorskip('smriprep_freesurfer732')
+    import shutil
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from vpcli.cli import app
+    from vpcli.weights import load_bundle, read_manifest
+
+    repository = Path(__file__).resolve().parent.parent
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    for name in ('agent.pt', 'vision.pt', 'tokenizer.model', 'manifest.json'):
+        shutil.copy(repository / 'weights' / name, weights / name)
+    runner = CliRunner()
+    run = tmp_path / 'run'
+    refused = runner.invoke(app, ['train', '--recipe', 'dense-tiny', '--stage', 'joint', '-o', str(run)])
+    assert refused.exit_code != 0 and 'not a joint recipe' in refused.output
+    first = runner.invoke(app, ['train', '--recipe', 'dense-tiny', '-o', str(run), '--until', '2',
+                                '--quiet', '--export', str(weights)])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(app, ['train', '--recipe', 'dense-tiny', '-o', str(run), '--until', '3'])
+    assert second.exit_code == 0 and 'resumed' in second.output and 'step 3' in second.output
+    manifest = read_manifest(weights)
+    assert manifest['vision_training']['steps'] == 2 and manifest['vision_config']['label_ids']
+    state = weights / 'train-state' / 'dense-tiny-checkpoint.pt'
+    saved = torch.load(state, weights_only=True)
+    assert 'optimizer' not in saved and all(v.dtype == torch.float16 for v in saved['state'].values()
+                                            if v.is_floating_point())
+    bundle = load_bundle(weights)  # checksums verified; the network loads strictly
+    assert bundle.vision.config.dense and bundle.vision.config.label_names

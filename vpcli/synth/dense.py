@@ -1,0 +1,370 @@
+"""Batched synthesis in torch, on the training device, for the dense vision stage.
+
+SynthSeg-style domain randomisation (VoxelPrompt App. C.5) written as batched tensor
+operations, so that on CUDA the whole sample is made on the GPU and on the CPU it costs a
+fraction of the network step. One call of :meth:`DenseSynthesizer.sample` makes ``batch``
+training samples on an isotropic grid of ``spacing_mm`` (the network's working resolution):
+
+1. **Geometry**: a random affine (rotation, scaling, shear, translation: the crop lands
+   anywhere in the head) and a smooth random displacement field, composed into one sampling
+   grid; a left-right mirror (the grid's x flips and left/right labels swap).
+2. **Labels**: the source's 1 mm label map, sampled nearest-neighbour, as indices of the
+   finest partition (:mod:`vpcli.vision.targets`).
+3. **Intensities**: per class, a Gaussian whose mean is drawn fully at random (SynthSeg
+   mode), from a modality's plausible tissue means (:data:`vpcli.synth.images.TISSUE_MEANS`),
+   or the real intensities of the source's T1 image; smooth texture; outside the brain the
+   source's head (skull, scalp) with random contrast, a constant, or nothing (skull-stripped).
+4. **Lesions**: 0-3 blobs (a smooth ellipsoid plus smooth noise, thresholded), each of a
+   random leaf class, placed in brain tissue, hyper- or hypointense; one channel per class.
+5. **Acquisition**: partial volume (blur), thick slices along a random axis (averaged and
+   linearly re-expanded), a smooth multiplicative bias field, a gamma change and Gaussian
+   noise; then the 0.5th-99.5th percentile normalisation the network applies to real scans
+   (:func:`vpcli.vision.preprocess.prepare_scan`).
+
+Randomness comes from one ``torch.Generator`` on the device, so a run is reproducible on a
+given device. Nothing here writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+#: MR modalities whose plausible tissue means drive the "tissue" intensity mode
+MR_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'PD', 'GRE', 'DWI')
+
+
+@dataclasses.dataclass
+class DenseBatch:
+    """Synthesised training samples.
+
+    Attributes:
+        image: ``(B, 1, X, Y, Z)`` intensities in [0, 1].
+        labels: ``(B, X, Y, Z)`` int64 indices of the finest partition (0 = background).
+        lesions: ``(B, L, X, Y, Z)`` float lesion masks, one channel per lesion class.
+    """
+    image: torch.Tensor
+    labels: torch.Tensor
+    lesions: torch.Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisSettings:
+    """Ranges of the random draws (see the module docstring)."""
+    spacing_mm: float = 2.0
+    shape: tuple[int, int, int] = (64, 64, 64)
+    max_rotation_deg: float = 15.0
+    max_scaling: float = 0.12
+    max_shear: float = 0.03
+    max_displacement_mm: float = 4.0
+    random_contrast_probability: float = 0.5
+    template_probability: float = 0.2
+    skull_stripped_probability: float = 0.25
+    lesion_probability: float = 0.5
+    thick_slice_probability: float = 0.3
+    max_bias: float = 0.4
+    max_noise: float = 0.05
+
+
+def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
+    return kernel / kernel.sum()
+
+
+def smooth(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(B, C, X, Y, Z)`` (sigma in voxels, replicate edges)."""
+    if sigma_voxels <= 0.05:
+        return volume
+    kernel = _gaussian_kernel(sigma_voxels, volume.device)
+    radius = (kernel.numel() - 1) // 2
+    channels = volume.shape[1]
+    out = volume
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = kernel.numel()
+        weight = kernel.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        out = F.conv3d(F.pad(out, pad, mode='replicate'), weight, groups=channels)
+    return out
+
+
+def smooth_noise(generator: torch.Generator, batch: int, channels: int, shape: Sequence[int],
+                 coarse: int, device) -> torch.Tensor:
+    """Smooth random fields ``(B, C, *shape)``: Gaussian noise on a ``coarse``^3 grid,
+    upsampled with cubic-like (trilinear twice) smoothness; unit standard deviation."""
+    noise = torch.randn((batch, channels, coarse, coarse, coarse), generator=generator, device=device)
+    return F.interpolate(noise, size=tuple(shape), mode='trilinear', align_corners=True)
+
+
+def head_source(name: str):
+    """A training source's label map (vocabulary ids) and head image, uncropped, so that
+    samples can show the skull and scalp around the brain.
+
+    Raises:
+        ValueError: ``name`` is not a training source (evaluation sources never train).
+    """
+    from vpcli.synth.sources import SOURCES, fold_to_vocabulary, fsaverage_file
+    from vpcli.synth.vocabulary import load_vocabulary
+    from vpcli.volumes import load_volume
+
+    if SOURCES.get(name) != 'train':
+        raise ValueError(f'{name} is not a training anatomy source')
+    if name == 'fsaverage':
+        raw = load_volume(fsaverage_file('aparc+aseg.mgz'), label_map=True)
+        labels = fold_to_vocabulary(raw, load_vocabulary())
+        head = load_volume(fsaverage_file('T1.mgz'), label_map=False)
+        return labels, head
+    raise ValueError(f'{name}: no head image loader')
+
+
+class DenseSynthesizer:
+    """Makes batches of dense training samples from 1 mm label maps, on one device.
+
+    Args:
+        label_ids: FreeSurfer ids of the finest partition, in channel order (index i + 1).
+        lesion_classes: Leaf lesion class keys, in channel order.
+        device: Where sources live and samples are made.
+        settings: Ranges of the random draws.
+        sources: Training anatomy sources (:mod:`vpcli.synth.sources`, split ``train``).
+        seed: Seed of the device generator.
+    """
+
+    def __init__(self, label_ids: Sequence[int], lesion_classes: Sequence[str],
+                 device: torch.device | str = 'cpu', settings: SynthesisSettings | None = None,
+                 sources: Sequence[str] = ('fsaverage',), seed: int = 0) -> None:
+        from vpcli.synth.images import TISSUE_MEANS
+        from vpcli.synth.vocabulary import load_vocabulary
+
+        self.device = torch.device(device)
+        self.settings = settings or SynthesisSettings()
+        self.label_ids = list(label_ids)
+        self.lesion_classes = list(lesion_classes)
+        vocabulary = load_vocabulary()
+        classes = len(self.label_ids) + 1
+        lookup = torch.zeros(max(max(self.label_ids), max(vocabulary.ids)) + 1, dtype=torch.long)
+        for index, label_id in enumerate(self.label_ids):
+            lookup[label_id] = index + 1
+        mirror = torch.arange(classes)
+        position = {label_id: index + 1 for index, label_id in enumerate(self.label_ids)}
+        for label_id, other in vocabulary.lr_swap.items():
+            if label_id in position and other in position:
+                mirror[position[label_id]] = position[other]
+        self.mirror = mirror.to(self.device)
+        tissues = ['background'] + [vocabulary.labels[i].tissue for i in self.label_ids]
+        names = sorted(set(tissues))
+        self.tissue_of = torch.tensor([names.index(t) for t in tissues], device=self.device)
+        self.tissue_means = torch.tensor([[TISSUE_MEANS[m][t] for t in names] for m in MR_MODALITIES],
+                                         dtype=torch.float32, device=self.device)
+        parenchyma = {'cerebral_wm', 'cortex', 'thalamus', 'caudate', 'putamen', 'pallidum',
+                      'hippocampus', 'amygdala', 'accumbens', 'ventral_dc', 'cerebellar_wm',
+                      'cerebellar_gm', 'brainstem'}
+        self.parenchyma = torch.tensor([t in parenchyma for t in tissues], device=self.device)
+
+        self.sources = []
+        for name in sources:
+            labels, head = head_source(name)
+            labels = labels.reorient('RAS')
+            indices = lookup[labels.tensor[0].long().clamp(0, lookup.numel() - 1)]
+            template = None
+            if head is not None:
+                values = head.reorient('RAS').resample_like(labels.geometry, mode='linear').tensor[0]
+                values = values.float()
+                brain_values = values[indices > 0].numpy()
+                # scaled so that the brain's bright end (white matter) is about 1
+                template = values / float(np.percentile(brain_values[::5], 95))
+            spacing = labels.geometry.spacing.double()
+            self.sources.append(dict(
+                labels=indices.float()[None, None].to(self.device),
+                template=None if template is None else template[None, None].to(self.device),
+                shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
+                spacing=spacing,
+                brain_center=self._brain_center(indices, spacing)))
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @staticmethod
+    def _brain_center(indices: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+        """Centre of the labelled brain in the source's voxel coordinates."""
+        points = (indices > 0).nonzero().double()
+        return points.mean(0)
+
+    # ------------------------------------------------------------------ random draws
+    def _uniform(self, low: float, high: float, *shape: int) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=self.generator, device=self.device)
+
+    def _sampling_grid(self, source: dict, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``grid_sample`` coordinates ``(B, X, Y, Z, 3)`` into the source and the mirror flags."""
+        s = self.settings
+        shape = s.shape
+        device = self.device
+        axes = [(torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2) * s.spacing_mm
+                for n in shape]
+        points = torch.stack(torch.meshgrid(*axes, indexing='ij'), dim=-1)  # (X, Y, Z, 3) mm
+        angles = self._uniform(-s.max_rotation_deg, s.max_rotation_deg, batch, 3) * math.pi / 180
+        scales = 1 + self._uniform(-s.max_scaling, s.max_scaling, batch, 3)
+        shears = self._uniform(-s.max_shear, s.max_shear, batch, 3)
+        matrices = []
+        for b in range(batch):
+            cx, cy, cz = torch.cos(angles[b])
+            sx, sy, sz = torch.sin(angles[b])
+            one, zero = torch.ones((), device=device), torch.zeros((), device=device)
+            rx = torch.stack([one, zero, zero, zero, cx, -sx, zero, sx, cx]).view(3, 3)
+            ry = torch.stack([cy, zero, sy, zero, one, zero, -sy, zero, cy]).view(3, 3)
+            rz = torch.stack([cz, -sz, zero, sz, cz, zero, zero, zero, one]).view(3, 3)
+            shear = torch.eye(3, device=device)
+            shear[0, 1], shear[0, 2], shear[1, 2] = shears[b]
+            matrices.append(rz @ ry @ rx @ shear @ torch.diag(scales[b]))
+        linear = torch.stack(matrices)  # (B, 3, 3): output mm -> source mm
+        spacing = source['spacing'].float().to(device)
+        extent_mm = source['shape'].float().to(device) * spacing
+        # the crop centre: anywhere in the brain's central region (mm from the brain centre)
+        reach = torch.tensor([25.0, 35.0, 30.0], device=device)
+        offsets = self._uniform(-1, 1, batch, 3) * reach
+        centre_mm = source['brain_center'].float().to(device) * spacing + offsets
+        moved = torch.einsum('bij,xyzj->bxyzi', linear, points) + centre_mm.view(batch, 1, 1, 1, 3)
+        # smooth displacement (mm), a few control points across the crop
+        sigma = self._uniform(0, s.max_displacement_mm, batch, 1, 1, 1, 1)
+        coarse = int(self._uniform(3, 7, 1).item())
+        displacement = smooth_noise(self.generator, batch, 3, shape, coarse, device)
+        moved = moved + displacement.permute(0, 2, 3, 4, 1) * sigma
+        mirror = self._uniform(0, 1, batch) < 0.5
+        # mirror about the brain centre's sagittal plane (x in RAS voxel axis 0)
+        centre_x = source['brain_center'][0].float().item() * float(spacing[0])
+        flipped_x = 2 * centre_x - moved[..., 0]
+        moved[..., 0] = torch.where(mirror.view(batch, 1, 1, 1), flipped_x, moved[..., 0])
+        voxel = moved / spacing  # source voxel coordinates (RAS canvas, axis-aligned)
+        size = source['shape'].float().to(device)
+        normalised = 2 * voxel / (size - 1) - 1
+        # grid_sample's last axis is (W, H, D) = (z, y, x) of a (D=x, H=y, W=z) volume
+        return normalised.flip(-1), mirror
+
+    # ------------------------------------------------------------------------ sample
+    @torch.no_grad()
+    def sample(self, batch: int) -> DenseBatch:
+        """``batch`` new samples (see the module docstring)."""
+        s = self.settings
+        source = self.sources[int(self._uniform(0, len(self.sources), 1).item()) % len(self.sources)]
+        grid, mirror = self._sampling_grid(source, batch)
+        labels = F.grid_sample(source['labels'].expand(batch, -1, -1, -1, -1), grid, mode='nearest',
+                               padding_mode='zeros', align_corners=True)[:, 0].long()
+        labels = torch.where(mirror.view(batch, 1, 1, 1), self.mirror[labels], labels)
+        template = None
+        if source['template'] is not None:
+            template = F.grid_sample(source['template'].expand(batch, -1, -1, -1, -1), grid,
+                                     mode='bilinear', padding_mode='zeros', align_corners=True)
+        image = self._intensities(labels, template)
+        lesions = self._lesions(labels, image)
+        image = self._acquire(image)
+        return DenseBatch(image=image, labels=labels, lesions=lesions)
+
+    def _intensities(self, labels: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
+        s = self.settings
+        batch = labels.shape[0]
+        classes = self.tissue_of.numel()
+        device = self.device
+        # per sample and class: a random mean (SynthSeg), or a modality's tissue mean, jittered
+        modality = torch.randint(len(MR_MODALITIES), (batch,), generator=self.generator, device=device)
+        plausible = self.tissue_means[modality][:, self.tissue_of]  # (B, K)
+        plausible = plausible * self._uniform(0.9, 1.1, batch, classes)
+        random = self._uniform(0.0, 1.0, batch, classes)
+        use_random = (self._uniform(0, 1, batch) < s.random_contrast_probability).view(batch, 1)
+        means = torch.where(use_random, random, plausible)
+        stds = means * self._uniform(0.01, 0.08, batch, classes)
+        index = labels.view(batch, -1)
+        mean_map = torch.gather(means, 1, index).view_as(labels).unsqueeze(1)
+        std_map = torch.gather(stds, 1, index).view_as(labels).unsqueeze(1)
+        texture = smooth(torch.randn(mean_map.shape, generator=self.generator, device=device), 0.7)
+        texture = texture / texture.flatten(1).std(dim=1).clamp(min=1e-6).view(batch, 1, 1, 1, 1)
+        image = mean_map + std_map * texture
+        brain = (labels > 0).unsqueeze(1)
+        if template is not None:
+            # real T1 intensities: the whole image (head included) for some samples; the head
+            # outside the brain, with a random contrast, for others
+            use_template = (self._uniform(0, 1, batch) < s.template_probability).view(batch, 1, 1, 1, 1)
+            image = torch.where(use_template, template * self._uniform(0.8, 1.2, batch, 1, 1, 1, 1),
+                                image)
+            head_gain = self._uniform(0.0, 1.5, batch, 1, 1, 1, 1)
+            head = template * head_gain + 0.05 * head_gain * smooth_noise(
+                self.generator, batch, 1, labels.shape[1:], 8, device)
+            image = torch.where(brain | use_template, image, head.clamp(min=0))
+        stripped = (self._uniform(0, 1, batch) < s.skull_stripped_probability).view(batch, 1, 1, 1, 1)
+        background = self._uniform(0.0, 0.1, batch, 1, 1, 1, 1)
+        return torch.where(stripped & ~brain, background, image)
+
+    def _lesions(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Paint lesions into ``image`` in place; their masks, one channel per class."""
+        s = self.settings
+        batch = labels.shape[0]
+        shape = labels.shape[1:]
+        device = self.device
+        masks = torch.zeros((batch, len(self.lesion_classes), *shape), device=device)
+        if not self.lesion_classes:
+            return masks
+        tissue = self.parenchyma[labels]  # (B, X, Y, Z)
+        axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
+        coordinates = torch.stack(torch.meshgrid(*axes, indexing='ij'))  # (3, X, Y, Z) voxels
+        for b in range(batch):
+            if float(self._uniform(0, 1, 1)) >= s.lesion_probability:
+                continue
+            candidates = tissue[b].nonzero()
+            if len(candidates) == 0:
+                continue
+            for _ in range(int(self._uniform(1, 4, 1).item())):
+                pick = int(self._uniform(0, len(candidates), 1).item()) % len(candidates)
+                centre = candidates[pick].float()
+                radii_mm = self._uniform(3.0, 18.0, 3)
+                radii = (radii_mm / s.spacing_mm).view(3, 1, 1, 1)
+                distance = (((coordinates - centre.view(3, 1, 1, 1)) / radii) ** 2).sum(0)
+                field = 1 - distance + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
+                blob = (field > 0) & tissue[b]
+                if int(blob.sum()) < 2:
+                    continue
+                channel = int(self._uniform(0, len(self.lesion_classes), 1).item()) % len(self.lesion_classes)
+                masks[b, channel] = torch.maximum(masks[b, channel], blob.float())
+                ratio = float(self._uniform(1.4, 2.4, 1)) if float(self._uniform(0, 1, 1)) < 0.6 \
+                    else float(self._uniform(0.35, 0.7, 1))
+                surround = image[b, 0][blob].mean()
+                texture = 1 + 0.08 * torch.randn(int(blob.sum()), generator=self.generator, device=device)
+                image[b, 0][blob] = surround * ratio * texture
+        return masks
+
+    def _acquire(self, image: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        batch = image.shape[0]
+        shape = image.shape[2:]
+        device = self.device
+        out = []
+        for b in range(batch):
+            one = image[b:b + 1]
+            one = smooth(one, float(self._uniform(0.2, 1.0, 1)))  # partial volume, blur
+            if float(self._uniform(0, 1, 1)) < s.thick_slice_probability:
+                axis = int(self._uniform(0, 3, 1).item()) % 3
+                factor = int(self._uniform(2, 4, 1).item())
+                kernel = [1, 1, 1]
+                kernel[axis] = factor
+                thick = F.avg_pool3d(one, kernel, stride=kernel, ceil_mode=True)
+                one = F.interpolate(thick, size=tuple(shape), mode='trilinear', align_corners=False)
+            out.append(one)
+        image = torch.cat(out)
+        bias = smooth_noise(self.generator, batch, 1, shape, 4, device)
+        image = image * torch.exp(bias * self._uniform(0, s.max_bias, batch, 1, 1, 1, 1))
+        image = image.clamp(min=0)
+        peak = image.flatten(1).amax(dim=1).clamp(min=1e-6).view(batch, 1, 1, 1, 1)
+        gamma = torch.exp(self._uniform(-0.3, 0.3, batch, 1, 1, 1, 1))
+        image = peak * (image / peak) ** gamma
+        noise = self._uniform(0, s.max_noise, batch, 1, 1, 1, 1) * peak
+        image = (image + noise * torch.randn(image.shape, generator=self.generator, device=device)).clamp(min=0)
+        # the network's own normalisation (prepare_scan): robust range to [0, 1]
+        flat = image.flatten(1)
+        sample = flat[:, ::7]
+        low = torch.quantile(sample, 0.005, dim=1).view(batch, 1, 1, 1, 1)
+        high = torch.quantile(sample, 0.995, dim=1).view(batch, 1, 1, 1, 1)
+        return ((image - low) / (high - low).clamp(min=1e-6)).clamp(0, 1)

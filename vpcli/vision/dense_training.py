@@ -1,0 +1,368 @@
+"""The dense vision stage: every voxel and every target of each synthesised sample supervised.
+
+Each step synthesises a batch on the training device (:mod:`vpcli.synth.dense`) and scores
+the network's dense output (:meth:`VisionNetwork.dense_logits`) on
+
+* the **finest partition**: cross-entropy plus soft Dice over background and every label;
+* **every composite target** of the task world (hemispheres, lobes' cortex, white matter,
+  ventricles, whole brain, ...) as the union of its parts: the soft Dice of all of them
+  comes from one ``(K, K)`` soft confusion matrix (``C[k, j]`` = summed probability of
+  label k over the voxels of true label j), since a union's overlap and size are sums
+  over its parts;
+* the **lesion classes**: binary cross-entropy plus soft Dice per channel.
+
+Composite targets that also hold white matter by nearest parcel (lobes, territories) are
+scored on their cortical parts.
+
+Checkpoints (``{'recipe', 'config', 'state', 'optimizer', 'step', 'generator', ...}``) resume
+exactly on the same device; :meth:`DenseTrainer.compact` writes the fp16 weights-only state
+that is committed (a warm restart: the optimizer moments start again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn import functional as F
+
+from vpcli.errors import BadInputError
+
+
+@dataclasses.dataclass
+class DenseRecipe:
+    """Settings of a dense vision run (``recipes/train/dense-*.toml``, ``stage = "vision"``).
+
+    Attributes:
+        name: Recipe name.
+        stage: Always ``vision``.
+        description: One line.
+        vision_config: Named base config (:data:`vpcli.vision.config.CONFIGS`).
+        seed: Seed of the synthesis generator and of the weights.
+        steps: Total steps.
+        batch_size: Samples per step.
+        shape: Training grid (voxels), each a multiple of ``2 ** (levels - 1)``.
+        spacing_mm: Training grid spacing (the config's working resolution).
+        learning_rate: AdamW peak rate (warm-up, then cosine to a tenth).
+        warmup_steps: Linear warm-up.
+        weight_decay: AdamW weight decay.
+        composite_weight: Weight of the composite-target Dice.
+        lesion_weight: Weight of the lesion terms.
+        lesion_probability: Share of samples with lesions.
+        checkpoint_every: Steps between checkpoints.
+        log_every: Steps between log lines.
+        threads: Torch CPU threads (0: torch's default).
+        sources: Training anatomy sources.
+    """
+    name: str = 'dense-cpu'
+    stage: str = 'vision'
+    description: str = ''
+    vision_config: str = 'dense-cpu'
+    seed: int = 0
+    steps: int = 100000
+    batch_size: int = 2
+    shape: list = dataclasses.field(default_factory=lambda: [48, 48, 48])
+    spacing_mm: float = 2.0
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-5
+    composite_weight: float = 1.0
+    lesion_weight: float = 0.5
+    lesion_probability: float = 0.5
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 0
+    sources: list = dataclasses.field(default_factory=lambda: ['fsaverage'])
+
+    @classmethod
+    def load(cls, path: Path | str) -> 'DenseRecipe':
+        """Read a recipe file (unknown keys are an error naming the file)."""
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f'{path}: no such recipe file')
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise BadInputError(f'{path}: not a TOML recipe ({error})') from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadInputError(f'{path}: unknown recipe keys {", ".join(unknown)}')
+        if data.get('stage') != 'vision':
+            raise BadInputError(f'{path}: not a dense vision recipe (stage = "vision")')
+        return cls(**data)
+
+
+def recipe_stage(path: Path) -> str | None:
+    """The ``stage`` key of a recipe file (None when it has none or cannot be read)."""
+    try:
+        return tomllib.loads(Path(path).read_text()).get('stage')
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+
+
+def dense_config(recipe: DenseRecipe):
+    """The recipe's vision config with the vocabulary's labels, lesion classes and targets."""
+    from vpcli.synth.vocabulary import load_vocabulary
+    from vpcli.tasks.ontology import load_ontology
+    from vpcli.vision.config import named_config
+    vocabulary = load_vocabulary()
+    names = [vocabulary.name(i) for i in vocabulary.ids]
+    lesions = load_ontology().leaf_classes()
+    return dataclasses.replace(named_config(recipe.vision_config), label_ids=tuple(vocabulary.ids),
+                               label_names=tuple(names), lesion_classes=tuple(lesions),
+                               min_spacing_mm=recipe.spacing_mm, seed=recipe.seed)
+
+
+def composite_matrix(config) -> torch.Tensor:
+    """``(K, T)`` membership of the finest classes (background first) in every anatomical
+    target with at least two parts (single-label targets are scored by the partition)."""
+    from vpcli.tasks.ontology import load_ontology
+    from vpcli.vision.targets import anatomy_parts
+    classes = 1 + len(config.label_ids)
+    columns = []
+    for target in load_ontology().targets.values():
+        parts = anatomy_parts(target, config.label_names).labels
+        if len(parts) >= 2:
+            column = torch.zeros(classes)
+            column[list(parts)] = 1
+            columns.append(column)
+    unique = torch.unique(torch.stack(columns, dim=1), dim=1)
+    return unique
+
+
+def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor,
+               composites: torch.Tensor, composite_weight: float = 1.0,
+               lesion_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+    """Loss of one batch and its parts (see the module docstring).
+
+    Args:
+        logits: ``(B, K + L, X, Y, Z)`` head output (K anatomical classes incl. background).
+        labels: ``(B, X, Y, Z)`` true class indices.
+        lesions: ``(B, L, X, Y, Z)`` true lesion masks.
+        composites: ``(K, T)`` membership matrix of composite targets.
+    """
+    classes = composites.shape[0]
+    anatomy, lesion_logits = logits[:, :classes].float(), logits[:, classes:].float()
+    cross_entropy = F.cross_entropy(anatomy, labels)
+    probabilities = anatomy.softmax(1)
+    batch = labels.shape[0]
+    flat_p = probabilities.flatten(2)  # (B, K, N)
+    flat_t = labels.flatten(1)  # (B, N)
+    # soft confusion: C[b, k, j] = sum of p_k over the voxels whose truth is j
+    confusion = torch.zeros(batch, classes, classes, device=logits.device, dtype=flat_p.dtype)
+    confusion.scatter_add_(2, flat_t.unsqueeze(1).expand(-1, classes, -1), flat_p)
+    predicted = flat_p.sum(2)  # (B, K)
+    true = confusion.sum(1)  # (B, K): voxel count per true class
+    overlap = torch.diagonal(confusion, dim1=1, dim2=2)
+    present = true > 0
+    dice = (2 * overlap + 1) / (predicted + true + 1)
+    partition_dice = 1 - dice[present].mean()
+    # composites: overlap_T = m_T^T C m_T, sizes m_T^T p and m_T^T t
+    m = composites.to(flat_p.dtype)
+    union_overlap = torch.einsum('kt,bkj,jt->bt', m, confusion, m)
+    union_predicted = predicted @ m
+    union_true = true @ m
+    union_present = union_true > 0
+    union_dice = (2 * union_overlap + 1) / (union_predicted + union_true + 1)
+    composite_dice = 1 - union_dice[union_present].mean() if bool(union_present.any()) \
+        else logits.new_zeros(())
+    loss = cross_entropy + partition_dice + composite_weight * composite_dice
+    parts = {'ce': float(cross_entropy.detach()), 'dice': float(1 - partition_dice.detach()),
+             'composite_dice': float(1 - composite_dice.detach())}
+    if lesion_logits.shape[1]:
+        bce = F.binary_cross_entropy_with_logits(lesion_logits, lesions)
+        lesion_p = torch.sigmoid(lesion_logits).flatten(2)
+        lesion_t = lesions.flatten(2)
+        lesion_present = lesion_t.sum(2) > 0
+        lesion_dice = (2 * (lesion_p * lesion_t).sum(2) + 1) / (lesion_p.sum(2) + lesion_t.sum(2) + 1)
+        lesion_dice_loss = 1 - lesion_dice[lesion_present].mean() if bool(lesion_present.any()) \
+            else logits.new_zeros(())
+        loss = loss + lesion_weight * (bce + lesion_dice_loss)
+        parts['lesion_bce'] = float(bce.detach())
+        if bool(lesion_present.any()):
+            parts['lesion_dice'] = float(1 - lesion_dice_loss.detach())
+    return loss, parts
+
+
+class DenseTrainer:
+    """Trains a dense vision network on synthesis made on its own device.
+
+    Args:
+        recipe: The run's settings.
+        network: A dense :class:`VisionNetwork` (on ``device``).
+        device: Training device.
+    """
+
+    def __init__(self, recipe: DenseRecipe, network, device: str = 'cpu') -> None:
+        from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
+        self.recipe = recipe
+        self.network = network.to(device)
+        self.device = device
+        settings = SynthesisSettings(spacing_mm=recipe.spacing_mm, shape=tuple(recipe.shape),
+                                     lesion_probability=recipe.lesion_probability)
+        levels = network.config.levels
+        if any(n % 2 ** (levels - 1) for n in recipe.shape):
+            raise BadInputError(f'recipe {recipe.name}: shape {recipe.shape} must be multiples of '
+                                f'{2 ** (levels - 1)} for a {levels}-level network')
+        self.synthesizer = DenseSynthesizer(network.config.label_ids, network.config.lesion_classes,
+                                            device, settings, recipe.sources, seed=recipe.seed)
+        self.composites = composite_matrix(network.config).to(device)
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate,
+                                           weight_decay=recipe.weight_decay)
+        self.step = 0
+        self.seconds = 0.0
+        self.synthesis_seconds = 0.0
+        self.history: list[dict] = []
+
+    @classmethod
+    def create(cls, recipe: DenseRecipe, device: str = 'cpu') -> 'DenseTrainer':
+        """A new run: a freshly initialised dense network."""
+        from vpcli.vision.model import VisionNetwork
+        return cls(recipe, VisionNetwork(dense_config(recipe)), device)
+
+    @classmethod
+    def resume(cls, path: Path | str, device: str = 'cpu',
+               recipe: DenseRecipe | None = None) -> 'DenseTrainer':
+        """Continue from a checkpoint: exactly from a full one (optimizer and generator
+        state), as a warm restart from a compact one (fp16 weights, fresh optimizer)."""
+        from vpcli.vision.config import VisionConfig
+        from vpcli.vision.model import VisionNetwork
+        data = torch.load(path, map_location='cpu', weights_only=True)
+        saved_recipe = DenseRecipe(**data['recipe'])
+        network = VisionNetwork(VisionConfig.from_dict(data['config']))
+        network.load_state_dict({k: v.float() for k, v in data['state'].items()}, strict=True)
+        trainer = cls(recipe or saved_recipe, network, device)
+        trainer.step = int(data['step'])
+        trainer.seconds = float(data.get('seconds', 0.0))
+        trainer.synthesis_seconds = float(data.get('synthesis_seconds', 0.0))
+        if 'optimizer' in data:
+            trainer.optimizer.load_state_dict(data['optimizer'])
+        if 'generator' in data and torch.device(device).type == 'cpu':
+            trainer.synthesizer.generator.set_state(data['generator'])
+        else:  # a warm restart: new draws, seeded by the step
+            trainer.synthesizer.generator.manual_seed(trainer.recipe.seed * 1_000_003 + trainer.step)
+        return trainer
+
+    def save(self, path: Path | str, compact: bool = False) -> Path:
+        """Write a checkpoint atomically; ``compact``: fp16 weights only (what is committed)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: (v.detach().cpu().half() if compact and v.is_floating_point() else v.detach().cpu())
+                 for k, v in self.network.state_dict().items()}
+        data = {'recipe': dataclasses.asdict(self.recipe), 'config': self.network.config.to_dict(),
+                'state': state, 'step': self.step, 'seconds': self.seconds,
+                'synthesis_seconds': self.synthesis_seconds}
+        if not compact:
+            data['optimizer'] = self.optimizer.state_dict()
+            if torch.device(self.device).type == 'cpu':
+                data['generator'] = self.synthesizer.generator.get_state()
+        temporary = path.with_name(f'.{path.name}.tmp')
+        torch.save(data, temporary)
+        os.replace(temporary, path)
+        return path
+
+    def learning_rate(self) -> float:
+        """Warm-up then cosine decay to a tenth of the peak over the recipe's steps."""
+        recipe = self.recipe
+        if self.step < recipe.warmup_steps:
+            return recipe.learning_rate * (self.step + 1) / recipe.warmup_steps
+        progress = min(1.0, (self.step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
+        return recipe.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def train_step(self) -> dict:
+        """One step: synthesise a batch, score every voxel and target, update."""
+        self.network.train()
+        started = time.perf_counter()
+        batch = self.synthesizer.sample(self.recipe.batch_size)
+        if torch.device(self.device).type == 'cuda':
+            torch.cuda.synchronize()
+        synthesised = time.perf_counter()
+        for group in self.optimizer.param_groups:
+            group['lr'] = self.learning_rate()
+        logits = self.network.dense_logits(batch.image)
+        loss, parts = dense_loss(logits, batch.labels, batch.lesions, self.composites,
+                                 self.recipe.composite_weight, self.recipe.lesion_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
+        self.optimizer.step()
+        if torch.device(self.device).type == 'cuda':
+            torch.cuda.synchronize()
+        finished = time.perf_counter()
+        self.step += 1
+        self.seconds += finished - started
+        self.synthesis_seconds += synthesised - started
+        entry = {'step': self.step, 'loss': float(loss.detach()), **parts,
+                 'seconds': round(finished - started, 3),
+                 'synthesis_seconds': round(synthesised - started, 3)}
+        self.history.append(entry)
+        return entry
+
+    def train(self, until: int, checkpoint: Path | None = None,
+              log: Callable[[str], None] = print, journal: Path | None = None) -> None:
+        """Train to step ``until``, checkpointing every ``checkpoint_every`` steps."""
+        window: list[dict] = []
+        while self.step < until:
+            entry = self.train_step()
+            window.append(entry)
+            if journal is not None:
+                with open(journal, 'a') as handle:
+                    handle.write(json.dumps(entry) + '\n')
+            if self.step % self.recipe.log_every == 0 or self.step == until:
+                mean = {k: sum(e[k] for e in window if k in e) / max(1, sum(k in e for e in window))
+                        for k in ('loss', 'dice', 'composite_dice', 'seconds', 'synthesis_seconds')}
+                log(f'step {self.step}/{until}: loss {mean["loss"]:.3f}, Dice {mean["dice"]:.3f}, '
+                    f'composite Dice {mean["composite_dice"]:.3f}, {mean["seconds"]:.2f} s/step '
+                    f'(synthesis {mean["synthesis_seconds"]:.2f} s)')
+                window = []
+            if checkpoint is not None and (self.step % self.recipe.checkpoint_every == 0
+                                           or self.step == until):
+                self.save(checkpoint)
+
+
+def export_vision(trainer: DenseTrainer, folder: Path | str,
+                  state_path: Path | str | None = None) -> dict:
+    """Ship a dense network into a weights folder: ``vision.pt`` (fp16 weights, which load
+    into fp32), the manifest's vision entries and ``vision_training`` record, and the model
+    card; optionally the compact training state (``state_path``) that is committed."""
+    from vpcli import model_card
+    from vpcli.volumes import write_text_atomic
+    from vpcli.weights import MANIFEST, sha256_file
+
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    vision_path = folder / 'vision.pt'
+    network = trainer.network
+    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+             for k, v in network.state_dict().items()}
+    temporary = vision_path.with_name('.vision.pt.tmp')
+    torch.save({'config': network.config.to_dict(), 'state': state}, temporary)
+    os.replace(temporary, vision_path)
+    for entry in manifest['files']:
+        if entry['role'] == 'vision':
+            entry.update(file='vision.pt', sha256=sha256_file(vision_path),
+                         bytes=vision_path.stat().st_size)
+    manifest['vision_config'] = network.config.to_dict()
+    recipe = trainer.recipe
+    manifest['vision_training'] = {
+        'stage': 'dense vision (docs/training.md)', 'recipe': recipe.name,
+        'recipe_file': f'recipes/train/{recipe.name}.toml',
+        'recipe_settings': dataclasses.asdict(recipe), 'steps': trainer.step,
+        'samples': trainer.step * recipe.batch_size,
+        'training_seconds': round(trainer.seconds, 1),
+        'synthesis_share': round(trainer.synthesis_seconds / max(trainer.seconds, 1e-9), 4),
+        'device': str(trainer.device)}
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + '\n')
+    model_card.write(folder)
+    if state_path is not None:
+        trainer.save(state_path, compact=True)
+    return manifest

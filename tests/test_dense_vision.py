@@ -171,6 +171,9 @@ def test_a_resumed_dense_run_equals_one_run(tmp_path):
                                  resumed.network.state_dict().items()):
         assert torch.equal(a, b), name
     assert straight.history[-1]['loss'] == resumed.history[-1]['loss']
+    assert resumed.recipe_changes == []
+    longer = DenseTrainer.resume(tmp_path / 'checkpoint.pt', recipe=dataclasses.replace(recipe, steps=9))
+    assert longer.recipe_changes == [{'step': 2, 'changed': {'steps': [4, 9]}}]
 
 
 @pytest.mark.slow
@@ -207,3 +210,18 @@ def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path):
                                             if v.is_floating_point())
     bundle = load_bundle(weights)  # checksums verified; the network loads strictly
     assert bundle.vision.config.dense and bundle.vision.config.label_names
+
+
+def test_flip_averaging_is_symmetric_under_a_mirrored_scan():
+    """With flip averaging, a mirrored scan gives the mirrored probabilities, left and right
+    labels swapped (the average of a scan and its mirror is mirror-symmetric)."""
+    network = VisionNetwork(tiny_config(flip_averaging=True)).eval()
+    scan = scan_on(seed=3)
+    mirrored = Scan(volume=scan.volume.new(scan.volume.tensor.flip(1)), name='img0',
+                    sources=scan.sources)
+    with torch.no_grad():
+        first = network.dense_probabilities(network.encode([scan]))[0]
+        second = network.dense_probabilities(network.encode([mirrored]))[0]
+    swap = network._mirror_channels()
+    assert swap[1] == 2 and swap[3] == 4 and swap[5] == 6 and swap[7] == 7  # lesions stay
+    assert torch.allclose(second, first.flip(1)[swap], atol=1e-5)

@@ -90,6 +90,33 @@ def _refresh(manifest: dict) -> str:
     return f', {steps} code refresh (language model only, vision frozen, φ anchored)' if steps else ''
 
 
+def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
+    """What the vision network is and how it was trained (dense stage or joint episodes)."""
+    spacing = (f'working-spacing floor {vision.get("min_spacing_mm")} mm (finer scans are seen '
+               f'at that spacing; masks come back on the input grid)')
+    dense = manifest.get('vision_training')
+    if not vision.get('label_ids') or not dense:
+        return [f'- Vision network: widths {vision.get("widths")}, ε width '
+                f'{vision.get("embedding_width")}, {spacing}.',
+                f'- Loss: token cross-entropy + {settings.get("dice_weight")} × soft Dice over '
+                f'every segmentation a target program makes (docs/training.md).']
+    recipe = dense.get('recipe_settings') or {}
+    return [
+        f'- Vision network: dense (docs/vision.md): widths {vision.get("widths")}, one softmax '
+        f'over background and {len(vision["label_ids"])} labels plus '
+        f'{len(vision.get("lesion_classes", []))} lesion-class channels; {spacing}. '
+        f'`segment` returns the target the program names, assembled from those channels.',
+        f'- Vision training: the dense stage, recipe `{dense.get("recipe")}` '
+        f'(`{dense.get("recipe_file")}`): {dense.get("steps")} steps, {dense.get("samples")} '
+        f'synthesised samples of {recipe.get("shape")} voxels at {recipe.get("spacing_mm")} mm, '
+        f'{(dense.get("training_seconds") or 0) / 3600:.2f} hours on {dense.get("device")} '
+        f'({100 * (dense.get("synthesis_share") or 0):.1f} % of it synthesis); loss: '
+        f'cross-entropy + soft Dice over every label, soft Dice of every composite target, '
+        f'lesion cross-entropy + soft Dice (docs/training.md).',
+        f'- Language model training: token cross-entropy on target programs '
+        f'(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
+
+
 def render(manifest: dict) -> str:
     """The model card text."""
     settings = manifest.get('recipe_settings') or {}
@@ -112,11 +139,7 @@ def render(manifest: dict) -> str:
         f'- Language model: LLaMA architecture, random init, d={agent.get("hidden_size")}, '
         f'{agent.get("layers")} layers, {agent.get("heads")} heads, MLP {agent.get("mlp_size")}, '
         f'{manifest.get("tokenizer_pieces")} SentencePiece pieces; φ head Linear→SiLU (32).',
-        f'- Vision network: widths {vision.get("widths")}, ε width {vision.get("embedding_width")}, '
-        f'working-spacing floor {vision.get("min_spacing_mm")} mm (finer scans are seen at that '
-        f'spacing; masks come back on the input grid).',
-        f'- Loss: token cross-entropy + {settings.get("dice_weight")} × soft Dice over every '
-        f'segmentation a target program makes (docs/training.md).',
+        *_vision_lines(manifest, vision, settings),
         '',
         '## Trained on',
         '',

@@ -13,13 +13,15 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
 3. **Intensities**: per class, a Gaussian whose mean is drawn fully at random (SynthSeg
    mode), from a modality's plausible tissue means (:data:`vpcli.synth.images.TISSUE_MEANS`),
    or the real intensities of the source's T1 image; smooth texture; outside the brain the
-   source's head (skull, scalp) with random contrast, a constant, or nothing (skull-stripped).
+   source's head (skull, scalp) with random contrast.
 4. **Lesions**: 0-3 blobs (a smooth ellipsoid plus smooth noise, thresholded), each of a
    random leaf class, placed in brain tissue, hyper- or hypointense; one channel per class.
 5. **Acquisition**: partial volume (blur), thick slices along a random axis (averaged and
    linearly re-expanded), a smooth multiplicative bias field, a gamma change and Gaussian
    noise; then the 0.5th-99.5th percentile normalisation the network applies to real scans
    (:func:`vpcli.vision.preprocess.prepare_scan`).
+6. **Skull stripping** for some samples: everything outside the brain (grown by 0-2
+   voxels) set to exactly 0, as stripping tools leave it.
 
 Randomness comes from one ``torch.Generator`` on the device, so a run is reproducible on a
 given device. Nothing here writes files.
@@ -64,7 +66,7 @@ class SynthesisSettings:
     max_displacement_mm: float = 4.0
     random_contrast_probability: float = 0.5
     template_probability: float = 0.2
-    skull_stripped_probability: float = 0.25
+    skull_stripped_probability: float = 0.35
     lesion_probability: float = 0.5
     thick_slice_probability: float = 0.3
     max_bias: float = 0.4
@@ -225,8 +227,9 @@ class DenseSynthesizer:
         linear = torch.stack(matrices)  # (B, 3, 3): output mm -> source mm
         spacing = source['spacing'].float().to(device)
         extent_mm = source['shape'].float().to(device) * spacing
-        # the crop centre: anywhere in the brain's central region (mm from the brain centre)
-        reach = torch.tensor([25.0, 35.0, 30.0], device=device)
+        # the crop centre: anywhere in the head, so that crops also reach past the head and
+        # the edge of the field of view (mm from the brain centre)
+        reach = torch.tensor([40.0, 50.0, 45.0], device=device)
         offsets = self._uniform(-1, 1, batch, 3) * reach
         centre_mm = source['brain_center'].float().to(device) * spacing + offsets
         moved = torch.einsum('bij,xyzj->bxyzi', linear, points) + centre_mm.view(batch, 1, 1, 1, 3)
@@ -263,7 +266,22 @@ class DenseSynthesizer:
         image = self._intensities(labels, template)
         lesions = self._lesions(labels, image)
         image = self._acquire(image)
+        image = self._strip(image, labels)
         return DenseBatch(image=image, labels=labels, lesions=lesions)
+
+    def _strip(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Skull stripping as tools do it, after acquisition: everything outside a brain
+        mask (the true one, grown by 0-2 voxels) set to exactly 0."""
+        batch = image.shape[0]
+        stripped = self._uniform(0, 1, batch) < self.settings.skull_stripped_probability
+        if not bool(stripped.any()):
+            return image
+        brain = (labels > 0).float().unsqueeze(1)
+        grow = int(self._uniform(0, 3, 1).item())
+        if grow:
+            brain = F.max_pool3d(brain, 2 * grow + 1, stride=1, padding=grow)
+        keep = (brain > 0) | ~stripped.view(batch, 1, 1, 1, 1)
+        return torch.where(keep, image, torch.zeros_like(image))
 
     def _intensities(self, labels: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
         s = self.settings
@@ -295,9 +313,7 @@ class DenseSynthesizer:
             head = template * head_gain + 0.05 * head_gain * smooth_noise(
                 self.generator, batch, 1, labels.shape[1:], 8, device)
             image = torch.where(brain | use_template, image, head.clamp(min=0))
-        stripped = (self._uniform(0, 1, batch) < s.skull_stripped_probability).view(batch, 1, 1, 1, 1)
-        background = self._uniform(0.0, 0.1, batch, 1, 1, 1, 1)
-        return torch.where(stripped & ~brain, background, image)
+        return image
 
     def _lesions(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Paint lesions into ``image`` in place; their masks, one channel per class."""

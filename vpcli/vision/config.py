@@ -61,6 +61,7 @@ class VisionConfig:
     label_names: tuple[str, ...] = ()
     lesion_classes: tuple[str, ...] = ()
     phi_mixing: bool = True
+    flip_averaging: bool = False
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -126,9 +127,9 @@ CONFIGS = {
     'dense-tiny': VisionConfig(widths=(4, 8, 8), embedding_width=32, phi_mixing=False,
                                min_spacing_mm=2.0),
     'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
-                              phi_mixing=False, min_spacing_mm=2.0),
+                              phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True),
     'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
-                              phi_mixing=False, min_spacing_mm=1.0),
+                              phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True),
 }
 
 

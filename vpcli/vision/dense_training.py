@@ -221,6 +221,8 @@ class DenseTrainer:
         self.seconds = 0.0
         self.synthesis_seconds = 0.0
         self.history: list[dict] = []
+        #: ``{'step', 'changed': {key: [old, new]}}`` per resume under a changed recipe
+        self.recipe_changes: list[dict] = []
 
     @classmethod
     def create(cls, recipe: DenseRecipe, device: str = 'cpu') -> 'DenseTrainer':
@@ -241,6 +243,13 @@ class DenseTrainer:
         network.load_state_dict({k: v.float() for k, v in data['state'].items()}, strict=True)
         trainer = cls(recipe or saved_recipe, network, device)
         trainer.step = int(data['step'])
+        trainer.recipe_changes = list(data.get('recipe_changes', []))
+        if recipe is not None:
+            old, new = dataclasses.asdict(saved_recipe), dataclasses.asdict(recipe)
+            changed = {key: [old[key], new[key]] for key in new
+                       if key not in ('threads', 'log_every', 'checkpoint_every') and old.get(key) != new[key]}
+            if changed:
+                trainer.recipe_changes.append({'step': trainer.step, 'changed': changed})
         trainer.seconds = float(data.get('seconds', 0.0))
         trainer.synthesis_seconds = float(data.get('synthesis_seconds', 0.0))
         if 'optimizer' in data:
@@ -259,7 +268,7 @@ class DenseTrainer:
                  for k, v in self.network.state_dict().items()}
         data = {'recipe': dataclasses.asdict(self.recipe), 'config': self.network.config.to_dict(),
                 'state': state, 'step': self.step, 'seconds': self.seconds,
-                'synthesis_seconds': self.synthesis_seconds}
+                'synthesis_seconds': self.synthesis_seconds, 'recipe_changes': self.recipe_changes}
         if not compact:
             data['optimizer'] = self.optimizer.state_dict()
             if torch.device(self.device).type == 'cpu':
@@ -360,7 +369,7 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
         'samples': trainer.step * recipe.batch_size,
         'training_seconds': round(trainer.seconds, 1),
         'synthesis_share': round(trainer.synthesis_seconds / max(trainer.seconds, 1e-9), 4),
-        'device': str(trainer.device)}
+        'device': str(trainer.device), 'recipe_changes': trainer.recipe_changes}
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + '\n')
     model_card.write(folder)
     if state_path is not None:

@@ -146,6 +146,20 @@ class Encoding:
         return FeedbackItem(text=f'encoding of {names}', embeddings=self.embeddings.detach())
 
 
+def _mirrored(prepared: PreparedScan) -> PreparedScan:
+    """A prepared (RAS) scan mirrored left-right: voxel axis 0 reversed, on a grid mirrored
+    about the world plane x = 0, so that several scans stay aligned with each other."""
+    volume = prepared.volume
+    matrix = volume.geometry.tensor.double()
+    voxel_flip = torch.eye(4, dtype=torch.float64, device=matrix.device)
+    voxel_flip[0, 0], voxel_flip[0, 3] = -1.0, float(volume.baseshape[0] - 1)
+    world_flip = torch.eye(4, dtype=torch.float64, device=matrix.device)
+    world_flip[0, 0] = -1.0
+    geometry = vx.AcquisitionGeometry(volume.baseshape,
+                                      (world_flip @ matrix @ voxel_flip).to(volume.geometry.tensor.dtype))
+    return dataclasses.replace(prepared, volume=vx.Volume(volume.tensor.flip(1), geometry))
+
+
 class VisionNetwork(nn.Module):
     """Encoder/generator UNet over any number of scans at native resolution.
 
@@ -263,14 +277,31 @@ class VisionNetwork(nn.Module):
         φ, so this runs once per encoding and is kept on it."""
         if encoding.dense is None:
             zeros = torch.zeros(len(encoding.scans), self.config.phi_size, device=self.device)
-            probabilities = []
-            anatomy = 1 + len(self.config.label_ids)
-            for features in self._decode(encoding, zeros):
-                logits = self.head(features)
-                probabilities.append(torch.cat([logits[:anatomy].softmax(0),
-                                                torch.sigmoid(logits[anatomy:])]))
+            probabilities = [self._dense_softmax(self.head(f)) for f in self._decode(encoding, zeros)]
+            if self.config.flip_averaging:
+                mirrored = self.encode_prepared([_mirrored(p) for p in encoding.prepared])
+                swap = self._mirror_channels()
+                for index, features in enumerate(self._decode(mirrored, zeros)):
+                    flipped = self._dense_softmax(self.head(features)).flip(1)[swap]
+                    probabilities[index] = 0.5 * (probabilities[index] + flipped)
             encoding.dense = probabilities
         return encoding.dense
+
+    def _dense_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        anatomy = 1 + len(self.config.label_ids)
+        return torch.cat([logits[:anatomy].softmax(0), torch.sigmoid(logits[anatomy:])])
+
+    def _mirror_channels(self) -> list[int]:
+        """Channel order that swaps every left label with its right partner."""
+        names = list(self.config.label_names)
+        position = {name: i + 1 for i, name in enumerate(names)}
+        order = list(range(self.config.output_channels))
+        for name, index in position.items():
+            for a, b in (('Left-', 'Right-'), ('Right-', 'Left-'), ('ctx-lh-', 'ctx-rh-'),
+                         ('ctx-rh-', 'ctx-lh-')):
+                if name.startswith(a) and b + name[len(a):] in position:
+                    order[index] = position[b + name[len(a):]]
+        return order
 
     def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Dense training: head logits ``(B, channels, X, Y, Z)`` of a batch of single-scan

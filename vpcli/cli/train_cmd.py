@@ -24,6 +24,7 @@ def train(
     threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU threads (default: the recipe\'s).')] = None,
     export: Annotated[Optional[Path], typer.Option('--export', help='After training, write a weights folder (agent.pt, vision.pt, tokenizer.model, manifest.json) here.')] = None,
     quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress bar on stderr.')] = False,
+    seconds: Annotated[Optional[float], typer.Option('--seconds', min=1, help='Dense vision stage: stop after this much wall time (checkpointed), e.g. to fit a lent GPU call.')] = None,
     stage: Annotated[Optional[str], typer.Option('--stage', help='Check the recipe is of this stage: vision (the dense vision stage, recipes dense-cpu / dense-gpu) or joint (language model and joint episodes).')] = None,
     change_recipe: Annotated[bool, typer.Option('--change-recipe', help='Continue a run under a recipe that differs in data-shaping settings (stage lengths, batch sizes, seed...); recorded in the checkpoint and manifest.')] = False,
 ) -> None:
@@ -50,8 +51,10 @@ def train(
         raise BadInputError(f'{recipe_path}: is not a {stage} recipe (its stage is '
                             f'{recipe_stage(recipe_path) or "joint"})')
     if recipe_stage(recipe_path) == 'vision':
-        _train_vision(recipe_path, output, resume, until, device, threads, export, log)
+        _train_vision(recipe_path, output, resume, until, device, threads, export, log, seconds)
         return
+    if seconds is not None:
+        raise BadInputError('--seconds applies to the dense vision stage (stage = "vision" recipes)')
     the_recipe = Recipe.load(recipe_path)
     if threads:
         the_recipe.threads = threads
@@ -93,7 +96,8 @@ def train(
 
 
 def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until: Optional[int],
-                  device: str, threads: Optional[int], export: Optional[Path], log) -> None:
+                  device: str, threads: Optional[int], export: Optional[Path], log,
+                  seconds: Optional[float]) -> None:
     """The dense vision stage (``stage = "vision"`` recipes; docs/training.md)."""
     import torch
 
@@ -117,7 +121,7 @@ def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until
         log(f'new dense vision run of recipe {recipe.name} on {chosen}')
     output.mkdir(parents=True, exist_ok=True)
     trainer.train(recipe.steps if until is None else until, checkpoint, log,
-                  journal=output / 'train_log.jsonl')
+                  journal=output / 'train_log.jsonl', seconds=seconds)
     log(f'step {trainer.step}; checkpoint {checkpoint}')
     if export is not None:
         from vpcli.vision.dense_training import export_vision

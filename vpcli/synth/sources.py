@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,9 +60,16 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
     Returns:
         The absolute path of the file.
 
+    A folder named by ``$VOXELPROMPT_PACKAGE_DATA`` that holds ``<package>/<relative>`` is
+    looked in first: a copy of just the files a run needs, for a machine where the package
+    cannot be installed (a lent GPU machine without network; ``scripts/device_dense.sh``).
+
     Raises:
         BadInputError: when the package is not installed or lacks the file.
     """
+    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
+    if override and (Path(override) / package / relative).is_file():
+        return Path(override) / package / relative
     spec = importlib.util.find_spec(package)
     folders = list(spec.submodule_search_locations or []) if spec else []
     if not folders:

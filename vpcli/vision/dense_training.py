@@ -296,7 +296,9 @@ class DenseTrainer:
         synthesised = time.perf_counter()
         for group in self.optimizer.param_groups:
             group['lr'] = self.learning_rate()
-        logits = self.network.dense_logits(batch.image)
+        cuda = torch.device(self.device).type == 'cuda'
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=cuda):  # bf16 on a GPU
+            logits = self.network.dense_logits(batch.image)
         loss, parts = dense_loss(logits, batch.labels, batch.lesions, self.composites,
                                  self.recipe.composite_weight, self.recipe.lesion_weight)
         self.optimizer.zero_grad(set_to_none=True)
@@ -316,10 +318,18 @@ class DenseTrainer:
         return entry
 
     def train(self, until: int, checkpoint: Path | None = None,
-              log: Callable[[str], None] = print, journal: Path | None = None) -> None:
-        """Train to step ``until``, checkpointing every ``checkpoint_every`` steps."""
+              log: Callable[[str], None] = print, journal: Path | None = None,
+              seconds: float | None = None) -> None:
+        """Train to step ``until``, checkpointing every ``checkpoint_every`` steps; with
+        ``seconds``, stop (and checkpoint) once that much wall time has passed."""
         window: list[dict] = []
+        deadline = None if seconds is None else time.perf_counter() + seconds
         while self.step < until:
+            if deadline is not None and time.perf_counter() >= deadline:
+                log(f'stopped at step {self.step}: {seconds:.0f} s of wall time used')
+                if checkpoint is not None:
+                    self.save(checkpoint)
+                break
             entry = self.train_step()
             window.append(entry)
             if journal is not None:

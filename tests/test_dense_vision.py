@@ -76,6 +76,8 @@ def test_targets_are_made_of_their_parts():
     assert parts_of('lesion', names, LESIONS).lesions == (0, 1)
     assert target_key('largest left frontal glioma') == 'glioma'
     assert target_key('left hippocampus') == 'left hippocampus'
+    assert target_key(' Left  Hippocampus ') == 'left hippocampus'
+    assert target_key('Extraventricular csf') == 'extraventricular CSF'
     with pytest.raises(ProgramError, match='unknown target "left elbow"'):
         target_key('left elbow')
 

@@ -14,8 +14,10 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
    mode), from a modality's plausible tissue means (:data:`vpcli.synth.images.TISSUE_MEANS`),
    or the real intensities of the source's T1 image; smooth texture; outside the brain the
    source's head (skull, scalp) with random contrast.
-4. **Lesions**: 0-3 blobs (a smooth ellipsoid plus smooth noise, thresholded), each of a
-   random leaf class, placed in brain tissue, hyper- or hypointense; one channel per class.
+4. **Lesions**: for half the samples, one or two leaf classes, each with its own count,
+   volume range, start tissue and tissues it may grow into (the class tables of
+   :mod:`vpcli.synth.lesions`); each lesion a smooth ellipsoid plus smooth noise,
+   thresholded, hyper- or hypointense to its surroundings; one channel per class.
 5. **Acquisition**: partial volume (blur), thick slices along a random axis (averaged and
    linearly re-expanded), a smooth multiplicative bias field, a gamma change and Gaussian
    noise; then the 0.5th-99.5th percentile normalisation the network applies to real scans
@@ -169,6 +171,8 @@ class DenseSynthesizer:
                       'hippocampus', 'amygdala', 'accumbens', 'ventral_dc', 'cerebellar_wm',
                       'cerebellar_gm', 'brainstem'}
         self.parenchyma = torch.tensor([t in parenchyma for t in tissues], device=self.device)
+        if self.lesion_classes:
+            self._lesion_priors(names)
 
         self.sources = []
         for name in sources:
@@ -315,8 +319,50 @@ class DenseSynthesizer:
             image = torch.where(brain | use_template, image, head.clamp(min=0))
         return image
 
+    def _lesion_priors(self, tissues: list[str]) -> None:  # tissues: sorted tissue names
+        """Per lesion channel, where lesions of its class start and what they may occupy
+        (class tables of :mod:`vpcli.synth.lesions`: placement, volume and count ranges)."""
+        from vpcli.synth.lesions import lesion_classes
+        from vpcli.tasks.ontology import load_ontology
+
+        ontology = load_ontology()
+        table = lesion_classes()
+        deep = {'thalamus', 'caudate', 'putamen', 'pallidum'}
+        is_parenchyma = self.parenchyma.cpu().tolist()
+        start_sets = {
+            'white_matter': {'cerebral_wm'}, 'periventricular': {'cerebral_wm'},
+            'grey_white_junction': {'cortex'}, 'territory': {'cortex'}, 'surface': {'cortex'},
+            'deep_grey': deep, 'parenchyma': None, 'ventricular': {'ventricle'}}
+        occupy_sets = {
+            'white_matter': {'cerebral_wm'}, 'periventricular': {'cerebral_wm'},
+            'grey_white_junction': {'cortex', 'cerebral_wm'}, 'territory': {'cortex', 'cerebral_wm'},
+            'surface': {'cortex', 'csf'}, 'deep_grey': None, 'parenchyma': None,
+            'ventricular': {'ventricle', 'csf', 'choroid_plexus'}}
+        tissue_names = [tissues[int(i)] for i in self.tissue_of.cpu()]
+        starts, occupies, volumes, counts = [], [], [], []
+        for key in self.lesion_classes:
+            spec = table[ontology.lesion_classes[key].synth]
+            placement = spec['placement']
+
+            def mask(allowed):
+                return torch.tensor([is_parenchyma[k] if allowed is None else name in allowed
+                                     for k, name in enumerate(tissue_names)], device=self.device)
+            starts.append(mask(start_sets[placement]))
+            occupies.append(mask(occupy_sets[placement]))
+            volumes.append(tuple(float(v) for v in spec['volume_ml']))
+            counts.append((int(spec['count'][0]), min(int(spec['count'][1]), 6)))
+        self.lesion_start = torch.stack(starts)  # (L, K) bool
+        self.lesion_occupy = torch.stack(occupies)
+        self.lesion_volumes_ml = volumes
+        self.lesion_counts = counts
+
     def _lesions(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Paint lesions into ``image`` in place; their masks, one channel per class."""
+        """Paint lesions into ``image`` in place; their masks, one channel per class.
+
+        Per sample with lesions, one or two classes; per class its own number of lesions,
+        sizes (volume drawn log-uniformly in the class's range), start tissue and the
+        tissues it may grow into, so that channels can be told apart by where and how
+        lesions look, as in :mod:`vpcli.synth.lesions`."""
         s = self.settings
         batch = labels.shape[0]
         shape = labels.shape[1:]
@@ -324,32 +370,37 @@ class DenseSynthesizer:
         masks = torch.zeros((batch, len(self.lesion_classes), *shape), device=device)
         if not self.lesion_classes:
             return masks
-        tissue = self.parenchyma[labels]  # (B, X, Y, Z)
         axes = [torch.arange(n, device=device, dtype=torch.float32) for n in shape]
         coordinates = torch.stack(torch.meshgrid(*axes, indexing='ij'))  # (3, X, Y, Z) voxels
         for b in range(batch):
             if float(self._uniform(0, 1, 1)) >= s.lesion_probability:
                 continue
-            candidates = tissue[b].nonzero()
-            if len(candidates) == 0:
-                continue
-            for _ in range(int(self._uniform(1, 4, 1).item())):
-                pick = int(self._uniform(0, len(candidates), 1).item()) % len(candidates)
-                centre = candidates[pick].float()
-                radii_mm = self._uniform(3.0, 18.0, 3)
-                radii = (radii_mm / s.spacing_mm).view(3, 1, 1, 1)
-                distance = (((coordinates - centre.view(3, 1, 1, 1)) / radii) ** 2).sum(0)
-                field = 1 - distance + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
-                blob = (field > 0) & tissue[b]
-                if int(blob.sum()) < 2:
-                    continue
+            for _ in range(int(self._uniform(1, 3, 1).item())):
                 channel = int(self._uniform(0, len(self.lesion_classes), 1).item()) % len(self.lesion_classes)
-                masks[b, channel] = torch.maximum(masks[b, channel], blob.float())
-                ratio = float(self._uniform(1.4, 2.4, 1)) if float(self._uniform(0, 1, 1)) < 0.6 \
-                    else float(self._uniform(0.35, 0.7, 1))
-                surround = image[b, 0][blob].mean()
-                texture = 1 + 0.08 * torch.randn(int(blob.sum()), generator=self.generator, device=device)
-                image[b, 0][blob] = surround * ratio * texture
+                candidates = self.lesion_start[channel][labels[b]].nonzero()
+                if len(candidates) == 0:
+                    continue
+                occupy = self.lesion_occupy[channel][labels[b]]
+                low, high = self.lesion_counts[channel]
+                low_ml, high_ml = self.lesion_volumes_ml[channel]
+                for _ in range(int(self._uniform(low, high + 1, 1).item())):
+                    pick = int(self._uniform(0, len(candidates), 1).item()) % len(candidates)
+                    centre = candidates[pick].float()
+                    volume_ml = math.exp(float(self._uniform(math.log(low_ml), math.log(high_ml), 1)))
+                    radius_mm = (3 * volume_ml * 1000 / (4 * math.pi)) ** (1 / 3)
+                    radii = (radius_mm * self._uniform(0.75, 1.3, 3) / s.spacing_mm).view(3, 1, 1, 1)
+                    distance = (((coordinates - centre.view(3, 1, 1, 1)) / radii) ** 2).sum(0)
+                    field = 1 - distance + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
+                    blob = (field > 0) & occupy
+                    if int(blob.sum()) < 1:
+                        continue
+                    masks[b, channel] = torch.maximum(masks[b, channel], blob.float())
+                    ratio = float(self._uniform(1.4, 2.4, 1)) if float(self._uniform(0, 1, 1)) < 0.6 \
+                        else float(self._uniform(0.35, 0.7, 1))
+                    surround = image[b, 0][blob].mean()
+                    texture = 1 + 0.08 * torch.randn(int(blob.sum()), generator=self.generator,
+                                                     device=device)
+                    image[b, 0][blob] = surround * ratio * texture
         return masks
 
     def _acquire(self, image: torch.Tensor) -> torch.Tensor:

@@ -78,7 +78,7 @@ def parts_of(key: str, label_names: Sequence[str], lesion_classes: Sequence[str]
 
 
 def target_key(text: str) -> str:
-    """The selectable key a target text names: the anatomical target, or the lesion class of
+    """The key a target text names: the anatomical target, or the lesion class of
     a lesion description (``largest left frontal glioma`` -> ``glioma``).
 
     Raises:
@@ -87,6 +87,10 @@ def target_key(text: str) -> str:
     try:
         meaning = parse_target(text)
     except KeyError:
+        folded = ' '.join(text.lower().split())
+        by_lower = {name.lower(): name for name in load_ontology().targets}
+        if folded in by_lower:  # "Left Hippocampus" as a person may write it
+            return by_lower[folded]
         raise ProgramError(f'segment: unknown target "{text}"; name one of the targets '
                            f'`voxelprompt info --json` lists (e.g. "left hippocampus", '
                            f'"whole brain", "glioma")') from None

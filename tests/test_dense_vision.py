@@ -103,9 +103,12 @@ def _one_hot_logits(labels: torch.Tensor, classes: int, lesions: torch.Tensor) -
     return torch.cat([anatomy, lesions * 40 - 20], dim=1)
 
 
-def test_dense_loss_rewards_the_right_labels_and_unions():
-    config = tiny_config()
-    composites = composite_matrix(config)
+@pytest.fixture(scope='module')
+def composites() -> torch.Tensor:
+    return composite_matrix(tiny_config())
+
+
+def test_dense_loss_rewards_the_right_labels_and_unions(composites):
     classes = 1 + len(LABELS)
     generator = torch.Generator().manual_seed(2)
     labels = torch.randint(classes, (2, 6, 6, 6), generator=generator)
@@ -119,9 +122,7 @@ def test_dense_loss_rewards_the_right_labels_and_unions():
     assert right['ce'] < wrong['ce']
 
 
-def test_composite_dice_equals_the_dice_of_the_union():
-    config = tiny_config()
-    composites = composite_matrix(config)
+def test_composite_dice_equals_the_dice_of_the_union(composites):
     classes = 1 + len(LABELS)
     generator = torch.Generator().manual_seed(3)
     labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)

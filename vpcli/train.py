@@ -140,18 +140,28 @@ class Recipe:
     @classmethod
     def load(cls, path: Path | str) -> 'Recipe':
         """Read a recipe file (unknown keys are an error naming the file)."""
-        path = Path(path)
-        if not path.is_file():
-            raise BadInputError(f'{path}: no such recipe file')
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise BadInputError(f'{path}: not a TOML recipe ({error})') from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInputError(f'{path}: unknown recipe keys {", ".join(unknown)}')
-        return cls(**data)
+        return cls(**read_recipe_file(path, cls))
+
+
+def read_recipe_file(path: Path | str, recipe_class) -> dict:
+    """The settings of a TOML recipe file, checked against a recipe dataclass's fields.
+
+    Raises:
+        BadInputError: no such file, not TOML, or keys the recipe class does not have
+            (named, with the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f'{path}: no such recipe file')
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BadInputError(f'{path}: not a TOML recipe ({error})') from None
+    known = {f.name for f in dataclasses.fields(recipe_class)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadInputError(f'{path}: unknown recipe keys {", ".join(unknown)}')
+    return data
 
 
 def find_recipe(name_or_path: str) -> Path:

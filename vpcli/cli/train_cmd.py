@@ -36,17 +36,14 @@ def train(
     """
     import json
 
-    import torch
-
-    from vpcli.devices import resolve_device
-    from vpcli.train import CHECKPOINT_FILE, JointTrainer, Recipe, find_recipe
+    from vpcli.train import JointTrainer, Recipe, find_recipe
+    from vpcli.vision.dense_training import recipe_stage
 
     def log(message: str) -> None:
         if not quiet:
             print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
 
     recipe_path = find_recipe(recipe)
-    from vpcli.vision.dense_training import recipe_stage
     if stage is not None and stage != (recipe_stage(recipe_path) or 'joint'):
         raise BadInputError(f'{recipe_path}: is not a {stage} recipe (its stage is '
                             f'{recipe_stage(recipe_path) or "joint"})')
@@ -56,14 +53,7 @@ def train(
     if seconds is not None:
         raise BadInputError('--seconds applies to the dense vision stage (stage = "vision" recipes)')
     the_recipe = Recipe.load(recipe_path)
-    if threads:
-        the_recipe.threads = threads
-    if the_recipe.threads:
-        torch.set_num_threads(the_recipe.threads)
-    chosen = resolve_device(device)
-    checkpoint = output / CHECKPOINT_FILE
-    if resume is None and checkpoint.is_file():
-        resume = checkpoint  # rerunning the same command continues the run
+    chosen, checkpoint, resume = _run_setup(the_recipe, threads, device, output, resume)
     if resume is not None:
         trainer = JointTrainer.resume(resume, chosen, the_recipe, change_recipe=change_recipe)
         log(f'resumed {resume} at step {trainer.step}')
@@ -95,24 +85,33 @@ def train(
         log(f'weights written to {export}')
 
 
-def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until: Optional[int],
-                  device: str, threads: Optional[int], export: Optional[Path], log,
-                  seconds: Optional[float]) -> None:
-    """The dense vision stage (``stage = "vision"`` recipes; docs/training.md)."""
+def _run_setup(recipe, threads: Optional[int], device: str, output: Path,
+               resume: Optional[Path]) -> tuple[str, Path, Optional[Path]]:
+    """Threads (the option over the recipe's), the resolved device, the run's checkpoint, and
+    what to resume: the given checkpoint, else the run folder's own when it exists (rerunning
+    the same command continues the run)."""
     import torch
 
     from vpcli.devices import resolve_device
-    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
-
-    recipe = DenseRecipe.load(recipe_path)
+    from vpcli.train import CHECKPOINT_FILE
     if threads:
         recipe.threads = threads
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    chosen = resolve_device(device)
-    checkpoint = output / 'checkpoint.pt'
+    checkpoint = output / CHECKPOINT_FILE
     if resume is None and checkpoint.is_file():
         resume = checkpoint
+    return resolve_device(device), checkpoint, resume
+
+
+def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until: Optional[int],
+                  device: str, threads: Optional[int], export: Optional[Path], log,
+                  seconds: Optional[float]) -> None:
+    """The dense vision stage (``stage = "vision"`` recipes; docs/training.md)."""
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+
+    recipe = DenseRecipe.load(recipe_path)
+    chosen, checkpoint, resume = _run_setup(recipe, threads, device, output, resume)
     if resume is not None:
         trainer = DenseTrainer.resume(resume, chosen, recipe)
         log(f'resumed {resume} at step {trainer.step}')

@@ -84,17 +84,8 @@ class DenseRecipe:
     @classmethod
     def load(cls, path: Path | str) -> 'DenseRecipe':
         """Read a recipe file (unknown keys are an error naming the file)."""
-        path = Path(path)
-        if not path.is_file():
-            raise BadInputError(f'{path}: no such recipe file')
-        try:
-            data = tomllib.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            raise BadInputError(f'{path}: not a TOML recipe ({error})') from None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BadInputError(f'{path}: unknown recipe keys {", ".join(unknown)}')
+        from vpcli.train import read_recipe_file
+        data = read_recipe_file(path, cls)
         if data.get('stage') != 'vision':
             raise BadInputError(f'{path}: not a dense vision recipe (stage = "vision")')
         return cls(**data)

@@ -9,7 +9,8 @@ the network's dense output (:meth:`VisionNetwork.dense_logits`) on
   comes from one ``(K, K)`` soft confusion matrix (``C[k, j]`` = summed probability of
   label k over the voxels of true label j), since a union's overlap and size are sums
   over its parts;
-* the **lesion classes**: binary cross-entropy plus soft Dice per channel.
+* the **lesion classes**: binary cross-entropy (the mean over lesion voxels weighted
+  :data:`POSITIVE_LESION_WEIGHT` beside the mean over the rest) plus soft Dice per channel.
 
 Composite targets that also hold white matter by nearest parcel (lobes, territories) are
 scored on their cortical parts.
@@ -129,6 +130,10 @@ def composite_matrix(config) -> torch.Tensor:
     return unique
 
 
+#: weight of the mean cross-entropy over lesion voxels, beside the mean over the others
+POSITIVE_LESION_WEIGHT = 0.2
+
+
 def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor,
                composites: torch.Tensor, composite_weight: float = 1.0,
                lesion_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
@@ -169,7 +174,14 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
     parts = {'ce': float(cross_entropy.detach()), 'dice': float(1 - partition_dice.detach()),
              'composite_dice': float(1 - composite_dice.detach())}
     if lesion_logits.shape[1]:
-        bce = F.binary_cross_entropy_with_logits(lesion_logits, lesions)
+        # lesion voxels are a few in ten thousand: a plain mean would let the negatives push
+        # every logit so low that the Dice term's gradient vanishes through the sigmoid, so
+        # the positives' mean cross-entropy is added with its own weight
+        per_voxel = F.binary_cross_entropy_with_logits(lesion_logits, lesions, reduction='none')
+        positive = lesions > 0.5
+        bce = per_voxel[~positive].mean()
+        if bool(positive.any()):
+            bce = bce + POSITIVE_LESION_WEIGHT * per_voxel[positive].mean()
         lesion_p = torch.sigmoid(lesion_logits).flatten(2)
         lesion_t = lesions.flatten(2)
         lesion_present = lesion_t.sum(2) > 0

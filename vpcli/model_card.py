@@ -61,7 +61,7 @@ def evaluation_record(results: dict[str, dict], command: str,
             'headline': headlines[suite], 'metrics': result['metrics'], 'count': result['count'],
             'seed': result['seed'], 'device': result['device'], 'seconds': result['seconds'],
             'programs': result.get('programs', 'agent'),
-            **{key: result[key] for key in ('per_category', 'per_target', 'per_class')
+            **{key: result[key] for key in ('per_category', 'per_target', 'per_class', 'per_prompt')
                if key in result}}
     return record
 
@@ -232,6 +232,20 @@ def _reproduce(manifest: dict) -> list[str]:
                      'done in pieces; the evaluation suites are seeded.')
     else:
         lines.append('The evaluation suites are seeded.')
+    dense = manifest.get('vision_training')
+    if dense:
+        name = dense.get('recipe')
+        lines += ['', f'The vision network comes from the dense stage (`{name}`, '
+                  f'{dense.get("steps")} steps), exported into the folder of the language model:', '',
+                  '```bash', f'voxelprompt train --recipe {name} -o runs/{name} --until '
+                  f'{dense.get("steps")} --export weights/', '```', '']
+        for change in dense.get('recipe_changes') or []:
+            what = '; '.join(f'{key}: {old} → {new}' for key, (old, new) in change['changed'].items())
+            lines.append(f'- changed at step {change["step"]}: {what}')
+        if dense.get('recipe_changes'):
+            lines += ['', 'A fresh run of today\'s recipe has the later settings from its start, so '
+                      'it is not the same run; `weights/train-state/' + f'{name}-checkpoint.pt` '
+                      'holds the run\'s weights at its last step (fp16, no optimizer moments).']
     return lines + ['']
 
 

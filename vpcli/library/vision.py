@@ -1,10 +1,11 @@
 """Vision: run the language-conditioned vision network on the input scans.
 
-``encode`` runs the network's encoder once over a set of scans; ``segment`` runs its
-generator for one target, conditioned by the latent instruction φ that the language
-model emits at ``<MOD>`` markers (after each scan argument of ``encode``, after the target
-argument of ``segment``). The target text is for the reader of the
-program (and names the output file); only φ conditions the network.
+``encode`` runs the network's encoder once over a set of scans; ``segment`` returns the
+mask of one target. The language model emits a latent instruction φ at ``<MOD>`` markers
+(after each scan argument of ``encode``, after the target argument of ``segment``). A
+one-channel network (the paper's design) is conditioned by φ alone and the target text only
+names the output; a dense network (the shipped one, docs/vision.md) predicts every target
+at once and returns the one the text names.
 """
 
 from __future__ import annotations
@@ -63,9 +64,12 @@ def segment(context: RunContext, enc, target: str, phi: Any = None):
 
     Args:
         enc: An encoding from ``encode``.
-        target: What is segmented, in words (``"left hippocampus"``); names the mask.
+        target: What is segmented, in words (``"left hippocampus"``; ``voxelprompt info
+            --json`` lists the names); names the mask, and chooses the target of a dense
+            network.
         phi: Latent instruction for the generator: None, one vector, or one vector per
-            encoded scan (written by the model as ``PHI[i]``).
+            encoded scan (written by the model as ``PHI[i]``); conditions a one-channel
+            network, recorded but unused by a dense one.
 
     Returns:
         The session's mask, or a tuple of masks (one per session, oldest first) when

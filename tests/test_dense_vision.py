@@ -228,3 +228,24 @@ def test_flip_averaging_is_symmetric_under_a_mirrored_scan():
     swap = network._mirror_channels()
     assert swap[1] == 2 and swap[3] == 4 and swap[5] == 6 and swap[7] == 7  # lesions stay
     assert torch.allclose(second, first.flip(1)[swap], atol=1e-5)
+
+
+def test_a_lobe_adds_the_white_matter_nearest_to_its_parcels(network):
+    """Lobes hold their parcels plus the same side's cerebral white matter whose nearest
+    predicted cortical voxel is one of those parcels: with left frontal cortex in the first
+    two x-slices and right frontal cortex in the last two, that is the left half."""
+    scan = scan_on(seed=7)
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        shape = encoding.prepared[0].volume.tensor.shape[1:]
+        winners = torch.ones(shape, dtype=torch.long)  # left cerebral white matter
+        winners[:2], winners[-2:] = 5, 6  # ctx-lh- and ctx-rh-superiorfrontal
+        probabilities = torch.zeros(1 + len(LABELS) + len(LESIONS), *shape)
+        probabilities.scatter_(0, winners[None], 0.9)
+        probabilities[0] += 0.1
+        encoding.dense = [probabilities]  # what a trained network might predict
+        lobe = network.select(encoding, 'left frontal lobe')[0][0]
+    x = torch.arange(shape[0]).view(-1, 1, 1).expand(shape)
+    expected = torch.where(x < 2, 0.9, torch.where(x < (shape[0] - 1) / 2, 0.9, 0.0))
+    assert torch.allclose(lobe, expected)
+    assert set(encoding.nearest_parcels) == {0}

@@ -113,8 +113,8 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
         f'({100 * (dense.get("synthesis_share") or 0):.1f} % of it synthesis); loss: '
         f'cross-entropy + soft Dice over every label, soft Dice of every composite target, '
         f'lesion cross-entropy + soft Dice (docs/training.md).',
-        f'- Language model training: token cross-entropy on target programs '
-        f'(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
+        '- Language model training: token cross-entropy on target programs '
+        '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
 
 
 def render(manifest: dict) -> str:

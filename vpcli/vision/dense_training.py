@@ -60,7 +60,8 @@ class DenseRecipe:
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
         threads: Torch CPU threads (0: torch's default).
-        sources: Training anatomy sources.
+        sources: Training anatomy sources (``fsaverage``, ``gca``).
+        gca_draws: Label maps drawn from the GCA priors when ``gca`` is a source.
     """
     name: str = 'dense-cpu'
     stage: str = 'vision'
@@ -81,6 +82,7 @@ class DenseRecipe:
     log_every: int = 10
     threads: int = 0
     sources: list = dataclasses.field(default_factory=lambda: ['fsaverage'])
+    gca_draws: int = 6
 
     @classmethod
     def load(cls, path: Path | str) -> 'DenseRecipe':
@@ -210,7 +212,8 @@ class DenseTrainer:
         self.network = network.to(device)
         self.device = device
         settings = SynthesisSettings(spacing_mm=recipe.spacing_mm, shape=tuple(recipe.shape),
-                                     lesion_probability=recipe.lesion_probability)
+                                     lesion_probability=recipe.lesion_probability,
+                                     gca_draws=recipe.gca_draws)
         levels = network.config.levels
         if any(n % 2 ** (levels - 1) for n in recipe.shape):
             raise BadInputError(f'recipe {recipe.name}: shape {recipe.shape} must be multiples of '
@@ -356,6 +359,7 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     into fp32), the manifest's vision entries and ``vision_training`` record, and the model
     card; optionally the compact training state (``state_path``) that is committed."""
     from vpcli import model_card
+    from vpcli.synth.sources import SOURCE_RECORDS
     from vpcli.volumes import write_text_atomic
     from vpcli.weights import MANIFEST, sha256_file
 
@@ -383,6 +387,11 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
         'training_seconds': round(trainer.seconds, 1),
         'synthesis_share': round(trainer.synthesis_seconds / max(trainer.seconds, 1e-9), 4),
         'device': str(trainer.device), 'recipe_changes': trainer.recipe_changes}
+    sources = manifest.setdefault('data_sources', [])
+    for name in recipe.sources:
+        record = SOURCE_RECORDS[name]
+        if all(entry.get('name') != record['name'] for entry in sources):
+            sources.insert(1, dict(record))
     write_text_atomic(manifest_path, json.dumps(manifest, indent=2) + '\n')
     model_card.write(folder)
     if state_path is not None:

@@ -38,7 +38,7 @@ def main() -> None:
     import torch
 
     from vpcli.agent.corpus import scan_lines
-    from vpcli.evaluate import dice
+    from vpcli.metrics import dice
     from vpcli.train import JointTrainer
 
     torch.set_num_threads(args.threads)

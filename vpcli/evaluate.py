@@ -37,6 +37,7 @@ import numpy as np
 
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.metrics import dice
+from vpcli.quality import assess
 from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
 from vpcli.real_suite import headline as real_headline, real_suite
 
@@ -468,8 +469,34 @@ def score_masks(task: TaskRun, scans=None, world=None) -> list[dict]:
             if key not in truth_cache:
                 truth_cache[key] = _truth_on(world, target, name, scans)
             scores.append({'target': target, 'dice': mask_dice(mask, truth_cache[key]),
-                           'text_match': text_match, 'mask': mask.description})
+                           'text_match': text_match, 'mask': mask.description,
+                           'quality': assess(target, _volume_ml(mask), mask.quality)})
     return scores
+
+
+def _volume_ml(mask) -> float:
+    """A mask's volume in mL (voxel count x voxel volume)."""
+    matrix = mask.volume.geometry.tensor.double().cpu().numpy()[:3, :3]
+    return float(mask.volume.tensor.bool().sum()) * abs(float(np.linalg.det(matrix))) / 1000.0
+
+
+def _qc_calibration(tasks: list[dict]) -> dict:
+    """How QC tracks true Dice over scored tasks: Spearman correlation of the QC score
+    with Dice, and the share flagged among good (Dice >= 0.8) and poor (< 0.5) masks."""
+    from scipy.stats import spearmanr
+
+    from vpcli.quality import SCORE_THRESHOLD
+    scored = [t for t in tasks if t.get('qc_score') is not None]
+    good = [t for t in scored if t['dice'] >= 0.8]
+    poor = [t for t in scored if t['dice'] < 0.5]
+    rho = None
+    if len(scored) >= 3 and len({t['qc_score'] for t in scored}) > 1:
+        rho = float(spearmanr([t['qc_score'] for t in scored], [t['dice'] for t in scored])[0])
+    return {'qc_masks': len(scored), 'qc_spearman': rho, 'qc_threshold': SCORE_THRESHOLD,
+            'qc_good_masks': len(good),
+            'qc_flagged_good': _mean([float(t['qc_flagged']) for t in good]) if good else None,
+            'qc_poor_masks': len(poor),
+            'qc_flagged_poor': _mean([float(t['qc_flagged']) for t in poor]) if poor else None}
 
 
 def _truth_on(world, target: str, name: str, scans):
@@ -563,7 +590,12 @@ def _segmentation_suite(suite: str, bundle, count: int, seed: int, device: str, 
         value = _mean([s['dice'] for s in scores])
         groups.setdefault(group, []).append(value)
         dices.append(value)
+        qualities = [s['quality'] for s in scores if s.get('quality')]
+        qc_scores = [q['score'] for q in qualities if q.get('score') is not None]
         tasks.append({'prompt': draft.prompt, 'target': target, 'group': group, 'dice': value,
+                      'qc_score': _mean(qc_scores) if qc_scores else None,
+                      'qc_flagged': any(q['flags'] for q in qualities),
+                      'qc_flags': [flag for q in qualities for flag in q['flags']],
                       'kind': getattr(meaning, 'kind', 'lesion'), 'status': _task_line(task),
                       'error': task.error, 'text_match': all(s['text_match'] for s in scores),
                       'program': task.record.model_program() if task.record else '',
@@ -579,6 +611,7 @@ def _segmentation_suite(suite: str, bundle, count: int, seed: int, device: str, 
         metrics['mean_class_dice'] = _mean([g['mean_dice'] for g in per_group.values()])
     else:
         metrics['mean_target_dice'] = _mean([g['mean_dice'] for g in per_group.values()])
+        metrics.update(_qc_calibration(tasks))
     return {'suite': suite, 'count': count, 'seed': seed, 'programs': programs,
             'metrics': metrics, key: per_group, 'tasks': tasks}
 
@@ -990,8 +1023,14 @@ def headline(result: dict) -> str:
                 f'refusal suite {_percent(m["refusal_fraction"])} refused (target >= 95 %), '
                 f'{m["refusal_outside_library"]} outside the library (target 0)')
     if suite == 'anatomy':
+        qc = ''
+        if m.get('qc_masks'):
+            qc = (f'; QC score vs Dice Spearman {_number(m.get("qc_spearman"), 2)} over '
+                  f'{m["qc_masks"]} masks (target >= 0.6), flagged {_percent(m.get("qc_flagged_good"))} '
+                  f'of {m["qc_good_masks"]} good (<= 5 %) and {_percent(m.get("qc_flagged_poor"))} '
+                  f'of {m["qc_poor_masks"]} poor masks')
         return (f'anatomy{mode}: mean Dice {_number(m["mean_dice"])} over {m["tasks"]} held-out '
-                f'aseg-structure tasks (target >= 0.80)')
+                f'aseg-structure tasks (target >= 0.80){qc}')
     if suite == 'lesions':
         return f'lesions{mode}: mean Dice {_number(m["mean_dice"])} over {m["tasks"]} held-out lesion tasks'
     if suite == 'characterization':

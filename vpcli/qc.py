@@ -125,9 +125,20 @@ def report_page(metrics: dict, pictures: Sequence[tuple[str, str]], title: str) 
         f'<td>{html.escape(str(o.get("unit", "")))}</td>'
         f'<td>{html.escape(", ".join(_source_name(s) for s in o.get("sources", [])))}</td></tr>'
         for o in metrics.get('outputs', []))
+    flags_of = {v.get('qc'): (v.get('quality') or {}).get('flags', [])
+                for v in metrics.get('volumes', [])}
+
+    def flag_list(flags) -> str:
+        return ('<ul class="flags">' + ''.join(f'<li>{html.escape(f)}</li>' for f in flags)
+                + '</ul>') if flags else ''
     figures = ''.join(
         f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
-        f'<figcaption>{html.escape(caption)}</figcaption></figure>' for src, caption in pictures)
+        f'<figcaption>{html.escape(caption)}{flag_list(flags_of.get(src, []))}</figcaption>'
+        f'</figure>' for src, caption in pictures)
+    warnings = metrics.get('warnings', [])
+    warning_block = (f'<h2 class="flags">Quality control: {len(warnings)} warning(s)</h2>'
+                     f'{flag_list(warnings)}') if warnings else \
+        '<p><b>Quality control:</b> nothing flagged.</p>'
     answer = metrics.get('answer')
     prompt = metrics.get('prompt')
     program = '\n\n'.join(step.get('code', '') for step in metrics.get('steps', []))
@@ -137,10 +148,12 @@ def report_page(metrics: dict, pictures: Sequence[tuple[str, str]], title: str) 
 body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 4px 8px; }}
 figure {{ margin: 1em 0; }} img {{ max-width: 100%; }} pre {{ background: #f4f4f4; padding: 1em; }}
+.flags {{ color: #b00020; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 {f'<p><b>Prompt:</b> {html.escape(prompt)}</p>' if prompt else ''}
 <p><b>Answer:</b> {html.escape(answer) if answer else '<i>none</i>'}</p>
+{warning_block}
 <h2>Measurements</h2>
 <table><tr><th>name</th><th>value</th><th>unit</th><th>from</th></tr>{rows}</table>
 <h2>Masks</h2>{figures or '<p><i>no masks</i></p>'}

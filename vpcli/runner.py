@@ -30,12 +30,13 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from vpcli import __version__
 from vpcli.errors import BadInputError
 from vpcli.library.context import RunContext, SavedVolume
+from vpcli.quality import assess, asymmetry_warnings
 from vpcli.sandbox import (Sandbox, Step, StepRecord, format_program, normalize_code,
                             split_program, validate_program)
 from vpcli.volumes import Mask, Scan, SourceRef
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
-SCHEMA_VERSION = '1.0'
+SCHEMA_VERSION = '1.1'
 TOOL_NAME = 'voxelprompt'
 METRICS_FILE = 'metrics.json'
 SCRIPT_FILE = 'script.py'
@@ -222,6 +223,14 @@ def software_versions() -> dict:
     return versions
 
 
+def quality_warnings(volumes: Sequence[dict]) -> list[str]:
+    """``metrics.json`` ``warnings``: each written mask's QC flags, then left/right pairs that
+    differ too much (:mod:`vpcli.quality`)."""
+    lines = [f'{v["name"]}: {flag}' for v in volumes
+             for flag in (v.get('quality') or {}).get('flags', [])]
+    return lines + asymmetry_warnings(volumes)
+
+
 def _mask_volume_ml(mask: Mask) -> float:
     from vpcli.library.morphometry import volume
     return volume(mask)
@@ -356,10 +365,13 @@ class ProgramRun:
                           'shape': [int(n) for n in data.baseshape],
                           'geometry_of': owner,
                           'voxel_count': None, 'volume_ml': None}
+                record['quality'] = None
                 if entry.kind == 'mask':
                     record['voxel_count'] = int(data.tensor.bool().sum())
                     record['volume_ml'] = _json_number(
                         _mask_volume_ml(Mask(data, entry.volume.sources)))
+                    record['quality'] = assess(description, record['volume_ml'],
+                                               getattr(entry.volume, 'quality', None), entry.name)
                 volumes.append(record)
                 log(f'wrote {file_name}')
             write_text_atomic(staging / SCRIPT_FILE, self.script_text())
@@ -423,6 +435,7 @@ class ProgramRun:
                         for o in self.context.outputs],
             'answer': '\n'.join(self.context.answers) if self.context.answers else None,
             'answers': list(self.context.answers),
+            'warnings': quality_warnings(volumes),
             'volumes': volumes,
             'steps': steps,
             'timings': timings,

@@ -124,10 +124,13 @@ class Mask:
         volume: Boolean single-channel volume; geometry equals its scan's.
         sources: The scans it was computed from.
         description: What it is, in words (``left hippocampus``), for QC and file names.
+        quality: QC signals of a mask the vision network made (:func:`vpcli.quality.mask_signals`);
+            None for masks made otherwise.
     """
     volume: 'vx.Volume'
     sources: tuple[SourceRef, ...] = ()
     description: str = 'mask'
+    quality: dict | None = None
 
     @property
     def label(self) -> str:

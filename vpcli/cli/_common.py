@@ -34,3 +34,13 @@ def reports_errors(command: Callable) -> Callable:
             error_line('interrupted; no partial outputs were written')
             raise typer.Exit(ExitCode.INTERRUPTED) from None
     return wrapper
+
+
+def report_warnings(metrics: dict, strict_qc: bool, quiet: bool = False) -> None:
+    """Print each quality-control warning of a run as one stderr line (not with ``quiet``:
+    they stay in metrics.json); with ``strict_qc`` and at least one warning, exit with
+    :attr:`ExitCode.QC_FLAGGED` (outputs are written)."""
+    for warning in [] if quiet else metrics.get('warnings', []):
+        print(f'voxelprompt: warning: {warning}', file=sys.stderr, flush=True)
+    if strict_qc and metrics.get('warnings'):
+        raise typer.Exit(ExitCode.QC_FLAGGED)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import reports_errors
+from vpcli.cli._common import report_warnings, reports_errors
 
 
 @app.command('exec')
@@ -38,6 +38,9 @@ def exec_program(
                                         'vision network).')] = 'auto',
     no_qc: Annotated[bool, typer.Option('--no-qc', help='Skip the QC pictures and '
                                         'report.html.')] = False,
+    strict_qc: Annotated[bool, typer.Option('--strict-qc', help='Exit with code 7 when quality '
+                                            'control flags a mask or measurement (outputs are '
+                                            'still written; docs/qc.md).')] = False,
     threads: Annotated[Optional[int], typer.Option('--threads', min=1, help='Torch CPU '
                                                    'threads.')] = None,
 ) -> None:
@@ -63,6 +66,7 @@ def exec_program(
     command_line += (['--weights', str(weights)] if weights else []) + ['--no-qc'] * no_qc
     command_line += ['--device', device] if device != 'auto' else []
     command_line += ['--threads', str(threads)] if threads else []
+    command_line += ['--strict-qc'] * strict_qc
     if threads:
         import torch
         torch.set_num_threads(threads)
@@ -86,4 +90,5 @@ def exec_program(
         print(json.dumps(metrics, indent=2, allow_nan=False))
     elif metrics['answer'] is not None:
         print(metrics['answer'])
+    report_warnings(metrics, strict_qc, quiet)
 

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import reports_errors
+from vpcli.cli._common import report_warnings, reports_errors
 
 
 @app.command('run')
@@ -30,6 +30,7 @@ def run(
     quiet: Annotated[bool, typer.Option('--quiet', '-q', help='No log lines or progress on stderr.')] = False,
     overwrite: Annotated[bool, typer.Option('--overwrite', help='Replace an existing non-empty output folder.')] = False,
     no_qc: Annotated[bool, typer.Option('--no-qc', help='Skip the QC pictures and report.html.')] = False,
+    strict_qc: Annotated[bool, typer.Option('--strict-qc', help='Exit with code 7 when quality control flags a mask or measurement (outputs are still written; docs/qc.md).')] = False,
 ) -> None:
     """Run a prompt over scans: the model writes the program, the sandbox runs it.
 
@@ -88,7 +89,8 @@ def run(
                          '--step-timeout', f'{step_timeout:g}']
         command_line += ['--threads', str(threads)] if threads else []
         command_line += [flag for flag, on in (('--json', json_output), ('--quiet', quiet),
-                                               ('--overwrite', overwrite), ('--no-qc', no_qc)) if on]
+                                               ('--overwrite', overwrite), ('--no-qc', no_qc),
+                                               ('--strict-qc', strict_qc)) if on]
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, device=chosen,
                            command_line=command_line, mode='run', prompt=prompt,
                            weights_file=str(bundle.folder), weights_sha256=bundle.sha256)
@@ -109,6 +111,7 @@ def run(
         if not metrics['outputs']:
             log(f'no answer and no measured value; {len(metrics["volumes"])} volume(s) '
                 f'written to {output}')
+    report_warnings(metrics, strict_qc, quiet)
 
 
 def _text(value) -> str:

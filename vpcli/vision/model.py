@@ -31,6 +31,7 @@ from vpcli.vision.config import VisionConfig
 from vpcli.vision.layers import LevelBlock, Pointwise, upsample
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
 from vpcli.vision.targets import target_key
+from vpcli.quality import mask_signals
 from vpcli.volumes import Mask, union_sources
 
 if TYPE_CHECKING:
@@ -429,12 +430,23 @@ class VisionNetwork(nn.Module):
         else:
             probabilities = self.session_probabilities(encoding, phi_rows)
         masks = []
-        for group, probability in zip(encoding.sessions, probabilities):
+        brains = None
+        if self.config.dense and not self.training and str(target).lower().split()[:1] in \
+                (['left'], ['right']):
+            brains = self.session_probabilities(encoding,
+                                                probabilities=self.select(encoding, 'whole brain'))
+        for index, (group, probability) in enumerate(zip(encoding.sessions, probabilities)):
             first = encoding.scans[group[0]]
             binary = (probability.tensor.detach() > 0.5).cpu()
             sources = union_sources(*(encoding.scans[i].sources for i in group))
+            quality = None
+            if self.config.dense and not self.training:
+                quality = mask_signals(probability.tensor[0].detach().float(),
+                                       None if brains is None else brains[index].tensor[0].float(),
+                                       str(target),
+                                       probability.geometry.tensor.double().cpu().numpy())
             masks.append(Mask(volume=first.volume.new(binary, keep_labels=False),
-                              sources=sources, description=str(target)))
+                              sources=sources, description=str(target), quality=quality))
         masks = tuple(masks)
         if self.training and torch.is_grad_enabled():
             encoding.segmentations.append(SegmentationRecord(target=str(target), phi=phi_rows,

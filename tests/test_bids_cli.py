@@ -95,7 +95,7 @@ def test_participant_group_skip_and_validation(study, tmp_path):
     group = voxelprompt('bids', raw, out, 'group')
     assert group.returncode == 0, group.stderr
     lines = (out / 'group' / 'metrics.tsv').read_text().splitlines()
-    assert lines[0] == 'participant_id\tsession_id\tmetric\tvalue\tunit\tsources'
+    assert lines[0] == 'participant_id\tsession_id\tmetric\tvalue\tunit\tsources\tqc'
     assert len(lines) == 1 + 2 * len(ok)
     assert all(line.split('\t')[4] in ('mL', 'a.u.') for line in lines[1:])
 

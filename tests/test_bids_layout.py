@@ -101,8 +101,20 @@ def test_run_participants_records_every_job_and_goes_on(dataset, tmp_path):
     assert {r.status for r in rerun if r.participant_id == 'sub-01'} == {'skipped'}
     assert all(not key.startswith('sub-01') for key in calls)
 
-    group = (gather_group(out)).read_text().splitlines()
-    assert group[0] == 'participant_id\tsession_id\tmetric\tvalue\tunit\tsources'
-    assert 'sub-01\tses-20200101\tn_inputs\t2\tcount\timg0' in group
-    assert 'sub-01\tses-20200101\tcom[2]\t3.0\tmm\timg0' in group
-    assert not any(line.startswith('sub-02') for line in group[1:])
+    path, flagged = gather_group(out)
+    group = path.read_text().splitlines()
+    assert group[0] == 'participant_id\tsession_id\tmetric\tvalue\tunit\tsources\tqc'
+    assert 'sub-01\tses-20200101\tn_inputs\t2\tcount\timg0\tok' in group
+    assert 'sub-01\tses-20200101\tcom[2]\t3.0\tmm\timg0\tok' in group
+    assert not any(line.startswith('sub-02') for line in group[1:]) and flagged == []
+
+    # a job whose run QC flagged: its rows say so, and qc_flagged.tsv lists the warning
+    metrics_path = next(out.glob('sub-01/ses-20200101/voxelprompt/metrics.json'))
+    metrics = json.loads(metrics_path.read_text())
+    metrics['warnings'] = ['left hippocampus: empty mask']
+    metrics_path.write_text(json.dumps(metrics))
+    path, flagged = gather_group(out)
+    assert 'sub-01\tses-20200101\tn_inputs\t2\tcount\timg0\tflagged' in path.read_text()
+    assert flagged == [('sub-01', 'ses-20200101', 'left hippocampus: empty mask')]
+    assert (out / 'group' / 'qc_flagged.tsv').read_text().splitlines()[1] == \
+        'sub-01\tses-20200101\tleft hippocampus: empty mask'

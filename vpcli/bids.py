@@ -36,6 +36,7 @@ from vpcli.volumes import write_text_atomic
 STATUS_TSV = 'voxelprompt_status.tsv'
 STATUS_DIR = Path('.voxelprompt') / 'status'
 GROUP_TSV = Path('group') / 'metrics.tsv'
+GROUP_QC_TSV = Path('group') / 'qc_flagged.tsv'
 BIDSIGNORE = '\n'.join(['*/voxelprompt/', '*/figures/', 'sub-*.html', 'voxelprompt_status.tsv',
                         'group/', '.voxelprompt/']) + '\n'
 
@@ -296,14 +297,19 @@ def _flatten(name: str, value) -> list[tuple[str, object]]:
     return [(name, value)]
 
 
-def gather_group(out_dir: Path) -> Path:
-    """Write ``group/metrics.tsv``: one row per participant, session and metric, with units.
+def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
+    """Write ``group/metrics.tsv`` (one row per participant, session and metric, with units
+    and the job's QC state) and ``group/qc_flagged.tsv`` (one row per QC warning).
 
-    Columns: participant_id, session_id, metric, value, unit, sources.
+    Columns of metrics.tsv: participant_id, session_id, metric, value, unit, sources, qc
+    (``ok``, or ``flagged`` when quality control flagged anything in that job's run:
+    docs/qc.md). Returns the metrics.tsv path and the ``(participant, session, warning)``
+    rows of the flagged jobs.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter='\t', lineterminator='\n')
-    writer.writerow(['participant_id', 'session_id', 'metric', 'value', 'unit', 'sources'])
+    writer.writerow(['participant_id', 'session_id', 'metric', 'value', 'unit', 'sources', 'qc'])
+    flagged: list[tuple[str, str, str]] = []
     count = 0
     for metrics_path in sorted(out_dir.glob('sub-*/voxelprompt/metrics.json')) + \
             sorted(out_dir.glob('sub-*/ses-*/voxelprompt/metrics.json')):
@@ -314,14 +320,22 @@ def gather_group(out_dir: Path) -> Path:
             metrics = json.loads(metrics_path.read_text())
         except (OSError, ValueError) as error:
             raise BadInputError(f'{metrics_path}: cannot be read ({error})') from None
+        warnings = metrics.get('warnings', [])
+        flagged.extend((participant, session, warning) for warning in warnings)
+        state = 'flagged' if warnings else 'ok'
         for output in metrics.get('outputs', []):
             for name, value in _flatten(output['name'], output['value']):
                 sources = [s.get('name', '') if isinstance(s, dict) else str(s)
                            for s in output.get('sources', [])]
                 writer.writerow([participant, session, name, value, output.get('unit', ''),
-                                 ','.join(sources)])
+                                 ','.join(sources), state])
                 count += 1
     if count == 0 and not list(out_dir.glob('sub-*')):
         raise BadInputError(f'{out_dir}: no participant results to gather (run the '
                             f'participant level first)')
-    return write_text_atomic(out_dir / GROUP_TSV, buffer.getvalue())
+    qc_buffer = io.StringIO()
+    qc_writer = csv.writer(qc_buffer, delimiter='\t', lineterminator='\n')
+    qc_writer.writerow(['participant_id', 'session_id', 'warning'])
+    qc_writer.writerows(flagged)
+    write_text_atomic(out_dir / GROUP_QC_TSV, qc_buffer.getvalue())
+    return write_text_atomic(out_dir / GROUP_TSV, buffer.getvalue()), flagged

@@ -56,8 +56,13 @@ def bids(
             print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
 
     if analysis_level is AnalysisLevel.group:
-        path = gather_group(output_dir)
+        path, flagged = gather_group(output_dir)
         log(f'wrote {path}')
+        jobs = sorted({(participant, session) for participant, session, _ in flagged})
+        if jobs:
+            names = ', '.join(p if s == 'n/a' else f'{p}/{s}' for p, s in jobs)
+            print(f'voxelprompt: warning: quality control flagged {len(jobs)} job(s): {names} '
+                  f'(see {output_dir / "group" / "qc_flagged.tsv"})', file=sys.stderr, flush=True)
         return
 
     from vpcli.recipes import get_recipe

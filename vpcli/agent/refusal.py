@@ -36,12 +36,20 @@ _HOST_PATTERNS = [
      r'exfiltrate|leak)\b.{0,40}\b(files?|folders?|director(y|ies)|passwords?|credentials?|ssh keys?|'
      r'api keys?|tokens?|secrets?|environment variables?|env vars?|contents of the disk|host)\b',
      'a request to touch the host'),
+    # 'network' and 'server' only as computing: brain networks ('default mode network') are anatomy
     (r'\b(https?://|ftp://|www\.|\.com\b|\.org\b|\burl\b|internet|website|web page|webhook|ip address|'
-     r'network|server)\b', 'network access'),
+     r'online|cloud storage|(network|server) (drives?|shares?|folders?|paths?|sockets?|connections?|'
+     r'requests?|calls?|access|address(es)?|ports?)|'
+     r'(connect|upload|download|send|post|fetch|reach|access|ping)\w*\b.{0,30}\b(network|server|host)s?|'
+     r'(over|through|via|across|on) the (network|internet|web|server))\b', 'network access'),
     (r'\b(pip|apt(-get)?|conda|npm)\s+install\b|\binstall (a |the )?(package|library|software|program)',
      'installing software'),
-    (r'\b(shell|terminal|command line|operating system|system call|reverse shell|process(es)?|'
-     r'kernel|cron|daemon|registry key)\b', 'system access'),
+    # 'process' and 'kernel' only as computing: 'odontoid process', 'smoothing kernel' are not
+    (r'\b(shell|terminal|command line|operating system|system call|reverse shell|'
+     r'(running|kill|list|spawn|start|stop|background|host|system) process(es)?|'
+     r'process(es)? (id|ids|list|table|tree)|pid|(kill|terminate)\w*\b.{0,20}\bprocess(es)?|'
+     r'(linux|os|operating system) kernel|kernel (module|panic|parameters?)|cron|daemon|'
+     r'registry key)\b', 'system access'),
     (r'\b(write|create|generate|give me)\b.{0,30}\b(script|python code|function|program|malware|virus)\b.{0,40}'
      r'\b(that|which|to)\b', 'writing arbitrary code'),
 ]

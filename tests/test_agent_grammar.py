@@ -141,3 +141,16 @@ def test_calls_must_give_every_required_argument_and_no_extra_one():
     assert check_prefix('c = percent_change(1', scope)        # can still be completed
     assert not check_prefix('c = percent_change(1)', scope)
     assert check_prefix('c = percent_change(1,', scope)
+
+
+def test_the_decoder_writes_the_sandbox_language_only():
+    """One program language: the decoder's builtins and attributes are the sandbox's, so it
+    cannot write a call the sandbox refuses (``sum`` was allowed by the decoder alone)."""
+    from vpcli.agent import grammar
+    from vpcli.agent.loop import library_scope
+    from vpcli.sandbox import SAFE_BUILTINS, SCAN_ATTRIBUTES
+    scope = library_scope(['img0'])
+    assert scope.builtins == frozenset(SAFE_BUILTINS) and scope.attributes == frozenset(SCAN_ATTRIBUTES)
+    assert 'sum' not in scope.builtins
+    assert not grammar.check_prefix('x = sum(', scope)
+    assert not hasattr(grammar, 'DEFAULT_BUILTINS')

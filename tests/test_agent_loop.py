@@ -79,18 +79,18 @@ def test_step_limit_holds(trained):
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_untrained_model_only_writes_valid_steps(tokenizer):
-    """A random model under constrained decoding still writes only steps the sandbox accepts."""
-    torch.manual_seed(0)
-    from vpcli.agent.model import AgentConfig
-    from vpcli.agent.tokenizer import MOD
-    model = AgentModel(AgentConfig.preset('tiny', len(tokenizer), encoding_width=WIDTH),
-                       embedding_token_id=tokenizer[EMBEDDING], mod_token_id=tokenizer[MOD])
-    agent = Agent(model, tokenizer)
-    executor = DryExecutor(['img0'], encoding_width=WIDTH)
-    run = agent.run('segment the left hippocampus', SCANS[1], ['img0'], executor, max_steps=3,
-                    max_step_tokens=40, gate=False)
-    assert len(run.steps) <= 3  # every step that ran passed the sandbox's validation in DryExecutor
+def test_steps_the_model_writes_pass_the_sandbox_and_rule_breaking_steps_do_not(trained):
+    """Every step the model writes reaches the executor and passes the sandbox's validation;
+    a step that breaks a sandbox rule is rejected there, whatever wrote it."""
+    from vpcli.errors import RefusedError
+    episode = _two_scan_episode()
+    executor = DryExecutor(['img0', 'img1'], encoding_width=WIDTH)
+    run = trained.run(episode.prompt, episode.scan_lines, ['img0', 'img1'], executor, max_steps=6)
+    assert len(run.steps) >= 2 and executor.steps == [step.code for step in run.steps]
+    for bad in ('import os\n', 'x = img0.__class__\n', 'x = open("/etc/passwd")\n',
+                'x = undefined_name\n'):
+        with pytest.raises(RefusedError):
+            DryExecutor(['img0']).run(bad)
 
 
 def test_gate_refuses_before_generation(tokenizer):

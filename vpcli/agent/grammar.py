@@ -38,10 +38,6 @@ MOD_CHAR = '\x00'
 #: vision functions whose volume arguments carry ``<MOD>``
 ENCODE, SEGMENT = 'encode', 'segment'
 
-#: builtins a program may call when the sandbox does not say otherwise
-DEFAULT_BUILTINS = frozenset({'abs', 'round', 'min', 'max', 'len', 'float', 'int', 'str', 'sum'})
-#: attributes of scans a program may read when the sandbox does not say otherwise
-DEFAULT_ATTRIBUTES = frozenset({'date', 'modality', 'session', 'name'})
 #: reserved name of the φ constant spliced into executed code
 PHI_NAME = 'PHI'
 
@@ -103,8 +99,8 @@ class Scope:
     """
     functions: frozenset
     variables: dict
-    builtins: frozenset = DEFAULT_BUILTINS
-    attributes: frozenset = DEFAULT_ATTRIBUTES
+    builtins: frozenset
+    attributes: frozenset
     keywords: dict = dataclasses.field(default_factory=dict)
     arity: dict = dataclasses.field(default_factory=dict)
     targets: Any = None

@@ -143,11 +143,9 @@ def library_scope(scan_names: Sequence[str]) -> Scope:
             keyword_only=tuple(p.name for p in parameters
                                if p.kind == p.KEYWORD_ONLY and p.default is p.empty),
             variadic=any(p.kind == p.VAR_POSITIONAL for p in parameters))
-    try:
-        from vpcli.sandbox import SAFE_BUILTINS, SCAN_ATTRIBUTES
-        builtins, attributes = frozenset(SAFE_BUILTINS), frozenset(SCAN_ATTRIBUTES)
-    except ImportError:  # the sandbox module is not part of this checkout
-        builtins, attributes = grammar.DEFAULT_BUILTINS, grammar.DEFAULT_ATTRIBUTES
+    # the program language is the sandbox's: the decoder can only write what it will run
+    from vpcli.sandbox import SAFE_BUILTINS, SCAN_ATTRIBUTES
+    builtins, attributes = frozenset(SAFE_BUILTINS), frozenset(SCAN_ATTRIBUTES)
     return Scope(functions=frozenset(functions), variables={name: None for name in scan_names},
                  builtins=builtins, attributes=attributes, keywords=keywords, arity=arity,
                  targets=is_target_name)
@@ -342,8 +340,7 @@ class Agent:
 class DryExecutor:
     """Checks steps without running them (program evaluation without scans or a vision network).
 
-    Each step is parsed and, where the sandbox module is present, validated by its rules
-    against the names defined so far; ``read`` feedback is simulated as in code-only
+    Each step is parsed and validated by the sandbox's rules against the names defined so far; ``read`` feedback is simulated as in code-only
     training (:func:`vpcli.agent.episodes.simulated_feedback`).
 
     Args:
@@ -371,14 +368,11 @@ class DryExecutor:
         from vpcli.agent.program import _track_streams
         from vpcli.library.context import FeedbackItem
 
+        from vpcli.library.registry import registry
+        from vpcli.sandbox import Step, validate_step
+
         tree = ast.parse(code)
-        try:
-            from vpcli.library.registry import registry
-            from vpcli.sandbox import Step, validate_step
-        except ImportError:
-            pass
-        else:
-            validate_step(Step(len(self.steps) + 1, code), set(self.names), registry())
+        validate_step(Step(len(self.steps) + 1, code), set(self.names), registry())
         self.steps.append(code)
         for statement in tree.body:
             _track_streams(statement, self.streams)

@@ -333,3 +333,63 @@ def test_real_suite_atlas_masks_land_on_the_scan_grid():
         x = np.argwhere(mask)[:, 0] * 2.0 - 90.0
         assert x.mean() < -5, name
     assert _load_atlas('aal').mask('no such structure', grid) is None
+
+
+@pytest.mark.slow
+def test_the_anatomy_scoring_ranks_a_right_mask_above_wrong_ones():
+    """Behaviour, not shape: through the suite's own scoring (``score_masks``), the true mask
+    of a held-out case scores 1, the same mask moved 8 voxels scores low, and a mask of a
+    different structure or of nothing scores about 0."""
+    import types
+
+    import torch
+
+    from vpcli.library.context import SavedVolume
+    from vpcli.volumes import Mask
+    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation',
+                                 lambda d, w: 'left putamen' in w.present_targets(),
+                                 lambda plan: not plan.params['lesion']
+                                 and len(plan.request.sessions) == 1)
+    draft = types.SimpleNamespace(segments=(('roi', 'left putamen'),))
+    name = world.case.scans[0].name
+    truth = world.mask_on('left putamen', name)
+
+    def score(volume_tensor, description='left putamen'):
+        mask = Mask(truth.volume.new(volume_tensor), truth.sources, description)
+        run = types.SimpleNamespace(context=types.SimpleNamespace(
+            saved=[SavedVolume(name=description, volume=mask, sources=mask.sources, step=0,
+                               kind='mask')]))
+        task = types.SimpleNamespace(program_run=run, draft=draft, world=world)
+        [entry] = ev.score_masks(task)
+        return entry['dice']
+
+    tensor = truth.volume.tensor.bool()
+    assert score(tensor) == pytest.approx(1.0)
+    assert score(torch.roll(tensor, 8, dims=1)) < 0.35
+    other = world.mask_on('right putamen', name).volume.tensor.bool()
+    assert score(other, 'right putamen') < 0.05
+    assert score(torch.zeros_like(tensor)) == 0.0
+
+
+@pytest.mark.slow
+def test_a_target_program_that_fails_is_not_counted_as_written(bundle):
+    """With --programs target, k* counts as written only when it ran: a run that stops on a
+    failing step is a failure, not a match (it used to be counted as k* written)."""
+    import dataclasses
+    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation', lambda d, w: True,
+                                 lambda plan: not plan.params['lesion'])
+    good = ev.run_task(bundle, draft, world, programs='target')
+    assert good.error is None and good.program_match
+    broken = dataclasses.replace(draft, program=draft.program + '# step 9\nx = volume(img0)\n')
+    task = ev.run_task(bundle, broken, world, programs='target')
+    assert task.error and not task.program_match and ev._task_line(task) == 'failed'
+
+
+def test_suites_with_a_fixed_set_refuse_a_count(tiny_weights):
+    """The example and real suites run a fixed set: a --count they would ignore is an error,
+    not a number reported beside results it did not shape."""
+    runner = CliRunner()
+    for suite in ('example', 'real'):
+        result = runner.invoke(app, ['eval', '--suite', suite, '--count', '3', '--quiet',
+                                     '--weights', str(tiny_weights), '--device', 'cpu'])
+        assert result.exit_code == 3 and '--count 3' in result.output, result.output

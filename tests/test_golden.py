@@ -18,6 +18,9 @@ says so. The aims are 0.90 (white matter) and 0.95 (brain) (issue 20). Measured 
   and 0.965 at step 23,300) because it returned a mask of the whole brain for every target
   (1,691 mL for the cortex); on its own terms the dense network is behind it here, and
   these floors are to be raised to those figures as it learns.
+
+Each check also has a one-line intensity baseline (``BASELINES``) the model must beat;
+where it does not yet, ``NOT_BEATEN_YET`` says by how much and the test is a strict xfail.
 """
 
 from __future__ import annotations
@@ -50,23 +53,57 @@ def _voxelprompt() -> list[str]:
     return [found] if found else [sys.executable, '-m', 'vpcli']
 
 
+#: a one-line intensity rule per check, fixed (not tuned to the reference): the model must
+#: beat it. Voxels are the example T1's; ``nonzero`` its non-zero voxels.
+BASELINES = {
+    'segment the white matter': 'T1 above the median of the non-zero voxels',
+    'segment the grey matter': 'T1 between the 10th percentile and the median of the non-zero voxels',
+    'segment the brain': 'every non-zero voxel (the example is skull-stripped)',
+}
+
+
+def baseline_mask(prompt: str, t1: np.ndarray) -> np.ndarray:
+    values = t1[t1 > 0]
+    if prompt == 'segment the white matter':
+        return t1 > np.median(values)
+    if prompt == 'segment the grey matter':
+        return (t1 > np.percentile(values, 10)) & (t1 <= np.median(values))
+    return t1 > 0
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@pytest.fixture(scope='module')
+def golden_runs(example_dataset, tmp_path_factory):
+    """Each golden prompt run once through ``voxelprompt run``: prompt -> (metrics, out, Dice)."""
+    runs = {}
+    reference_labels = np.asarray(nib.load(example_dataset['dseg']).dataobj)
+    for prompt, (target, labels, _) in CHECKS.items():
+        out = tmp_path_factory.mktemp('golden') / 'out'
+        completed = subprocess.run(
+            [*_voxelprompt(), 'run', '--prompt', prompt, str(example_dataset['T1w']), '-o', str(out),
+             '--json', '--quiet', '--threads', '2', '--weights', str(REPO / 'weights')],
+            capture_output=True, text=True, timeout=900)
+        assert completed.returncode == 0, completed.stderr
+        metrics = json.loads(completed.stdout)
+        masks = [v for v in metrics['volumes'] if v['kind'] == 'mask']
+        assert masks, f'no mask written; program: {[s["code"] for s in metrics["steps"]]}'
+        record = next((m for m in masks if m['description'] == target), masks[0])
+        predicted = np.asarray(nib.load(out / record['file']).dataobj) > 0
+        runs[prompt] = (metrics, out, record, _dice(predicted, np.isin(reference_labels, labels)))
+    return runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('prompt', list(CHECKS))
-def test_golden_tissue_masks_on_the_example_scan(example_dataset, tmp_path, prompt):
+def test_golden_tissue_masks_on_the_example_scan(example_dataset, golden_runs, prompt):
     target, labels, floor = CHECKS[prompt]
-    out = tmp_path / 'out'
-    completed = subprocess.run(
-        [*_voxelprompt(), 'run', '--prompt', prompt, str(example_dataset['T1w']), '-o', str(out),
-         '--json', '--quiet', '--threads', '2', '--weights', str(REPO / 'weights')],
-        capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stderr
-    metrics = json.loads(completed.stdout)
+    metrics, out, mask_record, dice = golden_runs[prompt]
     # every output file is there
     for name in ('metrics.json', 'script.py', 'report.html'):
         assert (out / name).is_file(), name
-    masks = [v for v in metrics['volumes'] if v['kind'] == 'mask']
-    assert masks, f'no mask written; program: {[s["code"] for s in metrics["steps"]]}'
-    mask_record = next((m for m in masks if m['description'] == target), masks[0])
     assert mask_record['description'] == target, [s['code'] for s in metrics['steps']]
     assert (out / mask_record['file']).is_file() and (out / mask_record['qc']).is_file()
     assert f"segment(enc, '{target}', phi=PHI[" in (out / 'script.py').read_text()
@@ -75,8 +112,29 @@ def test_golden_tissue_masks_on_the_example_scan(example_dataset, tmp_path, prom
     mask = nib.load(out / mask_record['file'])
     scan = nib.load(example_dataset['T1w'])
     assert mask.shape == scan.shape and np.allclose(mask.affine, scan.affine, atol=1e-5)
-    predicted = np.asarray(mask.dataobj) > 0
-    reference = np.isin(np.asarray(nib.load(example_dataset['dseg']).dataobj), labels)
-    dice = 2 * (predicted & reference).sum() / (predicted.sum() + reference.sum())
     print(f'\ngolden Dice ({prompt!r} vs the example labels {labels}): {dice:.4f}')
     assert dice >= floor
+
+
+#: checks where the shipped network does not beat its baseline yet (measured with the golden
+#: run below): strict xfail, so that the day it does, the test fails as XPASS and the entry
+#: must go, making the assertion binding. Entries are only ever removed.
+NOT_BEATEN_YET = {
+    'segment the white matter': 'model 0.750 vs baseline 0.804',
+    'segment the grey matter': 'model 0.386 vs baseline 0.812',
+    'segment the brain': 'model 0.922 vs baseline 0.951',
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('prompt', [
+    pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=NOT_BEATEN_YET[p]))
+    if p in NOT_BEATEN_YET else p for p in CHECKS])
+def test_the_model_beats_a_one_line_intensity_rule(example_dataset, golden_runs, prompt):
+    _, labels, _ = CHECKS[prompt]
+    t1 = np.asarray(nib.load(example_dataset['T1w']).dataobj).astype(np.float64)
+    reference = np.isin(np.asarray(nib.load(example_dataset['dseg']).dataobj), labels)
+    baseline = _dice(baseline_mask(prompt, t1), reference)
+    dice = golden_runs[prompt][3]
+    print(f'\n{prompt!r}: model {dice:.4f}, baseline ({BASELINES[prompt]}) {baseline:.4f}')
+    assert dice > baseline

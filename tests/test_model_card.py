@@ -41,3 +41,38 @@ def test_the_card_does_not_import_the_evaluation_code():
             imported.update(alias.name for alias in node.names)
     assert not {name for name in imported if name.startswith(('vpcli.evaluate', 'vpcli.agent',
                                                               'vpcli.weights'))}, imported
+
+
+def test_a_suite_whose_tasks_gave_no_value_is_not_met_not_unmeasured():
+    """Most end-to-end tasks failed to produce a value: that is a failure with its count,
+    not an absence of measurement (the card used to say 'not measured')."""
+    from vpcli.model_card import _met
+    failed = {'median_relative_volume_error': None, 'missing': 6, 'tasks': 9}
+    assert _met('end-to-end', failed) == 'not met (6 of 9 tasks gave no value)'
+    assert _met('end-to-end', {'median_relative_volume_error': 0.04, 'missing': 0}) == 'met'
+    assert _met('end-to-end', {}) == 'not measured'
+    from vpcli.evaluate import headline
+    line = headline({'suite': 'end-to-end', 'metrics': failed})
+    assert 'not met: 6 of 9 tasks gave no value' in line
+
+
+def test_limitations_come_from_recorded_results_only():
+    """No hand-typed figures: the card's limitations are the recorded suites whose target is
+    not met and the task categories below 99 %, each with the command that measured it."""
+    from vpcli.model_card import _limitations
+    suites = {
+        'anatomy': {'headline': 'anatomy: mean Dice 0.406 over 40 tasks', 'command': 'eval A',
+                    'metrics': {'mean_dice': 0.406}},
+        'lesions': {'headline': 'lesions: mean Dice 0.9', 'command': 'eval L',
+                    'metrics': {'mean_dice': 0.9}},
+        'prompts': {'headline': 'prompts: ...', 'command': 'eval P', 'metrics': {'accuracy': 0.995},
+                    'per_category': {'volume': {'n': 59, 'accuracy': 1.0},
+                                     'relative_volume': {'n': 59, 'accuracy': 0.983}}}}
+    lines = _limitations(suites)
+    assert lines[0] == ('- Not met, anatomy: mean Dice 0.406 over 40 tasks (target: mean Dice '
+                        '>= 0.80; `eval A`).')
+    assert not any('lesions' in line for line in lines)
+    assert lines[-1] == '- Programs below 99 % exact on held-out prompts in: relative_volume 98.3 % of 59.'
+    manifest = _manifest([])
+    manifest['limitations'] = ['a hand-typed 99.6 %']
+    assert 'hand-typed' not in render(manifest)

@@ -413,8 +413,6 @@ def run_task(bundle, draft, world, scans=None, *, programs: str = 'agent', seed:
         streams = {scan.name: None for scan in scans}
         target = [to_model_text(code, streams) for code in split_steps(draft.program)]
         match = _normalise(_join([s.model_text for s in record.steps])) == _normalise(_join(target))
-    elif programs == 'target':
-        match = True
     return TaskRun(draft, world, program_run, record, refused, error, match,
                    time.perf_counter() - started)
 
@@ -905,13 +903,16 @@ def example_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu',
     ``bilateral cerebral white matter`` does not, so a perfect network scores below 1 here.
     Prompts without a reference add their mask volumes and ``target_overlap``: the mean
     Dice between the masks of every two different targets (1.0: the same mask whatever the
-    target). ``count`` repeats are identical (the run is deterministic); one is enough.
+    target). ``count`` must be 1: the prompts run once (the run is deterministic).
     """
     import tempfile
 
     from vpcli.examples import write_example
     from vpcli.library.registry import registry
     from vpcli.volumes import load_scans, load_volume
+    if count != 1:
+        raise BadInputError(f'--count {count}: the example suite runs its prompts once on the one '
+                            'example scan (the run is deterministic); leave --count out')
     per_prompt, dices, arrays = {}, [], []
     with tempfile.TemporaryDirectory() as folder:
         paths = write_example(Path(folder))
@@ -1037,8 +1038,10 @@ def headline(result: dict) -> str:
         return (f'characterization{mode}: accuracy {_percent(m["accuracy"])} '
                 f'({m["correct"]}/{m["tasks"]}; paper 89.0 %)')
     if suite == 'end-to-end':
-        return (f'end-to-end{mode}: median relative volume error '
-                f'{_percent(m["median_relative_volume_error"])} (target <= 5 %)')
+        error = _percent(m['median_relative_volume_error'])
+        if m['median_relative_volume_error'] is None and m.get('missing'):
+            error = f'not met: {m["missing"]} of {m["tasks"]} tasks gave no value'
+        return f'end-to-end{mode}: median relative volume error {error} (target <= 5 %)'
     if suite == 'real':
         return real_headline(result)
     if suite == 'example':

@@ -1122,12 +1122,3 @@ def format_result(result: dict) -> str:
     return '\n'.join(lines)
 
 
-def run_suite(suite: str, weights=None, count: int | None = None, seed: int = 0,
-              device: str = 'cpu', programs: str = 'agent',
-              progress: Progress = _no_progress) -> dict:
-    """Load the weights (``--weights``, ``$VOXELPROMPT_WEIGHTS`` or ``weights/``) and run a suite."""
-    from vpcli.weights import load_bundle
-    check_suite(suite)
-    bundle = load_bundle(weights, device)
-    return evaluate(suite, bundle, count=count, seed=seed, device=device, programs=programs,
-                    progress=progress)

@@ -20,7 +20,6 @@ import tomllib
 
 import numpy as np
 
-from vpcli.tasks.grammar import expand
 from vpcli.tasks.ontology import (DATA_DIR, DESCRIPTOR_ORDER, AnatomyTarget, LesionQuery,
                                   lesion_canonical, load_ontology)
 from vpcli.tasks.world import LesionInfo
@@ -211,8 +210,3 @@ def modality_words(rng: np.random.Generator, modality: str) -> str:
 def shared_slots() -> dict:
     """Slots every category's templates may use."""
     return phrasing()['slots']
-
-
-def expand_phrase(rng: np.random.Generator, text: str, slots: dict) -> str:
-    """Expand a phrase with the shared slots (and ``slots``)."""
-    return expand(text, {**shared_slots(), **slots}, rng)

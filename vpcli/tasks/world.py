@@ -35,11 +35,6 @@ class CaseRequest:
     change: str | None = None
     low_resolution: bool = True
 
-    @property
-    def scan_modalities(self) -> list[str]:
-        """Modalities of all scans in order (``img0``, ``img1``, ...)."""
-        return [m for session in self.sessions for m in session]
-
 
 @dataclasses.dataclass(frozen=True)
 class ScanInfo:

@@ -108,3 +108,21 @@ def test_save_is_atomic_on_failure(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         save_volume(mask, tmp_path / 'out.nii.gz')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_grid_comparison_and_one_voxel_size():
+    """Grids are equal within 1e-3 mm everywhere (voxel's geometries_equal), and voxel size
+    is the column norms of the matrix, also on a sheared grid."""
+    import voxel as vx
+
+    from vpcli.volumes import GRID_TOLERANCE_MM, same_geometry, voxel_spacing_mm
+    matrix = torch.tensor([[1.0, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]])
+    a = vx.AcquisitionGeometry(torch.Size((4, 4, 4)), matrix)
+    nearly = matrix.clone()
+    nearly[0, 3] += GRID_TOLERANCE_MM / 2
+    apart = matrix.clone()
+    apart[0, 3] += GRID_TOLERANCE_MM * 2
+    assert same_geometry(a, vx.AcquisitionGeometry(torch.Size((4, 4, 4)), nearly))
+    assert not same_geometry(a, vx.AcquisitionGeometry(torch.Size((4, 4, 4)), apart))
+    assert not same_geometry(a, vx.AcquisitionGeometry(torch.Size((4, 4, 5)), matrix))
+    assert voxel_spacing_mm(a).tolist() == pytest.approx([1.0, 5 ** 0.5 / 2, 2.0])

@@ -38,6 +38,7 @@ import numpy as np
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.metrics import dice
 from vpcli.quality import assess
+from vpcli.volumes import same_geometry
 from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
 from vpcli.real_suite import headline as real_headline, real_suite
 
@@ -91,18 +92,11 @@ def _fraction(part: int, whole: int) -> float | None:
 # Dice
 # -----------------------------------------------------------------------------
 
-def _same_grid(a, b) -> bool:
-    import torch
-    if tuple(a.baseshape) != tuple(b.baseshape):
-        return False
-    return bool(torch.allclose(a.tensor.double().cpu(), b.tensor.double().cpu(), atol=1e-5))
-
-
 def mask_dice(prediction, truth) -> float:
     """Dice of two :class:`~vpcli.volumes.Mask` (the prediction is resampled, nearest
     neighbour, onto the truth's grid when the grids differ)."""
     predicted = prediction.volume
-    if not _same_grid(predicted.geometry, truth.volume.geometry):
+    if not same_geometry(predicted.geometry, truth.volume.geometry):
         predicted = predicted.new(predicted.tensor.float()).resample_like(
             truth.volume.geometry, mode='nearest')
     return dice(predicted.tensor[0].cpu().numpy() > 0.5, truth.volume.tensor[0].cpu().numpy() > 0.5)
@@ -423,7 +417,7 @@ def _grid_scan(world, mask, scans) -> str:
         if mask.volume.geometry is scan.volume.geometry:
             return scan.name
     for scan in scans:
-        if _same_grid(mask.volume.geometry, scan.volume.geometry):
+        if same_geometry(mask.volume.geometry, scan.volume.geometry):
             return scan.name
     return scans[0].name
 
@@ -503,7 +497,7 @@ def _truth_on(world, target: str, name: str, scans):
     original = world.scan(name)
     truth = world.mask_on(target, name)
     scan = next(s for s in scans if s.name == name)
-    if scan is original or _same_grid(scan.volume.geometry, original.volume.geometry):
+    if scan is original or same_geometry(scan.volume.geometry, original.volume.geometry):
         return truth
     from vpcli.volumes import Mask
     moved = truth.volume.new(truth.volume.tensor.float()).resample_like(

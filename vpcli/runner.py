@@ -188,10 +188,9 @@ def json_value(value: Any) -> Any:
 
 
 def spacing_mm(volume) -> list[float]:
-    """Voxel size along each voxel axis, in mm (column norms of the voxel-to-world matrix)."""
-    import torch
-    matrix = volume.geometry.tensor.double()[:3, :3]
-    return [round(float(v), 6) for v in torch.linalg.norm(matrix, dim=0)]
+    """Voxel size along each voxel axis, in mm (:func:`vpcli.volumes.voxel_spacing_mm`)."""
+    from vpcli.volumes import voxel_spacing_mm
+    return [round(float(v), 6) for v in voxel_spacing_mm(volume.geometry)]
 
 
 def describe_input(scan: Scan) -> dict:

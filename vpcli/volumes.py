@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from vpcli.errors import BadInputError
 
 if TYPE_CHECKING:  # torch and voxel are imported lazily so `voxelprompt --help` stays instant
+    import numpy as np
     import voxel as vx
 
 #: file name endings voxelprompt reads and writes
@@ -388,11 +389,28 @@ def write_text_atomic(path: os.PathLike | str, text: str) -> Path:
     return path
 
 
-def same_grid(a: 'vx.Volume', b: 'vx.Volume', atol_mm: float = 1e-3) -> bool:
-    """True when two volumes share shape and voxel-to-world matrix (within ``atol_mm``)."""
-    import torch
-    return tuple(a.baseshape) == tuple(b.baseshape) and torch.allclose(
-        a.geometry.tensor.double().cpu(), b.geometry.tensor.double().cpu(), atol=atol_mm, rtol=0)
+#: world matrices closer than this (mm, each entry) are one grid: NIfTI stores them in float32
+GRID_TOLERANCE_MM = 1e-3
+
+
+def same_geometry(a: 'vx.AcquisitionGeometry', b: 'vx.AcquisitionGeometry') -> bool:
+    """True when two geometries share shape and voxel-to-world matrix (within
+    :data:`GRID_TOLERANCE_MM`); the one grid comparison of the project (``voxel``'s)."""
+    import voxel as vx
+    return bool(vx.geometries_equal(a.to('cpu'), b.to('cpu'), tol=GRID_TOLERANCE_MM))
+
+
+def voxel_spacing_mm(geometry: 'vx.AcquisitionGeometry') -> 'np.ndarray':
+    """Distance between neighbouring voxel centres along each voxel axis (mm): the column
+    norms of the voxel-to-world matrix, right on sheared grids too. The project's one
+    definition of voxel size."""
+    import numpy as np
+    return np.linalg.norm(geometry.tensor.double().cpu().numpy()[:3, :3], axis=0)
+
+
+def same_grid(a: 'vx.Volume', b: 'vx.Volume') -> bool:
+    """True when two volumes lie on one grid (:func:`same_geometry`)."""
+    return same_geometry(a.geometry, b.geometry)
 
 
 def union_sources(*groups: Iterable[SourceRef]) -> tuple[SourceRef, ...]:

@@ -101,10 +101,10 @@ def _same_number(a, b) -> bool:
 
 def _same_volume(a, b) -> bool:
     import torch
+
+    from vpcli.volumes import same_grid
     va, vb = a.volume, b.volume
-    return (tuple(va.shape) == tuple(vb.shape)
-            and torch.allclose(va.geometry.tensor.double(), vb.geometry.tensor.double(), atol=1e-6)
-            and torch.equal(va.tensor, vb.tensor))
+    return tuple(va.shape) == tuple(vb.shape) and same_grid(va, vb) and torch.equal(va.tensor, vb.tensor)
 
 
 def compare(draft: TaskDraft, expected: Expected, context, sandbox, world) -> list[str]:

@@ -57,6 +57,7 @@ def write_preview(path: Path, scan, mask, title: str) -> Path:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    from vpcli.volumes import voxel_spacing_mm
     image = scan.volume.reorient('RAS')
     inside = mask.volume.reorient('RAS').tensor[0].numpy().astype(bool)
     data = image.tensor[0].numpy().astype(np.float32)
@@ -64,7 +65,7 @@ def write_preview(path: Path, scan, mask, title: str) -> Path:
         center = tuple(int(round(c)) for c in np.argwhere(inside).mean(0))
     else:
         center = tuple(s // 2 for s in data.shape)
-    spacing = np.linalg.norm(image.geometry.tensor.double().numpy()[:3, :3], axis=0)
+    spacing = voxel_spacing_mm(image.geometry)
     low, high = np.percentile(data, [1, 99])
     figure, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     aspects = [spacing[2] / spacing[1], spacing[2] / spacing[0], spacing[1] / spacing[0]]

@@ -34,8 +34,8 @@ SYNTH_POST_CONTRAST = 'T1w+C'
 
 
 def _voxel_spacing_mm(volume) -> np.ndarray:
-    matrix = volume.geometry.tensor.double().numpy()
-    return np.linalg.norm(matrix[:3, :3], axis=0)
+    from vpcli.volumes import voxel_spacing_mm
+    return voxel_spacing_mm(volume.geometry)
 
 
 class SynthWorld:

@@ -38,7 +38,7 @@ import numpy as np
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.metrics import dice
 from vpcli.quality import assess
-from vpcli.volumes import same_geometry
+from vpcli.volumes import json_ready, same_geometry
 from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
 from vpcli.real_suite import headline as real_headline, real_suite
 
@@ -981,22 +981,7 @@ def evaluate(suite: str, bundle, count: int | None = None, seed: int = 0, device
     ordered = {'suite': suite, 'weights_sha256': bundle.sha256, 'count': count, 'seed': seed,
                'device': device, 'seconds': round(time.perf_counter() - started, 2)}
     ordered.update({k: v for k, v in result.items() if k not in ordered})
-    return _plain(ordered)
-
-
-def _plain(value):
-    """JSON-ready: tuples to lists, non-finite floats to None, numpy scalars to Python."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
+    return json_ready(ordered)
 
 
 def _percent(value: float | None, digits: int = 1) -> str:

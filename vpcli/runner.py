@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import re
@@ -33,7 +32,7 @@ from vpcli.library.context import RunContext, SavedVolume
 from vpcli.quality import assess, asymmetry_warnings
 from vpcli.sandbox import (Sandbox, Step, StepRecord, format_program, normalize_code,
                             split_program, validate_program)
-from vpcli.volumes import Mask, Scan, SourceRef
+from vpcli.volumes import Mask, Scan, SourceRef, current_umask, json_ready
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
 SCHEMA_VERSION = '1.1'
@@ -138,17 +137,11 @@ def staged_output(output_dir: os.PathLike | str, overwrite: bool = False) -> Ite
     try:
         yield staging
         check_output_dir(target, overwrite)  # it may have appeared while we worked
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         move_into_place(staging, target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def file_name_for(name: str, taken: set[str], ending: str = '.nii.gz') -> str:
@@ -172,19 +165,6 @@ def file_name_for(name: str, taken: set[str], ending: str = '.nii.gz') -> str:
 
 def _sources_json(sources: Sequence[SourceRef]) -> list[dict]:
     return [{'name': s.name, 'file': s.file} for s in sources]
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/inf; docs/outputs.md says null means not finite
-    return value
-
-
-def json_value(value: Any) -> Any:
-    """An ``output`` value as JSON: numbers, text, lists of numbers; NaN/inf -> null."""
-    if isinstance(value, (list, tuple)):
-        return [_json_number(v) for v in value]
-    return _json_number(value)
 
 
 def spacing_mm(volume) -> list[float]:
@@ -367,7 +347,7 @@ class ProgramRun:
                 record['quality'] = None
                 if entry.kind == 'mask':
                     record['voxel_count'] = int(data.tensor.bool().sum())
-                    record['volume_ml'] = _json_number(
+                    record['volume_ml'] = json_ready(
                         _mask_volume_ml(Mask(data, entry.volume.sources)))
                     record['quality'] = assess(description, record['volume_ml'],
                                                getattr(entry.volume, 'quality', None), entry.name)
@@ -429,7 +409,7 @@ class ProgramRun:
             'command': {'argv': argv, 'text': shlex.join(argv)},
             'prompt': settings.prompt,
             'inputs': [describe_input(scan) for scan in self.scans],
-            'outputs': [{'name': o.name, 'value': json_value(o.value), 'unit': o.unit,
+            'outputs': [{'name': o.name, 'value': json_ready(o.value), 'unit': o.unit,
                          'sources': _sources_json(o.sources), 'step': o.step + 1 + offset}
                         for o in self.context.outputs],
             'answer': '\n'.join(self.context.answers) if self.context.answers else None,

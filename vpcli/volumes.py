@@ -334,15 +334,36 @@ def load_scans(paths: Sequence[os.PathLike | str]) -> list[Scan]:
 # saving
 # -----------------------------------------------------------------------------
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
     current = os.umask(0)
     os.umask(current)
     return current
 
 
+def json_ready(value):
+    """A value as JSON can hold it: dicts, tuples and lists recursively, numpy scalars as
+    Python numbers, NaN and infinities as null (docs/outputs.md: null means not finite),
+    other objects as their text. The project's one JSON sanitizer."""
+    import math
+
+    import numpy as np
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
 def _publish(temporary: str, path: Path) -> None:
     """Give a finished temporary file normal permissions and move it into place."""
-    os.chmod(temporary, 0o666 & ~_umask())
+    os.chmod(temporary, 0o666 & ~current_umask())
     os.replace(temporary, path)
 
 

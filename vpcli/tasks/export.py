@@ -13,20 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from vpcli.tasks.categories import TaskDraft
 from vpcli.tasks.world import CaseInfo
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, (tuple, list)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    return value
+from vpcli.volumes import json_ready
 
 
 def describe(draft: TaskDraft, info: CaseInfo, expected) -> dict:
@@ -39,7 +31,7 @@ def describe(draft: TaskDraft, info: CaseInfo, expected) -> dict:
         'program': draft.program,
         'segments': [{'variable': v, 'target': t} for v, t in draft.segments],
         'expected_answer': expected.answer,
-        'expected_outputs': [{'name': n, 'value': _json_value(v), 'unit': u}
+        'expected_outputs': [{'name': n, 'value': json_ready(v), 'unit': u}
                              for n, (v, u) in expected.outputs.items()],
         'expected_images': sorted(expected.images),
         'lesions': [dataclasses.asdict(lesion) for lesion in info.lesions],

@@ -76,3 +76,16 @@ def test_limitations_come_from_recorded_results_only():
     manifest = _manifest([])
     manifest['limitations'] = ['a hand-typed 99.6 %']
     assert 'hand-typed' not in render(manifest)
+
+
+def test_the_real_suite_gets_a_status_and_a_per_structure_table():
+    manifest = _manifest([])
+    manifest['evaluation'] = {'suites': {'real': {
+        'headline': 'real: deep grey 0.504', 'count': 1, 'command': 'voxelprompt eval --suite real',
+        'metrics': {'deep_grey_dice': 0.504},
+        'references': {'harvard_oxford': 'FSL Harvard-Oxford', 'aal': 'AAL'},
+        'per_scan': {'mni152': {'deep_grey': {'left putamen': {
+            'volume_ml': 10.55, 'harvard_oxford': {'dice': 0.413, 'reference_ml': 6.1}}}}}}}}
+    card = render(manifest)
+    assert '| real | 1 | deep grey 0.504 | deep grey Dice >= 0.70' in card and '| not met |' in card
+    assert '| mni152 | left putamen | 10.55 | 0.413 | - |' in card

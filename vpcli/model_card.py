@@ -21,6 +21,7 @@ TARGETS = {
     'characterization': ('accuracy', '>=', 0.89, 'accuracy >= 89 % (paper 89.0 %)'),
     'end-to-end': ('median_relative_volume_error', '<=', 0.05, 'median relative volume error <= 5 %'),
     'consistency': ('median_spread', '<=', 0.03, 'volume spread <= 3 %'),
+    'real': ('deep_grey_dice', '>=', 0.70, 'deep grey Dice >= 0.70 (white matter >= 0.90, brain >= 0.95)'),
 }
 
 
@@ -61,8 +62,8 @@ def evaluation_record(results: dict[str, dict], command: str,
             'headline': headlines[suite], 'metrics': result['metrics'], 'count': result['count'],
             'seed': result['seed'], 'device': result['device'], 'seconds': result['seconds'],
             'programs': result.get('programs', 'agent'),
-            **{key: result[key] for key in ('per_category', 'per_target', 'per_class', 'per_prompt')
-               if key in result}}
+            **{key: result[key] for key in ('per_category', 'per_target', 'per_class', 'per_prompt',
+                                            'per_scan', 'references') if key in result}}
     return record
 
 
@@ -184,6 +185,21 @@ def render(manifest: dict) -> str:
                 lines.append(f'| {category} | {entry["n"]} | {_pct(entry["accuracy"])} | '
                              f'{_pct(entry["equivalent_accuracy"])} |')
             lines.append('')
+    real = suites.get('real')
+    if real and real.get('per_scan'):
+        atlases = list(real.get('references') or {})
+        lines += ['Deep grey structures on real scans (`voxelprompt eval --suite real`): our '
+                  'volume and Dice against each reference atlas, drawn to its own protocol '
+                  '(' + '; '.join(f'{k}: {v}' for k, v in (real.get('references') or {}).items())
+                  + '):', '',
+                  '| scan | structure | mL | ' + ' | '.join(atlases) + ' |',
+                  '|---|---|---|' + '---|' * len(atlases)]
+        for scan, entry in real['per_scan'].items():
+            for structure, row in entry.get('deep_grey', {}).items():
+                cells = [f'{row[a]["dice"]:.3f}' if a in row else '-' for a in atlases]
+                lines.append(f'| {scan} | {structure} | {row["volume_ml"]:.2f} | '
+                             + ' | '.join(cells) + ' |')
+        lines.append('')
     lines += [
         '## What it can and cannot do',
         '',
@@ -197,8 +213,11 @@ def render(manifest: dict) -> str:
         'not met, do not use the masks or the measurements derived from them for research '
         'without checking them (the QC pictures in every output folder are for that).',
         '- It has never seen a real scan in training; real scans differ from the synthetic '
-        'world. The golden test in `tests/test_golden.py` measures one real scan (the MNI '
-        'ICBM152 2009c template).',
+        'world. The `real` and `example` rows and the golden test in `tests/test_golden.py` '
+        'measure it on real templates (MNI ICBM152 2009, FSL MNI152, MNI305) against '
+        'references drawn by others.',
+        '- Every mask in an output folder carries quality-control flags (`metrics.json` '
+        '`warnings`, docs/qc.md); `--strict-qc` turns them into exit code 7.',
         *_limitations(suites),
         '- It does not diagnose, and nothing it says is a clinical finding.',
         '',

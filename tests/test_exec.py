@@ -322,3 +322,26 @@ def test_example_programs_on_bundled_example(script, example_dataset, tmp_path):
         crop = next(v for v in metrics['volumes'] if v['kind'] == 'image')
         assert crop['geometry_of'] is None and crop['sources'][0]['name'] == 'img0'
         assert result.stdout.startswith('Brain tissue measures ')
+
+
+def test_exec_prints_the_measured_values_when_there_is_no_answer(tmp_path):
+    import torch
+    """exec and run share one result printer: without answer(), each output() value is a
+    'name: value unit' line on stdout (exec used to print nothing)."""
+    import voxel as vx
+    from typer.testing import CliRunner
+
+    from vpcli.cli import app
+    from vpcli.volumes import save_volume
+    geometry = vx.geometry_from_spacing(torch.Size((10, 10, 10)), 2.0, 'RAS')
+    image = torch.zeros((1, 10, 10, 10))
+    image[0, 2:6, 2:6, 2:6] = 1.0
+    scan = tmp_path / 'scan.nii.gz'
+    save_volume(vx.Volume(image, geometry), scan)
+    script = tmp_path / 'script.py'
+    script.write_text('# step 1\nroi = threshold(img0, 0.5)\n# step 2\n'
+                      'output("cube volume", volume(roi), "mL")\n')
+    result = CliRunner().invoke(app, ['exec', str(script), str(scan), '-o', str(tmp_path / 'out'),
+                                      '--no-qc', '--quiet'])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == 'cube volume: 0.512 mL'

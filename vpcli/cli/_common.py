@@ -44,3 +44,40 @@ def report_warnings(metrics: dict, strict_qc: bool, quiet: bool = False) -> None
         print(f'voxelprompt: warning: {warning}', file=sys.stderr, flush=True)
     if strict_qc and metrics.get('warnings'):
         raise typer.Exit(ExitCode.QC_FLAGGED)
+
+
+def stderr_logger(quiet: bool) -> Callable[[str], None]:
+    """The commands' progress log: ``voxelprompt: ...`` lines on stderr, none with ``quiet``."""
+    def log(message: str) -> None:
+        if not quiet:
+            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+    return log
+
+
+def _value_text(value) -> str:
+    if value is None:
+        return 'n/a'  # NaN or infinite (null in metrics.json)
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f'{value:.6g}'
+    if isinstance(value, list):
+        return '[' + ', '.join(_value_text(v) for v in value) + ']'
+    return str(value)
+
+
+def print_result(metrics: dict, json_output: bool, log: Callable[[str], None], output) -> None:
+    """What ``run`` and ``exec`` print on stdout: the metrics JSON (``--json``), else the
+    answer, else one ``name: value unit`` line per measured value (a run without ``answer()``
+    still has a result); with neither, a log line says where the volumes went."""
+    import json
+    if json_output:
+        print(json.dumps(metrics, indent=2, allow_nan=False))
+    elif metrics['answer'] is not None:
+        print(metrics['answer'])
+    else:
+        for item in metrics['outputs']:
+            print(f'{item["name"]}: {_value_text(item["value"])} {item["unit"] or ""}'.rstrip())
+        if not metrics['outputs']:
+            log(f'no answer and no measured value; {len(metrics["volumes"])} volume(s) '
+                f'written to {output}')

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import reports_errors
+from vpcli.cli._common import reports_errors, stderr_logger
 
 
 class AnalysisLevel(str, Enum):
@@ -51,9 +51,7 @@ def bids(
     from vpcli.bids import gather_group, parse_shard, plan_jobs, run_participants, select_shard
     from vpcli.errors import BadInputError, ExitCode
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+    log = stderr_logger(quiet)
 
     if analysis_level is AnalysisLevel.group:
         path, flagged = gather_group(output_dir)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import report_warnings, reports_errors
+from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
 
 
 @app.command('exec')
@@ -46,17 +45,14 @@ def exec_program(
 ) -> None:
     """Run a program over scans; write masks, metrics.json and script.py to OUTPUT.
 
-    stdout carries only the answer (or, with --json, the metrics JSON); progress goes to
+    stdout carries only the answer (when the program gives none, one "name: value unit"
+    line per measured output; or, with --json, only the metrics JSON); progress goes to
     stderr. Exit codes: 0 ok, 3 bad input, 4 refused program, 5 failed step, 130 Ctrl-C
     (docs/exit-codes.md).
     """
-    import json
-
     from vpcli.runner import RunSettings, execute_script
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+    log = stderr_logger(quiet)
 
     command_line = ['voxelprompt', 'exec', str(script), *map(str, scans), '-o', str(output)]
     command_line += ['--overwrite'] * overwrite + ['--json'] * json_output + ['--quiet'] * quiet
@@ -86,9 +82,6 @@ def exec_program(
         log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
     metrics = execute_script(script, scans, output, settings, overwrite=overwrite, log=log,
                              vision=vision, qc=not no_qc)
-    if json_output:
-        print(json.dumps(metrics, indent=2, allow_nan=False))
-    elif metrics['answer'] is not None:
-        print(metrics['answer'])
+    print_result(metrics, json_output, log, output)
     report_warnings(metrics, strict_qc, quiet)
 

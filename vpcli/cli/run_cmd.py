@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import report_warnings, reports_errors
+from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
 
 
 @app.command('run')
@@ -39,13 +39,9 @@ def run(
     Exit codes: 0 ok, 3 bad input, 4 refused prompt, 5 failed step, 130 Ctrl-C
     (docs/exit-codes.md). Replay the run with: voxelprompt exec OUTPUT/script.py SCANS -o OUT2.
     """
-    import json
-
     from vpcli.errors import BadInputError
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+    log = stderr_logger(quiet)
 
     if (prompt is None) == (recipe is None):
         raise BadInputError('give exactly one of --prompt or --recipe')
@@ -100,30 +96,8 @@ def run(
     program_run.timings['load_s'] = scans_loaded - started
     program_run.timings['weights_s'] = weights_loaded - scans_loaded
     metrics = program_run.write(output, overwrite, log, qc=not no_qc)
-    if json_output:
-        print(json.dumps(metrics, indent=2, allow_nan=False))
-    elif metrics['answer'] is not None:
-        print(metrics['answer'])
-    else:
-        # no answer(): the measured values are the result (files and folders are logs)
-        for item in metrics['outputs']:
-            print(f'{item["name"]}: {_text(item["value"])} {item["unit"] or ""}'.rstrip())
-        if not metrics['outputs']:
-            log(f'no answer and no measured value; {len(metrics["volumes"])} volume(s) '
-                f'written to {output}')
+    print_result(metrics, json_output, log, output)
     report_warnings(metrics, strict_qc, quiet)
-
-
-def _text(value) -> str:
-    if value is None:
-        return 'n/a'  # NaN or infinite (null in metrics.json)
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f'{value:.6g}'
-    if isinstance(value, list):
-        return '[' + ', '.join(_text(v) for v in value) + ']'
-    return str(value)
 
 
 class _Spinner:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from vpcli.cli import app
-from vpcli.cli._common import reports_errors
+from vpcli.cli._common import reports_errors, stderr_logger
 from vpcli.errors import BadInputError
 
 
@@ -39,9 +39,7 @@ def train(
     from vpcli.train import JointTrainer, Recipe, find_recipe
     from vpcli.vision.dense_training import recipe_stage
 
-    def log(message: str) -> None:
-        if not quiet:
-            print(f'voxelprompt: {message}', file=sys.stderr, flush=True)
+    log = stderr_logger(quiet)
 
     recipe_path = find_recipe(recipe)
     if stage is not None and stage != (recipe_stage(recipe_path) or 'joint'):

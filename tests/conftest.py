@@ -62,6 +62,17 @@ def world_coordinates(geometry: vx.AcquisitionGeometry) -> torch.Tensor:
     return world.reshape(*shape, 3)
 
 
+def cube_scan(path: Path, size: int, low: int, high: int, spacing_mm: float = 2.0) -> Path:
+    """A NIfTI scan of ``size``^3 voxels (RAS, ``spacing_mm``), 1 inside the cube
+    ``[low, high)`` on every axis and 0 elsewhere."""
+    from vpcli.volumes import save_volume
+    geometry = vx.geometry_from_spacing(torch.Size((size, size, size)), spacing_mm, 'RAS')
+    image = torch.zeros((1, size, size, size))
+    image[0, low:high, low:high, low:high] = 1.0
+    save_volume(vx.Volume(image, geometry), path)
+    return path
+
+
 def sphere_phantom(geometry: vx.AcquisitionGeometry, center_mm, radius_mm: float,
                    supersample: int = 3) -> vx.Volume:
     """Partial-volume-free binary sphere: a voxel is inside when most of its sub-samples are.

@@ -325,19 +325,13 @@ def test_example_programs_on_bundled_example(script, example_dataset, tmp_path):
 
 
 def test_exec_prints_the_measured_values_when_there_is_no_answer(tmp_path):
-    import torch
     """exec and run share one result printer: without answer(), each output() value is a
     'name: value unit' line on stdout (exec used to print nothing)."""
-    import voxel as vx
     from typer.testing import CliRunner
 
+    from conftest import cube_scan
     from vpcli.cli import app
-    from vpcli.volumes import save_volume
-    geometry = vx.geometry_from_spacing(torch.Size((10, 10, 10)), 2.0, 'RAS')
-    image = torch.zeros((1, 10, 10, 10))
-    image[0, 2:6, 2:6, 2:6] = 1.0
-    scan = tmp_path / 'scan.nii.gz'
-    save_volume(vx.Volume(image, geometry), scan)
+    scan = cube_scan(tmp_path / 'scan.nii.gz', 10, 2, 6)
     script = tmp_path / 'script.py'
     script.write_text('# step 1\nroi = threshold(img0, 0.5)\n# step 2\n'
                       'output("cube volume", volume(roi), "mL")\n')

@@ -100,17 +100,11 @@ def test_flags_reach_metrics_stderr_and_the_strict_exit_code(tmp_path):
     as one line, exit 0, and 7 with --strict-qc (outputs written either way)."""
     import json
 
-    import torch
-    import voxel as vx
     from typer.testing import CliRunner
 
+    from conftest import cube_scan
     from vpcli.cli import app
-    from vpcli.volumes import save_volume
-    geometry = vx.geometry_from_spacing(torch.Size((30, 30, 30)), 2.0, 'RAS')
-    image = torch.zeros((1, 30, 30, 30))
-    image[0, 5:25, 5:25, 5:25] = 1.0
-    scan = tmp_path / 'scan.nii.gz'
-    save_volume(vx.Volume(image, geometry), scan)
+    scan = cube_scan(tmp_path / 'scan.nii.gz', 30, 5, 25)
     script = tmp_path / 'script.py'
     script.write_text('# step 1\nroi = threshold(img0, 0.5)\n# step 2\n'
                       'save(roi, "left hippocampus")\n')

@@ -207,7 +207,7 @@ class DenseTrainer:
     """
 
     def __init__(self, recipe: DenseRecipe, network, device: str = 'cpu') -> None:
-        from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
+        from vpcli.synth.dense import SynthesisSettings
         self.recipe = recipe
         self.network = network.to(device)
         self.device = device
@@ -218,8 +218,11 @@ class DenseTrainer:
         if any(n % 2 ** (levels - 1) for n in recipe.shape):
             raise BadInputError(f'recipe {recipe.name}: shape {recipe.shape} must be multiples of '
                                 f'{2 ** (levels - 1)} for a {levels}-level network')
-        self.synthesizer = DenseSynthesizer(network.config.label_ids, network.config.lesion_classes,
-                                            device, settings, recipe.sources, seed=recipe.seed)
+        self._settings = settings
+        #: built on first use (its sources take minutes to draw; exporting needs none)
+        self._synthesizer = None  # a DenseSynthesizer
+        #: generator state to start the synthesiser from (a resumed run's), else None
+        self._generator_state: torch.Tensor | None = None
         self.composites = composite_matrix(network.config).to(device)
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate,
                                            weight_decay=recipe.weight_decay)
@@ -229,6 +232,27 @@ class DenseTrainer:
         self.history: list[dict] = []
         #: ``{'step', 'changed': {key: [old, new]}}`` per resume under a changed recipe
         self.recipe_changes: list[dict] = []
+
+    @property
+    def synthesizer(self):
+        """The run's :class:`~vpcli.synth.dense.DenseSynthesizer` (made on first use)."""
+        if self._synthesizer is None:
+            from vpcli.synth.dense import DenseSynthesizer
+            config = self.network.config
+            self._synthesizer = DenseSynthesizer(config.label_ids, config.lesion_classes,
+                                                 self.device, self._settings, self.recipe.sources,
+                                                 seed=self.recipe.seed)
+            if self._generator_state is not None:
+                self._synthesizer.generator.set_state(self._generator_state)
+        return self._synthesizer
+
+    def _generator_state_now(self) -> torch.Tensor:
+        """The synthesiser generator's state, without making the synthesiser."""
+        if self._synthesizer is not None:
+            return self._synthesizer.generator.get_state()
+        if self._generator_state is not None:
+            return self._generator_state
+        return torch.Generator().manual_seed(self.recipe.seed).get_state()
 
     @classmethod
     def create(cls, recipe: DenseRecipe, device: str = 'cpu') -> 'DenseTrainer':
@@ -261,8 +285,11 @@ class DenseTrainer:
         if 'optimizer' in data:
             trainer.optimizer.load_state_dict(data['optimizer'])
         if 'generator' in data and torch.device(device).type == 'cpu':
-            trainer.synthesizer.generator.set_state(data['generator'])
-        else:  # a warm restart: new draws, seeded by the step
+            trainer._generator_state = data['generator']
+        elif torch.device(device).type == 'cpu':  # a warm restart: new draws, seeded by the step
+            seed = trainer.recipe.seed * 1_000_003 + trainer.step
+            trainer._generator_state = torch.Generator().manual_seed(seed).get_state()
+        else:
             trainer.synthesizer.generator.manual_seed(trainer.recipe.seed * 1_000_003 + trainer.step)
         return trainer
 
@@ -278,7 +305,7 @@ class DenseTrainer:
         if not compact:
             data['optimizer'] = self.optimizer.state_dict()
             if torch.device(self.device).type == 'cpu':
-                data['generator'] = self.synthesizer.generator.get_state()
+                data['generator'] = self._generator_state_now()
         temporary = path.with_name(f'.{path.name}.tmp')
         torch.save(data, temporary)
         os.replace(temporary, path)

@@ -249,3 +249,37 @@ def test_a_lobe_adds_the_white_matter_nearest_to_its_parcels(network):
     expected = torch.where(x < 2, 0.9, torch.where(x < (shape[0] - 1) / 2, 0.9, 0.0))
     assert torch.allclose(lobe, expected)
     assert set(encoding.nearest_parcels) == {0}
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_averaged_checkpoints_export_their_mean_and_record_it(tmp_path):
+    """scripts/average_checkpoints.py: the weights are the mean of the checkpoints', the steps
+    averaged are recorded (and cleared once training moves the weights on)."""
+    pytest.importorskip('smriprep_freesurfer732')
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+    torch.set_num_threads(1)
+    recipe = DenseRecipe(name='t', vision_config='dense-tiny', steps=4, batch_size=1,
+                         shape=[16, 16, 16], warmup_steps=1, checkpoint_every=1, log_every=1)
+    trainer = DenseTrainer.create(recipe)
+    trainer.train(1, tmp_path / 'a.pt', log=lambda line: None)
+    trainer.train(2, tmp_path / 'b.pt', log=lambda line: None)
+    script = Path(__file__).resolve().parent.parent / 'scripts' / 'average_checkpoints.py'
+    argv = sys.argv
+    sys.argv = [str(script), str(tmp_path / 'mean.pt'), str(tmp_path / 'a.pt'), str(tmp_path / 'b.pt')]
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    finally:
+        sys.argv = argv
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ('a.pt', 'b.pt'))
+    mean = DenseTrainer.resume(tmp_path / 'mean.pt')
+    assert mean.step == 2 and mean.averaged_steps == [1, 2]
+    for name, value in mean.network.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (a['state'][name] + b['state'][name]) / 2, atol=1e-6), name
+    mean.train(3, log=lambda line: None)
+    assert mean.averaged_steps == []

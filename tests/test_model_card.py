@@ -89,3 +89,13 @@ def test_the_real_suite_gets_a_status_and_a_per_structure_table():
     card = render(manifest)
     assert '| real | 1 | deep grey 0.504 | deep grey Dice >= 0.70' in card and '| not met |' in card
     assert '| mni152 | left putamen | 10.55 | 0.413 | - |' in card
+
+
+def test_averaged_weights_are_named_in_the_card():
+    manifest = _manifest([])
+    manifest['vision_config'] = {'label_ids': [2, 41], 'widths': [16], 'lesion_classes': []}
+    manifest['vision_training'] = {'recipe': 'dense-cpu', 'steps': 8000, 'averaged_steps': [7100, 7700, 8000],
+                                   'recipe_changes': [{'step': 10, 'changed': {'steps': [1, 2]}}]}
+    card = render(manifest)
+    assert 'average of the run\'s weights at steps 7100, 7700, 8000' in card
+    assert 'as exported: averaged over steps 7100, 7700, 8000' in card

@@ -115,7 +115,10 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
         f'{(dense.get("training_seconds") or 0) / 3600:.2f} hours on {dense.get("device")} '
         f'({100 * (dense.get("synthesis_share") or 0):.1f} % of it synthesis); loss: '
         f'cross-entropy + soft Dice over every label, soft Dice of every composite target, '
-        f'lesion cross-entropy + soft Dice (docs/training.md).',
+        f'lesion cross-entropy + soft Dice (docs/training.md).'
+        + (f' The shipped weights are the average of the run\'s weights at steps '
+           f'{", ".join(str(s) for s in dense["averaged_steps"])} '
+           f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else ''),
         '- Language model training: token cross-entropy on target programs '
         '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
 
@@ -284,7 +287,10 @@ def _reproduce(manifest: dict) -> list[str]:
         if dense.get('recipe_changes'):
             lines += ['', 'A fresh run of today\'s recipe has the later settings from its start, so '
                       'it is not the same run; `weights/train-state/' + f'{name}-checkpoint.pt` '
-                      'holds the run\'s weights at its last step (fp16, no optimizer moments).']
+                      'holds the run\'s weights at its last step (fp16, no optimizer moments)'
+                      + (', as exported: averaged over steps '
+                         + ', '.join(str(s) for s in dense['averaged_steps'])
+                         if dense.get('averaged_steps') else '') + '.']
     return lines + ['']
 
 

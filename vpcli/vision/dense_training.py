@@ -232,6 +232,8 @@ class DenseTrainer:
         self.history: list[dict] = []
         #: ``{'step', 'changed': {key: [old, new]}}`` per resume under a changed recipe
         self.recipe_changes: list[dict] = []
+        #: steps whose weights were averaged into these (scripts/average_checkpoints.py)
+        self.averaged_steps: list[int] = []
 
     @property
     def synthesizer(self):
@@ -280,6 +282,7 @@ class DenseTrainer:
                        if key not in ('threads', 'log_every', 'checkpoint_every') and old.get(key) != new[key]}
             if changed:
                 trainer.recipe_changes.append({'step': trainer.step, 'changed': changed})
+        trainer.averaged_steps = list(data.get('averaged_steps', []))
         trainer.seconds = float(data.get('seconds', 0.0))
         trainer.synthesis_seconds = float(data.get('synthesis_seconds', 0.0))
         if 'optimizer' in data:
@@ -301,7 +304,8 @@ class DenseTrainer:
                  for k, v in self.network.state_dict().items()}
         data = {'recipe': dataclasses.asdict(self.recipe), 'config': self.network.config.to_dict(),
                 'state': state, 'step': self.step, 'seconds': self.seconds,
-                'synthesis_seconds': self.synthesis_seconds, 'recipe_changes': self.recipe_changes}
+                'synthesis_seconds': self.synthesis_seconds, 'recipe_changes': self.recipe_changes,
+                'averaged_steps': self.averaged_steps}
         if not compact:
             data['optimizer'] = self.optimizer.state_dict()
             if torch.device(self.device).type == 'cpu':
@@ -321,6 +325,7 @@ class DenseTrainer:
 
     def train_step(self) -> dict:
         """One step: synthesise a batch, score every voxel and target, update."""
+        self.averaged_steps = []  # the weights move on from any average
         self.network.train()
         started = time.perf_counter()
         batch = self.synthesizer.sample(self.recipe.batch_size)
@@ -413,7 +418,8 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
         'samples': trainer.step * recipe.batch_size,
         'training_seconds': round(trainer.seconds, 1),
         'synthesis_share': round(trainer.synthesis_seconds / max(trainer.seconds, 1e-9), 4),
-        'device': str(trainer.device), 'recipe_changes': trainer.recipe_changes}
+        'device': str(trainer.device), 'recipe_changes': trainer.recipe_changes,
+        'averaged_steps': trainer.averaged_steps}
     sources = manifest.setdefault('data_sources', [])
     for name in recipe.sources:
         record = SOURCE_RECORDS[name]

@@ -37,6 +37,7 @@ import numpy as np
 
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.metrics import dice
+from vpcli.library.morphometry import volume as mask_volume
 from vpcli.quality import assess
 from vpcli.volumes import json_ready, same_geometry
 from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
@@ -462,14 +463,8 @@ def score_masks(task: TaskRun, scans=None, world=None) -> list[dict]:
                 truth_cache[key] = _truth_on(world, target, name, scans)
             scores.append({'target': target, 'dice': mask_dice(mask, truth_cache[key]),
                            'text_match': text_match, 'mask': mask.description,
-                           'quality': assess(target, _volume_ml(mask), mask.quality)})
+                           'quality': assess(target, mask_volume(mask), mask.quality)})
     return scores
-
-
-def _volume_ml(mask) -> float:
-    """A mask's volume in mL (voxel count x voxel volume)."""
-    matrix = mask.volume.geometry.tensor.double().cpu().numpy()[:3, :3]
-    return float(mask.volume.tensor.bool().sum()) * abs(float(np.linalg.det(matrix))) / 1000.0
 
 
 def _qc_calibration(tasks: list[dict]) -> dict:

@@ -129,8 +129,9 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
     import torch
 
     from vpcli.examples import write_example
+    from vpcli.library.morphometry import volume
     from vpcli.synth.sources import fsaverage_file
-    from vpcli.volumes import load_volume
+    from vpcli.volumes import Mask, load_volume
 
     if count != 1:
         raise BadInputError(f'--count {count}: the real suite scores a fixed set of scans; '
@@ -145,9 +146,8 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
             return {t: network.segment(encoding, t).volume.tensor[0].cpu().numpy() > 0.5
                     for t in targets}
 
-    def volume_ml(mask, scan) -> float:
-        voxel_mm3 = abs(np.linalg.det(scan.volume.geometry.tensor.double().cpu().numpy()[:3, :3]))
-        return float(mask.sum()) * float(voxel_mm3) / 1000.0
+    def volume_ml(mask, scan) -> float:  # the library's own volume of a boolean array on scan
+        return volume(Mask(scan.volume.new(torch.from_numpy(mask)[None], keep_labels=False)))
 
     per_scan, deep = {}, {atlas: [] for atlas in ATLASES}
     targets = [t for t, _ in DEEP_GREY] + ['bilateral cerebral white matter', 'whole brain']

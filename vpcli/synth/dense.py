@@ -215,6 +215,9 @@ class DenseSynthesizer:
                 shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
                 spacing=spacing,
                 brain_center=(indices > 0).nonzero().double().mean(0)))  # voxels
+        #: indices of self.sources per source name, names sorted
+        self._source_groups = [[k for k, n in enumerate(self.source_names) if n == name]
+                               for name in sorted(set(self.source_names))]
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -273,9 +276,8 @@ class DenseSynthesizer:
     def sample(self, batch: int) -> DenseBatch:
         """``batch`` new samples (see the module docstring)."""
         # each named source equally often, then one of its draws
-        names = sorted(set(self.source_names))
-        name = names[int(self._uniform(0, len(names), 1).item()) % len(names)]
-        entries = [k for k, n in enumerate(self.source_names) if n == name]
+        groups = self._source_groups
+        entries = groups[int(self._uniform(0, len(groups), 1).item()) % len(groups)]
         source = self.sources[entries[int(self._uniform(0, len(entries), 1).item()) % len(entries)]]
         grid, mirror = self._sampling_grid(source, batch)
         labels = F.grid_sample(source['labels'].expand(batch, -1, -1, -1, -1), grid, mode='nearest',

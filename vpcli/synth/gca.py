@@ -68,10 +68,6 @@ class GCAAtlas:
     node_spacing: int
     shape: tuple[int, int, int]
 
-    def labels_present(self) -> list[int]:
-        """FreeSurfer ids with a prior anywhere, 0 included."""
-        return sorted(int(v) for v in np.unique(self.prior_labels) if v >= 0)
-
     def label_mean(self, label: int) -> float:
         """T1 mean of a label over all nodes, weighted equally (nan if absent)."""
         values = self.node_means[self.node_labels == label]
@@ -257,14 +253,6 @@ def _conformed_affine(ints: np.ndarray, floats: np.ndarray, p: int) -> np.ndarra
     affine[:3, :3] = matrix * size
     affine[:3, 3] = centre - affine[:3, :3] @ (shape / 2.0)
     return affine
-
-
-def prior_affine(atlas: GCAAtlas) -> np.ndarray:
-    """vox2ras of the prior grid (prior voxel ``i`` covers conformed voxels ``s i .. s i + s - 1``)."""
-    s = atlas.prior_spacing
-    scale = np.diag([s, s, s, 1.0])
-    scale[:3, 3] = (s - 1) / 2.0
-    return atlas.conformed @ scale
 
 
 #: ventricles and CSF spaces: their log-prior offset reaches further up (enlargement, as

@@ -283,3 +283,14 @@ def test_averaged_checkpoints_export_their_mean_and_record_it(tmp_path):
             assert torch.allclose(value, (a['state'][name] + b['state'][name]) / 2, atol=1e-6), name
     mean.train(3, log=lambda line: None)
     assert mean.averaged_steps == []
+
+
+def test_partition_dice_weight_scales_only_the_partition_dice(composites):
+    classes = 1 + len(LABELS)
+    generator = torch.Generator().manual_seed(4)
+    labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)
+    logits = torch.randn(1, classes + len(LESIONS), 5, 5, 5, generator=generator)
+    lesions = torch.zeros(1, len(LESIONS), 5, 5, 5)
+    full, parts = dense_loss(logits, labels, lesions, composites)
+    without, _ = dense_loss(logits, labels, lesions, composites, partition_dice_weight=0.0)
+    assert float(full - without) == pytest.approx(1 - parts['dice'], abs=1e-5)

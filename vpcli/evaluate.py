@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from vpcli.agent.run import dry_run
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.metrics import dice
 from vpcli.library.morphometry import volume as mask_volume
@@ -42,10 +43,12 @@ from vpcli.quality import assess
 from vpcli.volumes import json_ready, same_geometry
 from vpcli.real_suite import ATLASES as REAL_ATLASES, format_rows as real_rows
 from vpcli.real_suite import headline as real_headline, real_suite
+from vpcli.paraphrase_suite import ROW_HEADER as PARAPHRASE_HEADER, format_rows as paraphrase_rows
+from vpcli.paraphrase_suite import headline as paraphrase_headline, paraphrases_suite
 
 #: suite name -> default ``count`` (sized for a few minutes on 2 CPU cores, small weights)
 DEFAULT_COUNTS = {'prompts': 5, 'anatomy': 10, 'lesions': 10, 'characterization': 8,
-                  'end-to-end': 9, 'consistency': 3, 'example': 1, 'real': 1}
+                  'end-to-end': 9, 'consistency': 3, 'example': 1, 'real': 1, 'paraphrases': 20}
 SUITES = tuple(DEFAULT_COUNTS)
 
 #: categories of the characterization and end-to-end suites (categories.py names)
@@ -57,7 +60,7 @@ ASEG_KINDS = ('subcortical',)
 
 #: suite -> second entry of its generators' seed (first entry: --seed; third: task index)
 _STREAMS = {'prompts': 9000, 'refusal': 9001, 'anatomy': 9002, 'lesions': 9003,
-            'characterization': 9004, 'end-to-end': 9005, 'consistency': 9006}
+            'characterization': 9004, 'end-to-end': 9005, 'consistency': 9006, 'paraphrases': 9007}
 
 #: consistency variants: name -> (isotropic spacing in mm or None, re-orient)
 CONSISTENCY_VARIANTS = {'original': (None, False), 'resampled 1.5 mm': (1.5, False),
@@ -147,19 +150,8 @@ def programs_match(written: Sequence[str], target: Sequence[str]) -> tuple[bool,
 # -----------------------------------------------------------------------------
 
 def _dry_run(bundle, prompt: str, scan_lines: Sequence[str], seed: int):
-    """Run the agent with the dry executor. Returns ``(record or None, problem or None,
-    kind)`` where kind is ``ok``, ``rejected`` (the sandbox refused a written step or it
-    did not parse) or ``error`` (anything else)."""
-    from vpcli.agent.loop import DryExecutor
-    names = [line.split(':', 1)[0].strip() for line in scan_lines]
-    executor = DryExecutor(names, seed=seed, encoding_width=bundle.agent.model.config.encoding_width)
-    try:
-        record = bundle.agent.run(prompt, list(scan_lines), names, executor, gate=True)
-    except (VoxelPromptError, SyntaxError) as error:
-        return None, f'{type(error).__name__}: {error}', 'rejected'
-    except Exception as error:  # noqa: BLE001 - counted and reported, not hidden
-        return None, f'{type(error).__name__}: {error}', 'error'
-    return record, None, 'ok'
+    """:func:`vpcli.agent.run.dry_run` with the bundle's agent."""
+    return dry_run(bundle.agent, prompt, scan_lines, seed)
 
 
 def refusal_report(bundle, seed: int = 0, progress: Progress = _no_progress) -> dict:
@@ -170,7 +162,7 @@ def refusal_report(bundle, seed: int = 0, progress: Progress = _no_progress) -> 
         ``outside_library``: programs written for a prompt that was not refused and that
         the sandbox's validation rejected (target 0).
     """
-    from vpcli.agent.refusal import refusal_suite
+    from vpcli.agent.refusal import MODEL_REFUSAL, refusal_suite
     rows = refusal_suite()
     scans = (['img0: T1w, date unknown, session 01'],
              ['img0: FLAIR, date 2021-04-02, session 01', 'img1: T1w, date 2021-04-02, session 01'])
@@ -190,7 +182,7 @@ def refusal_report(bundle, seed: int = 0, progress: Progress = _no_progress) -> 
         elif record.refused:
             refused += 1
             entry['refused'] += 1
-            if record.refusal_reason == 'the model judged the prompt out of scope':
+            if record.refusal_reason == MODEL_REFUSAL:
                 by_model += 1
             else:
                 by_gate += 1
@@ -948,7 +940,8 @@ def torch_isin(tensor, ids):
 
 _SUITE_FUNCTIONS = {'example': example_suite, 'prompts': prompts_suite, 'anatomy': anatomy_suite, 'lesions': lesions_suite,
                     'characterization': characterization_suite, 'end-to-end': end_to_end_suite,
-                    'consistency': consistency_suite, 'real': real_suite}
+                    'consistency': consistency_suite, 'real': real_suite,
+                    'paraphrases': paraphrases_suite}
 
 
 def check_suite(suite: str) -> str:
@@ -967,7 +960,7 @@ def evaluate(suite: str, bundle, count: int | None = None, seed: int = 0, device
         raise BadInputError(f'--count {count}: must be at least 1')
     started = time.perf_counter()
     function = _SUITE_FUNCTIONS[suite]
-    if suite == 'prompts':
+    if suite in ('prompts', 'paraphrases'):  # dry runs: no scans, no vision network
         result = function(bundle, count=count, seed=seed, progress=progress)
     else:
         _check_programs(programs)
@@ -1018,6 +1011,8 @@ def headline(result: dict) -> str:
         return f'end-to-end{mode}: median relative volume error {error} (target <= 5 %)'
     if suite == 'real':
         return real_headline(result)
+    if suite == 'paraphrases':
+        return paraphrase_headline(result)
     if suite == 'example':
         overlap = (f'; masks of {m["targets"]} targets overlap with mean pairwise Dice '
                    f'{_number(m["target_overlap"])} (1.0: one mask for every target)'
@@ -1087,6 +1082,8 @@ def format_result(result: dict) -> str:
         lines += _table(['prompt', 'target', 'Dice', 'mask mL', 'k* written'], rows)
     elif suite == 'real':
         lines += _table(['scan', 'structure', 'mL', *REAL_ATLASES], real_rows(result))
+    elif suite == 'paraphrases':
+        lines += _table(PARAPHRASE_HEADER, paraphrase_rows(result))
     else:
         names = list(CONSISTENCY_VARIANTS)
         rows = [[case, _number(e['truth_volume'], 2), *(_number(e[n], 2) for n in names),

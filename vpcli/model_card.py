@@ -16,6 +16,7 @@ from pathlib import Path
 #: the targets of the training issue, per suite: (metric key, comparison, value, text)
 TARGETS = {
     'prompts': ('accuracy', '>=', 0.99, 'exact program match >= 99 %'),
+    'paraphrases': ('task_correct', '>=', 0.95, 'task-correct >= 95 %, over-refusal <= 1 %'),
     'anatomy': ('mean_dice', '>=', 0.80, 'mean Dice >= 0.80'),
     'lesions': ('mean_dice', '>=', 0.75, 'mean Dice >= 0.75'),
     'characterization': ('accuracy', '>=', 0.89, 'accuracy >= 89 % (paper 89.0 %)'),

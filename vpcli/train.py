@@ -101,6 +101,10 @@ class Recipe:
             in the code-only stage). The other rows are drawn as before (0: none).
         refresh_hard_pool: Episodes scored per step to choose the ``refresh_hard_rows``.
         phi_anchor_weight: Weight of the φ anchor during the refresh.
+        paraphrase_fraction: Share of code-only task episodes (every stage, and the hard
+            example pool) whose prompt comes from the training paraphrase families
+            (:mod:`vpcli.tasks.paraphrase`) instead of the template table; the held-out
+            families are never drawn.
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
         threads: Torch CPU threads (0: leave torch's default).
@@ -133,6 +137,7 @@ class Recipe:
     refresh_focus_fraction: float = 0.0
     refresh_hard_rows: int = 0
     refresh_hard_pool: int = 0
+    paraphrase_fraction: float = 0.0
     phi_anchor_weight: float = 1.0
     checkpoint_every: int = 100
     log_every: int = 10
@@ -317,7 +322,8 @@ class JointTrainer:
                        'refusal_fraction', 'unknown_metadata', 'vocab_size', 'tokenizer_texts',
                        'training_resolution', 'refresh_start', 'refresh_steps',
                        'refresh_learning_rate', 'refresh_focus', 'refresh_focus_fraction',
-                       'refresh_hard_rows', 'refresh_hard_pool', 'phi_anchor_weight')
+                       'refresh_hard_rows', 'refresh_hard_pool', 'phi_anchor_weight',
+                       'paraphrase_fraction')
             different = [k for k in shaping if getattr(recipe, k) != getattr(saved, k)]
             fixed = [k for k in ('agent_preset', 'vision_config', 'vocab_size', 'tokenizer_texts')
                      if k in different]
@@ -421,11 +427,13 @@ class JointTrainer:
 
         recipe = self.recipe
         episodes = sample_episodes(rng, count - focus, refusal_fraction=recipe.refusal_fraction,
-                                   unknown_metadata=recipe.unknown_metadata)
+                                   unknown_metadata=recipe.unknown_metadata,
+                                   paraphrase_fraction=recipe.paraphrase_fraction)
         for _ in range(focus):
             category = recipe.refresh_focus[int(rng.integers(len(recipe.refresh_focus)))]
             episodes += sample_episodes(rng, 1, category=category,
-                                        unknown_metadata=recipe.unknown_metadata)
+                                        unknown_metadata=recipe.unknown_metadata,
+                                        paraphrase_fraction=recipe.paraphrase_fraction)
         return episodes
 
     def _tensors(self, episodes: list, rng: np.random.Generator):

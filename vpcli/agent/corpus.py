@@ -44,7 +44,8 @@ def task_episode(draft, case, rng: np.random.Generator, unknown_metadata: float 
 
 def sample_episodes(rng: np.random.Generator, count: int, split: str = 'train',
                     refusal_fraction: float = REFUSAL_FRACTION,
-                    category: str | None = None, unknown_metadata: float = 0.0) -> list[Episode]:
+                    category: str | None = None, unknown_metadata: float = 0.0,
+                    paraphrase_fraction: float = 0.0) -> list[Episode]:
     """Draw ``count`` episodes: task episodes on described cases plus refusals.
 
     Args:
@@ -58,6 +59,9 @@ def sample_episodes(rng: np.random.Generator, count: int, split: str = 'train',
             refusal episodes take the scan lines of a described case drawn the same way,
             so the scan lines say nothing about whether to refuse; at 0 they take one of
             two fixed sets (how earlier runs were trained).
+        paraphrase_fraction: Share of task episodes whose prompt comes from the paraphrase
+            families of ``split`` (:mod:`vpcli.tasks.paraphrase`) instead of the template
+            table. At 0 no draw is spent on the choice (earlier runs' streams unchanged).
     """
     from vpcli.tasks.described import describe_case, draw_described
     from vpcli.tasks.sampler import plan_task
@@ -73,7 +77,8 @@ def sample_episodes(rng: np.random.Generator, count: int, split: str = 'train',
                     ['img0: FLAIR, date 2021-04-02, session 01', 'img1: T1w, date 2021-04-02, session 01']
             episodes.append(refusal_episode(prompt, scans, kind))
             continue
-        draft, case = draw_described(rng, category, split)
+        paraphrased = paraphrase_fraction > 0 and rng.random() < paraphrase_fraction
+        draft, case = draw_described(rng, category, split, paraphrased=paraphrased)
         episodes.append(task_episode(draft, case, rng, unknown_metadata))
     return episodes
 

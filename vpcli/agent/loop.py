@@ -24,6 +24,7 @@ from vpcli.agent.model import AgentModel
 from vpcli.agent.program import join_steps, phi_step, to_executable
 from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START, MOD, REFUSE,
                                    STEP_END, STOP, Tokenizer, header_text)
+from vpcli.agent.refusal import MODEL_REFUSAL, REFUSAL_ANSWER  # noqa: F401 - REFUSAL_ANSWER is re-exported
 from vpcli.errors import RefusedError
 
 #: default most steps of one program
@@ -33,9 +34,6 @@ DEFAULT_MAX_STEPS = 12
 DEFAULT_MAX_STEP_TOKENS = 512
 #: most tokens of feedback text per step (long prints are cut: the model needs the gist)
 MAX_FEEDBACK_TOKENS = 96
-
-REFUSAL_ANSWER = ('This request is outside what voxelprompt does: it analyses the given brain '
-                  'scans with its function library and does nothing else. No program was run.')
 
 
 class Executor(Protocol):
@@ -218,16 +216,17 @@ class Agent:
         Returns:
             The run record.
         """
-        from vpcli.agent.refusal import gate_reason
+        from vpcli.agent.refusal import gate_decision, refusal_message
 
         record = AgentRun(prompt=prompt, scan_lines=list(scan_lines))
-        reason = gate_reason(prompt) if gate else None
-        if reason is None:
+        decision = gate_decision(prompt) if gate else None
+        if decision is None:
             self._generate(record, scan_names, executor, max_steps, max_step_tokens)
         else:
-            record.refused, record.refusal_reason = True, reason
+            record.refused, record.refusal_reason = True, decision.rule
         if record.refused and raise_on_refusal:
-            raise RefusedError(f'prompt refused ({record.refusal_reason}): {REFUSAL_ANSWER}')
+            raise RefusedError(refusal_message(record.refusal_reason,
+                                               decision.matched if decision else ''))
         return record
 
     @torch.no_grad()
@@ -253,7 +252,7 @@ class Agent:
                     record.stopped = choice == self.special[STOP]
                     record.refused = choice == self.special[REFUSE]
                     if record.refused:
-                        record.refusal_reason = 'the model judged the prompt out of scope'
+                        record.refusal_reason = MODEL_REFUSAL
                     return
                 step_ids.append(choice)
                 logits, hidden = self._feed([choice], None, cache)

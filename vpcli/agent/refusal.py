@@ -17,6 +17,7 @@ outside the library whatever the prompt says.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from pathlib import Path
@@ -100,10 +101,11 @@ _WORD = re.compile(r'[a-z][a-z0-9*]+')
 @functools.lru_cache(maxsize=1)
 def domain_words() -> frozenset[str]:
     """Words that make a prompt about brain scans: every word of the task world's anatomy
-    and lesion terms, descriptor phrasings and modality names (the ontology and the
-    phrasing data the prompts are written from) that is not also common English, plus a
-    few imaging words."""
+    and lesion terms, descriptor phrasings, modality names and the shorthand of target
+    names (the ontology and the phrasing data the prompts are written from) that is not
+    also common English, plus a few imaging words."""
     from vpcli.tasks.ontology import load_ontology
+    from vpcli.tasks.paraphrase import shorthand_words
     from vpcli.tasks.roi import phrasing
 
     ontology = load_ontology()
@@ -115,37 +117,108 @@ def domain_words() -> frozenset[str]:
                   for text in forms]
     texts += [text for forms in phrasing()['modality'].values() for text in forms]
     words = {word for text in texts for word in _WORD.findall(text.lower())}
+    words |= shorthand_words()
     return frozenset((words - _GENERIC_WORDS) | _IMAGING_WORDS)
 
 
-def gate_reason(prompt: str) -> str | None:
-    """Why a prompt is refused before the model sees it, or None when it may go on.
+@dataclasses.dataclass(frozen=True)
+class GateDecision:
+    """Why the gate refused a prompt.
+
+    Attributes:
+        rule: The rule (``"a shell command"``; :func:`gate_reason` returns it).
+        matched: The words of the prompt that the rule matched ('' for the rule that
+            finds no brain term).
+    """
+    rule: str
+    matched: str = ''
+
+
+#: what a user can do about each kind of refusal (one clause of the error line)
+#: the answer of every refused run
+REFUSAL_ANSWER = ('This request is outside what voxelprompt does: it analyses the given brain '
+                  'scans with its function library and does nothing else. No program was run.')
+_NAMES_NOTHING = 'it names no brain structure, lesion, modality or imaging term'
+MODEL_REFUSAL = 'the model judged the prompt out of scope'
+_HINTS = {
+    'prompt-injection text': 'ask only for an analysis of the scans',
+    _NAMES_NOTHING: 'name what to analyse, e.g. "volume of the left hippocampus"',
+    MODEL_REFUSAL: 'rephrase it as a mask, measurement or image of the scans, '
+                   'e.g. "how big is the left hippocampus?"',
+}
+_HOST_HINT = 'voxelprompt reads the given scans and writes its output folder, nothing else'
+
+
+def gate_decision(prompt: str) -> GateDecision | None:
+    """The gate's decision on ``prompt`` (None: it goes on to the model).
 
     The gate catches what must never reach code generation: host access, prompt
     injection, body parts outside the head, and prompts that name nothing of the brain or
     its imaging (:func:`domain_words`; every prompt of the task world names something).
     Everything else goes to the model, which is trained to refuse the rest (off-topic
     prompts, requests the library cannot serve).
-
-    Args:
-        prompt: The user's prompt.
-
-    Returns:
-        A short reason (``"a shell command"``), or None.
     """
     text = ' '.join(prompt.lower().split())
     for pattern in _INJECTION_PATTERNS:
-        if re.search(pattern, text):
-            return 'prompt-injection text'
+        match = re.search(pattern, text)
+        if match:
+            return GateDecision('prompt-injection text', match.group(0).strip())
     for pattern, reason in _HOST_PATTERNS:
-        if re.search(pattern, text):
-            return reason
+        match = re.search(pattern, text)
+        if match:
+            return GateDecision(reason, match.group(0).strip(' \'"`('))
     match = _NON_BRAIN.search(text)
     if match:
-        return f'"{match.group(1)}" is not part of the brain'
-    if not set(_WORD.findall(text)) & domain_words():
-        return 'it names no brain structure, lesion, modality or imaging term'
+        return GateDecision(f'"{match.group(1)}" is not part of the brain', match.group(1))
+    words = set(_WORD.findall(text))
+    if not words & domain_words() and not any(_misspelt_domain_word(w) for w in words) \
+            and not any(phrase in text for phrase in _common_word_terms()):
+        return GateDecision(_NAMES_NOTHING)
     return None
+
+
+def _misspelt_domain_word(word: str) -> bool:
+    """A word of six or more letters one slip away from a domain word (``nepolasms``):
+    people type fast, and a typo must not make a brain prompt look off-topic."""
+    import difflib
+    return len(word) >= 6 and bool(difflib.get_close_matches(word, _long_domain_words(), n=1,
+                                                             cutoff=0.85))
+
+
+@functools.lru_cache(maxsize=1)
+def _common_word_terms() -> tuple[str, ...]:
+    """Anatomy terms made only of common words (``motor strip``): whole, they name the brain."""
+    from vpcli.tasks.ontology import load_ontology
+    terms = {term.lower() for target in load_ontology().targets.values() for term in target.terms}
+    return tuple(sorted(t for t in terms if ' ' in t and not set(_WORD.findall(t)) & domain_words()))
+
+
+@functools.lru_cache(maxsize=1)
+def _long_domain_words() -> tuple[str, ...]:
+    return tuple(sorted(w for w in domain_words() if len(w) >= 5))
+
+
+def gate_reason(prompt: str) -> str | None:
+    """The rule by which the gate refuses ``prompt`` (``"a shell command"``), or None when
+    it may go on (:func:`gate_decision`)."""
+    decision = gate_decision(prompt)
+    return None if decision is None else decision.rule
+
+
+def refusal_message(reason: str, matched: str = '') -> str:
+    """The one error line of a refused prompt: the rule and the words it matched, what
+    to do about it, and that nothing ran (the run's answer stays :data:`REFUSAL_ANSWER`).
+
+    Args:
+        reason: The gate's rule or :data:`MODEL_REFUSAL`.
+        matched: The words the rule matched.
+    """
+    said = f' at "{matched}"' if matched and f'"{matched}"' not in reason else ''
+    if reason.endswith('is not part of the brain'):
+        hint = 'voxelprompt analyses brain and head scans only'
+    else:
+        hint = _HINTS.get(reason, _HOST_HINT)
+    return f'prompt refused ({reason}){said}: {hint}; no program was run'
 
 
 # -----------------------------------------------------------------------------

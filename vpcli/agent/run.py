@@ -44,13 +44,12 @@ def check_prompt(prompt: str) -> None:
     Raises:
         RefusedError: the prompt is out of scope (exit code 4).
     """
-    from vpcli.agent.loop import REFUSAL_ANSWER
-    from vpcli.agent.refusal import gate_reason
+    from vpcli.agent.refusal import gate_decision, refusal_message
     from vpcli.errors import RefusedError
 
-    reason = gate_reason(prompt)
-    if reason is not None:
-        raise RefusedError(f'prompt refused ({reason}): {REFUSAL_ANSWER}')
+    decision = gate_decision(prompt)
+    if decision is not None:
+        raise RefusedError(refusal_message(decision.rule, decision.matched))
 
 
 def run_prompt(prompt: str, scans: Sequence, bundle, settings, *, max_steps: int | None = None,
@@ -137,3 +136,24 @@ def agent_job_runner(prompt: str, settings_for: Callable[[Any], Any], weights=No
         return program_run
     run.bundle = bundle
     return run
+
+
+def dry_run(agent, prompt: str, scan_lines: Sequence[str], seed: int):
+    """Run the agent with the dry executor (no scans; the sandbox's rules and simulated
+    feedback), gate on.
+
+    Returns:
+        ``(record or None, problem or None, kind)``: kind ``ok``, ``rejected`` (the sandbox
+        refused a written step or it did not parse) or ``error`` (anything else).
+    """
+    from vpcli.agent.loop import DryExecutor
+    from vpcli.errors import VoxelPromptError
+    names = [line.split(':', 1)[0].strip() for line in scan_lines]
+    executor = DryExecutor(names, seed=seed, encoding_width=agent.model.config.encoding_width)
+    try:
+        record = agent.run(prompt, list(scan_lines), names, executor, gate=True)
+    except (VoxelPromptError, SyntaxError) as error:
+        return None, f'{type(error).__name__}: {error}', 'rejected'
+    except Exception as error:  # noqa: BLE001 - counted and reported, not hidden
+        return None, f'{type(error).__name__}: {error}', 'error'
+    return record, None, 'ok'

@@ -16,7 +16,7 @@ from vpcli.cli._common import reports_errors
 @app.command('eval')
 @reports_errors
 def evaluate(
-    suite: Annotated[str, typer.Option('--suite', help='prompts, anatomy, lesions, characterization, end-to-end, consistency, or all.')],
+    suite: Annotated[str, typer.Option('--suite', help='prompts, paraphrases, anatomy, lesions, characterization, end-to-end, consistency, example, real, or all.')],
     json_output: Annotated[bool, typer.Option('--json', help='Print the result as JSON instead of the table.')] = False,
     weights: Annotated[Optional[Path], typer.Option('--weights', help='Weights folder (default: $VOXELPROMPT_WEIGHTS, else the shipped weights/).')] = None,
     count: Annotated[Optional[int], typer.Option('--count', min=1, help='Episodes per category (prompts) or tasks (other suites; cases for consistency; default: per suite, see docs/evaluation.md).')] = None,

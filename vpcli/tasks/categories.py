@@ -52,6 +52,9 @@ INTENSITY_REFERENCES = ('left cerebral white matter', 'right cerebral white matt
                         'bilateral cerebral white matter', 'bilateral cerebral cortex',
                         'left thalamus', 'right thalamus', 'bilateral putamen')
 
+#: where prompts come from: the template table, or the paraphrase families of one split
+PHRASINGS = ('templates', 'paraphrases-train', 'paraphrases-eval')
+
 #: the margins (mm) cropping tasks may ask for
 CROP_MARGINS_MM = (2, 5, 10, 15, 20)
 
@@ -139,8 +142,12 @@ def _lesion_count(rng: np.random.Generator) -> int:
 class Writer:
     """Writes one task against one case: ROI choice, template filling, program text."""
 
-    def __init__(self, plan: TaskPlan, case: CaseInfo, rng: np.random.Generator):
+    def __init__(self, plan: TaskPlan, case: CaseInfo, rng: np.random.Generator,
+                 phrasing: str = 'templates'):
+        if phrasing not in PHRASINGS:
+            raise ValueError(f'phrasing {phrasing!r} is not one of {PHRASINGS}')
         self.plan = plan
+        self.phrasing = phrasing
         self.case = case
         self.rng = rng
         self.ontology = load_ontology()
@@ -214,8 +221,13 @@ class Writer:
             self.bindings['on_modality'] = ''
 
     def prompt(self, **filters: str | None) -> str:
-        """Fill a random template that fits the task."""
+        """Fill a random template that fits the task, or (``phrasing`` ``paraphrases-*``) a
+        phrasing of a paraphrase family of that split (:mod:`vpcli.tasks.paraphrase`)."""
         filters.setdefault('variant', self.plan.variant)
+        if self.phrasing != 'templates':
+            from vpcli.tasks.paraphrase import paraphrase_prompt
+            return paraphrase_prompt(self.plan.category, filters, self.bindings,
+                                     self.phrasing.split('-', 1)[1], self.rng)
         options = self.templates.matching(**filters)
         if not options:
             raise Unwritable(f'no {self.plan.category} template fits {filters}')

@@ -70,13 +70,15 @@ def describe_case(plan, rng: np.random.Generator) -> CaseInfo:
 
 
 def draw_described(rng: np.random.Generator, category: str | None = None,
-                   split: str = 'train', attempts: int = 5000):
+                   split: str = 'train', attempts: int = 5000, paraphrased: bool = False):
     """A written task on a described case, from the training or the held-out split.
 
     Args:
         rng: The generator.
         category: Fix the category (default: uniform).
         split: ``train`` (never a held-out prompt) or ``eval`` (only held-out prompts).
+        paraphrased: Prompt from the paraphrase families of ``split`` (held out by whole
+            family) instead of the template table (held out by :func:`is_held_out`).
 
     Returns:
         ``(draft, case_info)``.
@@ -86,9 +88,10 @@ def draw_described(rng: np.random.Generator, category: str | None = None,
         plan = plan_task(rng, category)
         case = describe_case(plan, rng)
         try:
-            draft = write_task(plan, case, rng)
+            draft = write_task(plan, case, rng,
+                               f'paraphrases-{split}' if paraphrased else 'templates')
         except Unwritable:
             continue
-        if is_held_out(draft.prompt) == want_held_out:
+        if paraphrased or is_held_out(draft.prompt) == want_held_out:
             return draft, case
     raise RuntimeError(f'no {split} task of category {category or "any"} in {attempts} draws')

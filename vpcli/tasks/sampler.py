@@ -28,14 +28,17 @@ def plan_task(rng: np.random.Generator, category: str | None = None) -> TaskPlan
     return planner(rng)
 
 
-def write_task(plan: TaskPlan, case: CaseInfo, rng: np.random.Generator) -> TaskDraft:
+def write_task(plan: TaskPlan, case: CaseInfo, rng: np.random.Generator,
+               phrasing: str = 'templates') -> TaskDraft:
     """Write prompt and target program of a planned task for a case.
+
+    ``phrasing`` chooses where the prompt comes from (:data:`~vpcli.tasks.categories.PHRASINGS`).
 
     Raises:
         Unwritable: When the case cannot serve the task (the caller re-plans).
     """
     _, writer = TASKS[plan.category]
-    return writer(Writer(plan, case, rng))
+    return writer(Writer(plan, case, rng, phrasing))
 
 
 def sample_task(rng: np.random.Generator, make_case: Callable[[TaskPlan, np.random.Generator], tuple],

@@ -55,6 +55,9 @@ class DenseRecipe:
         warmup_steps: Linear warm-up.
         weight_decay: AdamW weight decay.
         composite_weight: Weight of the composite-target Dice.
+        partition_dice_weight: Weight of the soft Dice over the finest partition (beside its
+            cross-entropy, weight 1). Soft Dice over-segments small, uncertain structures
+            (docs/vision.md: volume bias); cross-entropy does not.
         lesion_weight: Weight of the lesion terms.
         lesion_probability: Share of samples with lesions.
         checkpoint_every: Steps between checkpoints.
@@ -76,6 +79,7 @@ class DenseRecipe:
     warmup_steps: int = 50
     weight_decay: float = 1e-5
     composite_weight: float = 1.0
+    partition_dice_weight: float = 1.0
     lesion_weight: float = 0.5
     lesion_probability: float = 0.5
     checkpoint_every: int = 100
@@ -138,7 +142,8 @@ POSITIVE_LESION_WEIGHT = 0.2
 
 def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor,
                composites: torch.Tensor, composite_weight: float = 1.0,
-               lesion_weight: float = 0.5) -> tuple[torch.Tensor, dict]:
+               lesion_weight: float = 0.5,
+               partition_dice_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Loss of one batch and its parts (see the module docstring).
 
     Args:
@@ -172,7 +177,7 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
     union_dice = (2 * union_overlap + 1) / (union_predicted + union_true + 1)
     composite_dice = 1 - union_dice[union_present].mean() if bool(union_present.any()) \
         else logits.new_zeros(())
-    loss = cross_entropy + partition_dice + composite_weight * composite_dice
+    loss = cross_entropy + partition_dice_weight * partition_dice + composite_weight * composite_dice
     parts = {'ce': float(cross_entropy.detach()), 'dice': float(1 - partition_dice.detach()),
              'composite_dice': float(1 - composite_dice.detach())}
     if lesion_logits.shape[1]:
@@ -338,7 +343,8 @@ class DenseTrainer:
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=cuda):  # bf16 on a GPU
             logits = self.network.dense_logits(batch.image)
         loss, parts = dense_loss(logits, batch.labels, batch.lesions, self.composites,
-                                 self.recipe.composite_weight, self.recipe.lesion_weight)
+                                 self.recipe.composite_weight, self.recipe.lesion_weight,
+                                 self.recipe.partition_dice_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)

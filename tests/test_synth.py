@@ -160,7 +160,7 @@ def test_deformed_subjects_stay_plausible(vocabulary, seed):
 @pytest.fixture(scope='module')
 def lesion_case():
     from vpcli.synth.cases import sample_case
-    return sample_case(11, modalities=['T1w', 'T1w+C', 'FLAIR', 'DWI', 'ADC', 'CT'],
+    return sample_case(11, modalities=['T1w', 'T1w+contrast', 'FLAIR', 'DWI', 'ADC', 'CT'],
                        lesions=['glioma', 'metastasis', 'ms_lesion', 'abscess', 'papilloma'],
                        longitudinal=True)
 
@@ -228,7 +228,7 @@ def test_lesion_descriptors_match_measurements(lesion_case, vocabulary):
                 if mask.sum() < 3:
                     continue
                 ratio = signal_ratio(scan.volume, mask)
-                key = 'T1w+C' if scan.contrast else scan.modality
+                key = 'T1w+contrast' if scan.contrast else scan.modality
                 ratios[key] = ratio
                 declared = lesion.signal[key]
                 assert classify_ratio(ratio) == declared, (lesion.lesion_class, key, ratio)
@@ -245,8 +245,8 @@ def test_lesion_descriptors_match_measurements(lesion_case, vocabulary):
                 if lesion.side in ('left', 'right') and sides['left'] + sides['right'] > 20:
                     other = 'right' if lesion.side == 'left' else 'left'
                     assert sides[lesion.side] > sides[other]
-            if 'T1w' in ratios and 'T1w+C' in ratios:
-                assert (ratios['T1w+C'] / ratios['T1w'] > 1.2) == lesion.enhancing
+            if 'T1w' in ratios and 'T1w+contrast' in ratios:
+                assert (ratios['T1w+contrast'] / ratios['T1w'] > 1.2) == lesion.enhancing
             if 'DWI' in ratios and 'ADC' in ratios:
                 restricted = ratios['DWI'] > 1.15 and ratios['ADC'] < 0.87
                 assert restricted == lesion.restricted_diffusion

@@ -59,6 +59,11 @@ class SourceRef:
         return self.name if self.file is None else f'{self.name} ({self.file})'
 
 
+#: the one name of a post-contrast T1w wherever a modality is a string (task requests,
+#: synthesis, per-modality tables); scan lines read ``T1w post-contrast`` (:func:`modality_label`)
+POST_CONTRAST = 'T1w+contrast'
+
+
 def modality_label(modality: str, contrast: bool) -> str:
     """The modality as a scan's state line names it: ``T1w`` or ``T1w post-contrast``."""
     return modality + (' post-contrast' if contrast else '')

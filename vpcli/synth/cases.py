@@ -7,7 +7,7 @@
     case.labels[0]         # vocabulary label map on img0's grid (int32 voxel.Volume)
     case.lesion_maps[0]    # lesion instance ids on img0's grid (0 = none)
     case.component_maps[0] # lesion sub-component codes (lesions.COMPONENTS)
-    case.lesions           # LesionInfo per lesion per session
+    case.lesions           # SynthLesion per lesion per session
 
 Same seed and arguments -> identical case (numpy and torch generators are derived
 from the seed; nothing reads global random state).
@@ -24,7 +24,8 @@ import numpy as np
 
 from vpcli.synth.acquisition import (FULL_RESOLUTION_CANVAS_MM, ScanGeometrySample,
                                      TrainingResolution, sample_scan_geometry)
-from vpcli.synth.lesions import LesionInfo
+from vpcli.synth.lesions import SynthLesion
+from vpcli.volumes import POST_CONTRAST
 
 if TYPE_CHECKING:
     import voxel as vx
@@ -73,7 +74,7 @@ class SynthCase:
         lesion_maps: Per scan, lesion instance ids on that scan's grid (int32, 0 = none).
         component_maps: Per scan, lesion sub-component codes (uint8,
             :data:`vpcli.synth.lesions.COMPONENTS`).
-        lesions: One :class:`LesionInfo` per lesion per session.
+        lesions: One :class:`SynthLesion` per lesion per session.
         sessions: Session labels (``['01']`` or ``['01', '02']``).
         anatomy_changes: Longitudinal anatomy changes (empty for one session).
         geometry_samples: Per scan, what the geometry draw was (Table 2 row, spacings).
@@ -89,7 +90,7 @@ class SynthCase:
     labels: list['vx.Volume']
     lesion_maps: list['vx.Volume']
     component_maps: list['vx.Volume']
-    lesions: list[LesionInfo]
+    lesions: list[SynthLesion]
     sessions: list[str]
     anatomy_changes: list[AnatomyChange]
     geometry_samples: list[ScanGeometrySample]
@@ -101,7 +102,7 @@ class SynthCase:
         """Indices of the scans of one session."""
         return [i for i, scan in enumerate(self.scans) if scan.session == session]
 
-    def lesions_in(self, session: str) -> list[LesionInfo]:
+    def lesions_in(self, session: str) -> list[SynthLesion]:
         """The lesions of one session."""
         return [lesion for lesion in self.lesions if lesion.session == session]
 
@@ -138,7 +139,7 @@ def _scan_specs(rng: np.random.Generator, n_scans: int | None,
     specs: list[ScanSpec] = []
     if modalities is not None:
         for modality in modalities:
-            if modality in ('T1w+C', 'T1w-post'):
+            if modality == POST_CONTRAST:
                 specs.append(ScanSpec('T1w', True))
             else:
                 specs.append(ScanSpec(modality))
@@ -258,7 +259,7 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
         split: ``train`` (training sources) or ``eval`` (the held-out source).
         n_scans: Scans per session when ``modalities`` is None (default 1-3, plus pairs).
         modalities: Modalities of each session's scans, e.g. ``['T1w', 'FLAIR']``;
-            ``'T1w+C'`` is a post-contrast T1 (shares the grid of a pre-contrast T1).
+            ``'T1w+contrast'`` (:data:`~vpcli.volumes.POST_CONTRAST`) is a post-contrast T1 (shares the grid of a pre-contrast T1).
         longitudinal: Two sessions (default: 30 % of cases).
         lesions: None (random: 75 % of cases have lesions), False/0 (none), an int
             (at least that many lesions, main class random), or a list of class names.
@@ -297,9 +298,9 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     if split not in ('train', 'eval'):
         raise ValueError(f'split must be "train" or "eval", got "{split}"')
     for modality in modalities or ():
-        if modality not in images.TISSUE_MEANS and modality not in ('T1w+C', 'T1w-post'):
+        if modality not in images.TISSUE_MEANS and modality != POST_CONTRAST:
             raise ValueError(f'unknown modality "{modality}" '
-                             f'(known: {", ".join(images.TISSUE_MEANS)}, T1w+C)')
+                             f'(known: {", ".join(images.TISSUE_MEANS)}, {POST_CONTRAST})')
     for name in (lesions if isinstance(lesions, (list, tuple)) else ()):
         if name not in lesion_lib.lesion_classes():
             raise ValueError(f'unknown lesion class "{name}" '
@@ -445,7 +446,7 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
                 geometry, record = sample_scan_geometry(rng, spec.modality, center, training)
                 if key is not None:
                     grid_cache[key] = (geometry, record)
-            modality_key = 'T1w+C' if spec.contrast else spec.modality
+            modality_key = POST_CONTRAST if spec.contrast else spec.modality
             use_template = (template is not None and spec.modality == 'T1w'
                             and rng.random() < template_probability)
             if use_template:
@@ -490,7 +491,7 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
             out_geometry.append(record)
 
     # lesion descriptors per session
-    infos: list[LesionInfo] = []
+    infos: list[SynthLesion] = []
     unit_ml = spacing ** 3 / 1000
     for session_index, session in enumerate(sessions):
         labels_array = label_arrays[session_index]
@@ -510,12 +511,12 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
             signal = {m: lesion_lib.SIGNAL_WORDS[s] for m, s in plan.signal.items()}
             ratios = dict(plan.signal_ratio)
             if has_contrast_pair:
-                ratios['T1w+C'] = lesion_lib.post_contrast_ratio(plan)
-                signal['T1w+C'] = lesion_lib.classify_ratio(ratios['T1w+C'])
+                ratios[POST_CONTRAST] = lesion_lib.post_contrast_ratio(plan)
+                signal[POST_CONTRAST] = lesion_lib.classify_ratio(ratios[POST_CONTRAST])
             voxel_center = np.argwhere(mask).mean(0)
             center_mm = subject.geometry.map(torch.tensor(voxel_center,
                                                           dtype=subject.geometry.tensor.dtype))
-            session_infos.append(LesionInfo(
+            session_infos.append(SynthLesion(
                 instance=plan.instance, session=session, lesion_class=plan.lesion_class,
                 parent=plan.parent, side=side, lobe=lobe, lobe_fractions=fractions,
                 territory=territory, signal=signal, signal_ratio=ratios,

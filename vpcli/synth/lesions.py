@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vpcli.library.characterization import THRESHOLDS
+from vpcli.volumes import POST_CONTRAST
 
 if TYPE_CHECKING:
     import voxel as vx
@@ -87,7 +88,7 @@ def classify_ratio(ratio: float) -> str:
 
 
 @dataclasses.dataclass
-class LesionInfo:
+class SynthLesion:
     """Ground-truth description of one lesion instance in one session.
 
     Attributes:
@@ -108,7 +109,7 @@ class LesionInfo:
         territory: Approximate arterial territory with the largest overlap (``ACA``,
             ``MCA``, ``PCA``, ``vertebrobasilar``) or None.
         signal: Modality -> ``hyperintense`` / ``hypointense`` / ``isointense``
-            (declared; post-contrast T1 is under ``T1w+C``).
+            (declared; post-contrast T1 is under :data:`~vpcli.volumes.POST_CONTRAST`).
         signal_ratio: Modality -> declared lesion/shell mean ratio.
         measured_signal_ratio: Scan name -> ratio measured on that scan after synthesis
             (None where the lesion has no voxel on the scan's grid).
@@ -486,8 +487,8 @@ _FLUID_BRIGHT = ('T2w', 'FLAIR', 'PD', 'ADC', 'GRE')
 
 
 def declared_ratio(plan: LesionPlan, modality_key: str) -> float:
-    """Declared lesion/shell ratio for a modality key (``T1w+C`` = post-contrast T1)."""
-    if modality_key == 'T1w+C':
+    """Declared lesion/shell ratio for a modality key (:data:`~vpcli.volumes.POST_CONTRAST`: post-contrast T1)."""
+    if modality_key == POST_CONTRAST:
         return post_contrast_ratio(plan)
     return plan.signal_ratio[modality_key]
 
@@ -517,7 +518,7 @@ def paint_lesions(rng: np.random.Generator, image: np.ndarray, plans: list[Lesio
     brighter after contrast; a focus brighter or darker).
     """
     image = image.copy()
-    base_modality = 'T1w' if modality_key == 'T1w+C' else modality_key
+    base_modality = 'T1w' if modality_key == POST_CONTRAST else modality_key
     order = sorted(plans, key=lambda p: p.lesion_class != 'oedema')
     for plan in order:
         mask = masks.get(plan.instance)
@@ -539,7 +540,7 @@ def paint_lesions(rng: np.random.Generator, image: np.ndarray, plans: list[Lesio
             necrotic = 1 / necrotic
         values[codes == COMPONENT_CODES['necrotic']] *= necrotic
         values[codes == COMPONENT_CODES['focus']] *= plan.component_factor['focus']
-        if modality_key == 'T1w+C' and plan.enhancing:
+        if modality_key == POST_CONTRAST and plan.enhancing:
             values[codes == COMPONENT_CODES['enhancing']] *= 1.3
         # keep the lesion mean at the target after component factors
         values *= target / max(float(values[local_mask].mean()), 1e-9)

@@ -21,7 +21,7 @@ import numpy as np
 from vpcli.tasks.categories import LOCATION_REGIONS, REGION_LOBE, TERRITORY_REGIONS, TaskPlan
 from vpcli.tasks.ontology import AnatomyTarget, LesionQuery, load_ontology, parse_target
 from vpcli.tasks.roi import matching_lesions
-from vpcli.tasks.world import POST_CONTRAST, CaseInfo, CaseRequest, LesionInfo, ScanInfo
+from vpcli.tasks.world import CaseInfo, CaseRequest, LesionInfo, ScanInfo
 
 if TYPE_CHECKING:
     from vpcli.synth.cases import SynthCase
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 #: fewest voxels (on every session's first-scan grid) for an anatomical target to be asked about
 MIN_TARGET_VOXELS = 8
-#: synth's name of a post-contrast T1w in ``modalities``
-SYNTH_POST_CONTRAST = 'T1w+C'
 
 
 def _voxel_spacing_mm(volume) -> np.ndarray:
@@ -296,8 +294,7 @@ class OracleVision:
 
 def synth_arguments(request: CaseRequest) -> dict:
     """:func:`vpcli.synth.cases.sample_case` keyword arguments for a case request."""
-    session = [SYNTH_POST_CONTRAST if m == POST_CONTRAST else m for m in request.sessions[0]]
-    return dict(modalities=session, longitudinal=len(request.sessions) > 1,
+    return dict(modalities=list(request.sessions[0]), longitudinal=len(request.sessions) > 1,
                 lesions=request.lesions if request.lesions else False,
                 contrast_pair=False, diffusion_pair=False)
 

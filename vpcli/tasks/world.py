@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol
 
-#: modality string of a post-contrast T1w scan in a :class:`CaseRequest`
-POST_CONTRAST = 'T1w+contrast'
+from vpcli.volumes import POST_CONTRAST  # noqa: F401 - the modality string of a post-contrast T1w
 
 
 @dataclasses.dataclass(frozen=True)

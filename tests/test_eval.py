@@ -304,7 +304,7 @@ def test_record_writes_manifest_evaluation_and_model_card(tiny_weights, tmp_path
 def test_real_suite_names_exist_in_the_atlases_and_the_ontology():
     """Every deep-grey structure of the real suite is a target `segment` knows and, where
     the suite says so, a label of the atlas it is scored against."""
-    from vpcli.real_suite import ATLASES, DEEP_GREY, _load_atlas
+    from vpcli.real_suite import ATLASES, DEEP_GREY, LARGE, _load_atlas
     from vpcli.tasks.ontology import load_ontology
     targets = load_ontology().targets
     for name in ATLASES:
@@ -313,6 +313,9 @@ def test_real_suite_names_exist_in_the_atlases_and_the_ontology():
             assert target in targets
             if names[name] is not None:
                 assert names[name] in atlas.names, (name, names[name])
+    neuromorphometrics = _load_atlas('neuromorphometrics')
+    for target, label in LARGE:
+        assert target in targets and label in neuromorphometrics.names, (target, label)
 
 
 def test_real_suite_atlas_masks_land_on_the_scan_grid():

@@ -192,14 +192,14 @@ def render(manifest: dict) -> str:
     real = suites.get('real')
     if real and real.get('per_scan'):
         atlases = list(real.get('references') or {})
-        lines += ['Deep grey structures on real scans (`voxelprompt eval --suite real`): our '
+        lines += ['Deep grey and large structures on real scans (`voxelprompt eval --suite real`): our '
                   'volume and Dice against each reference atlas, drawn to its own protocol '
                   '(' + '; '.join(f'{k}: {v}' for k, v in (real.get('references') or {}).items())
                   + '):', '',
                   '| scan | structure | mL | ' + ' | '.join(atlases) + ' |',
                   '|---|---|---|' + '---|' * len(atlases)]
         for scan, entry in real['per_scan'].items():
-            for structure, row in entry.get('deep_grey', {}).items():
+            for structure, row in {**entry.get('deep_grey', {}), **entry.get('large', {})}.items():
                 cells = [f'{row[a]["dice"]:.3f}' if a in row else '-' for a in atlases]
                 lines.append(f'| {scan} | {structure} | {row["volume_ml"]:.2f} | '
                              + ' | '.join(cells) + ' |')

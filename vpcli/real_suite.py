@@ -22,6 +22,9 @@ segmentation does not score 1 against them, and they are reported as drawn, not 
 The atlases are drawn in MNI space, as the two MNI templates are; they meet the scans in
 world coordinates (nearest neighbour onto the scan's grid).
 
+Large structures (cerebral and cerebellar white matter per side, lateral ventricles,
+brainstem) are scored against Neuromorphometrics alone (the others do not label them).
+
 Robustness checks (Dice of the ``whole brain`` mask between two versions of one scan):
     ``skull``          ``mni305`` with its head, against ``mni305`` stripped with the
                        brain mask of FreeSurfer's ``fsaverage`` (same MNI305 space).
@@ -59,6 +62,16 @@ DEEP_GREY = tuple(
         ('hippocampus', 'Hippocampus', 'Hippocampus', 'Hippocampus'),
         ('amygdala', 'Amygdala', 'Amygdala', 'Amygdala'),
         ('nucleus accumbens', 'Accumbens', 'Accumbens_Area', None)))
+
+#: large structures users measure, scored against Neuromorphometrics (the one atlas here
+#: that labels them the way the targets name them): (our target, its label name)
+LARGE = (('left cerebral white matter', 'Left_Cerebral_White_Matter'),
+         ('right cerebral white matter', 'Right_Cerebral_White_Matter'),
+         ('left lateral ventricle', 'Left_Lateral_Ventricle'),
+         ('right lateral ventricle', 'Right_Lateral_Ventricle'),
+         ('left cerebellar white matter', 'Left_Cerebellum_White_Matter'),
+         ('right cerebellar white matter', 'Right_Cerebellum_White_Matter'),
+         ('brainstem', 'Brain_Stem'))
 
 #: atlas -> how it was drawn (reported with its numbers)
 ATLASES = {
@@ -150,7 +163,9 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
         return volume(Mask(scan.volume.new(torch.from_numpy(mask)[None], keep_labels=False)))
 
     per_scan, deep = {}, {atlas: [] for atlas in ATLASES}
-    targets = [t for t, _ in DEEP_GREY] + ['bilateral cerebral white matter', 'whole brain']
+    targets = [t for t, _ in DEEP_GREY] + [t for t, _ in LARGE] + \
+        ['bilateral cerebral white matter', 'whole brain']
+    large = []
     with tempfile.TemporaryDirectory() as folder:
         example = write_example(Path(folder))
         scans = {'icbm2009': _scan(example['T1w']),
@@ -174,6 +189,15 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
                                        'reference_ml': round(volume_ml(reference, scan), 3)}
                     deep[atlas_name].append(score)
                 entry['deep_grey'][target] = row
+            entry['large'] = {}
+            for target, name in LARGE:
+                reference = atlases['neuromorphometrics'].mask(name, grid)
+                score = dice(made[target], reference)
+                large.append(score)
+                entry['large'][target] = {
+                    'volume_ml': round(volume_ml(made[target], scan), 3),
+                    'neuromorphometrics': {'dice': round(score, 4),
+                                           'reference_ml': round(volume_ml(reference, scan), 3)}}
             if scan_name == 'icbm2009':
                 entry['white_matter_dice'] = dice(made['bilateral cerebral white matter'],
                                                   tissue == 2)
@@ -215,6 +239,7 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
         'brain_dice': per_scan['icbm2009']['brain_dice'],
         'deep_grey_dice': float(np.mean([v for v in deep_means.values() if v is not None])),
         'deep_grey_dice_per_atlas': deep_means,
+        'large_structure_dice': float(np.mean(large)),
         'skull_agreement': robustness['skull'],
         'field_of_view_agreement': {k: robustness[k] for k in FIELD_OF_VIEW_CUTS},
     }
@@ -230,9 +255,12 @@ def headline(result: dict) -> str:
         return 'n/a' if value is None else f'{value:.3f}'
     atlases = ', '.join(f'{name} {number(v)}' for name, v in m['deep_grey_dice_per_atlas'].items())
     fov = ', '.join(f'{name} {number(v)}' for name, v in m['field_of_view_agreement'].items())
+    large = (f'; cerebral and cerebellar white matter, lateral ventricles and brainstem '
+             f'{number(m["large_structure_dice"])} (neuromorphometrics)'
+             if m.get('large_structure_dice') is not None else '')
     return (f'real: white matter Dice {number(m["white_matter_dice"])} (target >= 0.90), brain '
             f'{number(m["brain_dice"])} (>= 0.95); deep grey {number(m["deep_grey_dice"])} '
-            f'(>= 0.70; {atlases}); brain with/without skull {number(m["skull_agreement"])} '
+            f'(>= 0.70; {atlases}){large}; brain with/without skull {number(m["skull_agreement"])} '
             f'(>= 0.95), partial field of view {fov} (>= 0.95)')
 
 
@@ -240,7 +268,7 @@ def format_rows(result: dict) -> list[list[str]]:
     """Table rows: per scan and deep-grey structure, our volume and Dice per atlas."""
     rows = []
     for scan_name, entry in result['per_scan'].items():
-        for target, row in entry.get('deep_grey', {}).items():
+        for target, row in {**entry.get('deep_grey', {}), **entry.get('large', {})}.items():
             rows.append([scan_name, target, f'{row["volume_ml"]:.2f}'] + [
                 f'{row[a]["dice"]:.3f}' if a in row else '-' for a in ATLASES])
     return rows

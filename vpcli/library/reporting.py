@@ -13,7 +13,7 @@ from typing import Any
 from vpcli.errors import ProgramError
 from vpcli.library.context import FeedbackItem, OutputValue, RunContext, SavedVolume
 from vpcli.library.registry import agent_function
-from vpcli.volumes import Mask, Scan, union_sources
+from vpcli.volumes import Mask, Scan, union_sources, value_text
 
 #: longest name or unit text accepted by ``output`` / ``save``
 MAX_NAME_CHARS = 200
@@ -115,8 +115,6 @@ def feedback_text(value: Any, unit: str | None = None) -> str:
     Masks show their description, voxel count and volume in mL; scans their one-line
     description (name, modality, date, session).
     """
-    from vpcli.sandbox import value_text
-
     if isinstance(value, Mask):
         from vpcli.library.morphometry import volume as mask_volume
         count = int(value.volume.tensor.bool().sum())

@@ -13,6 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from vpcli import evaluate as ev
+from vpcli.evaluate.end_to_end import _median_with_missing
+from vpcli.evaluate.prompts import _dry_run
+from vpcli.evaluate.tasks import _draw_task, _task_line
 from vpcli.cli import app
 from vpcli.tasks.categories import Expected
 from vpcli.tasks.described import is_held_out
@@ -85,8 +88,8 @@ def test_output_errors():
     assert errors['asymmetry']['missing']                              # wrong unit
     assert errors['zero']['relative'] == pytest.approx(0.5)            # absolute when truth is 0
     assert ev.output_errors({}, expected)['volume']['missing']
-    assert ev._median_with_missing([0.1, None, None]) is None
-    assert ev._median_with_missing([0.1, 0.3, None]) == pytest.approx(0.3)
+    assert _median_with_missing([0.1, None, None]) is None
+    assert _median_with_missing([0.1, 0.3, None]) == pytest.approx(0.3)
 
 
 def test_transform_scans_keep_the_world():
@@ -142,7 +145,7 @@ def test_dry_run_scores_a_written_program_as_exact(bundle):
     from agent_corpus import SCANS, program
     from vpcli.agent.episodes import episode_from_program
     prompt = 'what is the volume of the left hippocampus?'
-    record, problem, status = ev._dry_run(bundle, prompt, SCANS[1], 0)
+    record, problem, status = _dry_run(bundle, prompt, SCANS[1], 0)
     assert status == 'ok' and problem is None and not record.refused and record.steps
     episode = episode_from_program(prompt, SCANS[1], ['img0'], program('volume', 'left hippocampus'),
                                    np.random.default_rng(0))
@@ -204,7 +207,7 @@ def test_anatomy_suite_runs_end_to_end(bundle):
         if programs == 'target':      # k* ran with the live network: a real mask was scored
             assert task['status'] == 'k* written' and task['error'] is None and task['text_match']
         json.dumps(result, allow_nan=False)
-    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation',
+    draft, world = _draw_task('anatomy', 0, 0, 'segmentation',
                                  lambda d, w: True, lambda plan: not plan.params['lesion'])
     assert world.case.split == 'eval'
 
@@ -249,7 +252,7 @@ def test_an_agent_written_program_is_run_and_its_mask_scored(bundle):
     import dataclasses
     import datetime
 
-    draft, world = ev._draw_task(
+    draft, world = _draw_task(
         'anatomy', 0, 0, 'segmentation', lambda d, w: 'left hippocampus' in w.present_targets(),
         lambda plan: not plan.params['lesion'] and len(plan.request.sessions[0]) == 1)
     draft = dataclasses.replace(draft, prompt='segment the left hippocampus',
@@ -349,7 +352,7 @@ def test_the_anatomy_scoring_ranks_a_right_mask_above_wrong_ones():
 
     from vpcli.library.context import SavedVolume
     from vpcli.volumes import Mask
-    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation',
+    draft, world = _draw_task('anatomy', 0, 0, 'segmentation',
                                  lambda d, w: 'left putamen' in w.present_targets(),
                                  lambda plan: not plan.params['lesion']
                                  and len(plan.request.sessions) == 1)
@@ -379,13 +382,13 @@ def test_a_target_program_that_fails_is_not_counted_as_written(bundle):
     """With --programs target, k* counts as written only when it ran: a run that stops on a
     failing step is a failure, not a match (it used to be counted as k* written)."""
     import dataclasses
-    draft, world = ev._draw_task('anatomy', 0, 0, 'segmentation', lambda d, w: True,
+    draft, world = _draw_task('anatomy', 0, 0, 'segmentation', lambda d, w: True,
                                  lambda plan: not plan.params['lesion'])
     good = ev.run_task(bundle, draft, world, programs='target')
     assert good.error is None and good.program_match
     broken = dataclasses.replace(draft, program=draft.program + '# step 9\nx = volume(img0)\n')
     task = ev.run_task(bundle, broken, world, programs='target')
-    assert task.error and not task.program_match and ev._task_line(task) == 'failed'
+    assert task.error and not task.program_match and _task_line(task) == 'failed'
 
 
 def test_suites_with_a_fixed_set_refuse_a_count(tiny_weights):

@@ -118,3 +118,20 @@ def test_run_participants_records_every_job_and_goes_on(dataset, tmp_path):
     assert flagged == [('sub-01', 'ses-20200101', 'left hippocampus: empty mask')]
     assert (out / 'group' / 'qc_flagged.tsv').read_text().splitlines()[1] == \
         'sub-01\tses-20200101\tleft hippocampus: empty mask'
+
+    # schema 1.2: each measurement carries the masks it was computed from, and only the
+    # measurements of a flagged mask are flagged
+    metrics['outputs'] = [
+        {'name': 'hippocampus', 'value': 0.0, 'unit': 'mL', 'sources': [], 'step': 3,
+         'masks': ['left hippocampus']},
+        {'name': 'thalamus', 'value': 7.5, 'unit': 'mL', 'sources': [], 'step': 3,
+         'masks': ['left thalamus']},
+        {'name': 'count', 'value': 2, 'unit': 'count', 'sources': [], 'step': 3, 'masks': []}]
+    metrics['volumes'] = [
+        {'description': 'left hippocampus', 'quality': {'flags': ['empty mask']}},
+        {'description': 'left thalamus', 'quality': {'flags': []}}]
+    metrics_path.write_text(json.dumps(metrics))
+    rows = gather_group(out)[0].read_text()
+    assert 'sub-01\tses-20200101\thippocampus\t0.0\tmL\t\tflagged' in rows
+    assert 'sub-01\tses-20200101\tthalamus\t7.5\tmL\t\tok' in rows
+    assert 'sub-01\tses-20200101\tcount\t2\tcount\t\tok' in rows

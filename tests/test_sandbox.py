@@ -273,3 +273,18 @@ def test_custom_limits(scans):
     sandbox = Sandbox(RunContext(scans=scans), limits=Limits(max_sequence_items=10))
     with pytest.raises(ProgramError, match='list longer than|longer than 10'):
         sandbox.run_step('n = 5\nx = [1, 2, 3] * n')
+
+
+def test_values_carry_the_masks_they_were_computed_from(sandbox):
+    """Quality control per measurement (docs/qc.md): every value knows the masks it derives
+    from, through arithmetic, builtins, f-strings and library calls."""
+    from vpcli.sandbox.values import union_masks
+    assert union_masks(('a', 'b'), ('b', 'c')) == ('a', 'b', 'c')
+    sandbox.run_step(Step(1, 'grey = select_labels(img1, 1)\nwhite = select_labels(img1, 2)\n'
+                            'a = volume(grey)\nb = volume(white)\nt = a + 2 * b\n'
+                            'output("total", t, "mL")\noutput("grey", round(a, 1), "mL")\n'
+                            'output("text", f"{a}", "")\noutput("count", 3, "count")'))
+    masks = {o.name: o.masks for o in sandbox.context.outputs}
+    grey, white = (sandbox.namespace[n].value.description for n in ('grey', 'white'))
+    assert grey != white
+    assert masks == {'total': (grey, white), 'grey': (grey,), 'text': (grey,), 'count': ()}

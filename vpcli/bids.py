@@ -302,8 +302,9 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
     and the job's QC state) and ``group/qc_flagged.tsv`` (one row per QC warning).
 
     Columns of metrics.tsv: participant_id, session_id, metric, value, unit, sources, qc
-    (``ok``, or ``flagged`` when quality control flagged anything in that job's run:
-    docs/qc.md). Returns the metrics.tsv path and the ``(participant, session, warning)``
+    (``ok``, or ``flagged`` when quality control flagged a mask the measurement was computed
+    from; for a metrics.json older than schema 1.2, when it flagged anything in the job's
+    run: docs/qc.md). Returns the metrics.tsv path and the ``(participant, session, warning)``
     rows of the flagged jobs.
     """
     buffer = io.StringIO()
@@ -322,8 +323,14 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
             raise BadInputError(f'{metrics_path}: cannot be read ({error})') from None
         warnings = metrics.get('warnings', [])
         flagged.extend((participant, session, warning) for warning in warnings)
-        state = 'flagged' if warnings else 'ok'
+        job_state = 'flagged' if warnings else 'ok'
+        flagged_masks = {v.get('description') for v in metrics.get('volumes', [])
+                         if (v.get('quality') or {}).get('flags')}
         for output in metrics.get('outputs', []):
+            # a measurement is flagged when a mask it was computed from is (schema 1.2); an
+            # older metrics.json, without outputs[].masks, gives the job's state
+            state = job_state if 'masks' not in output else \
+                'flagged' if flagged_masks & set(output['masks']) else 'ok'
             for name, value in _flatten(output['name'], output['value']):
                 sources = [s.get('name', '') if isinstance(s, dict) else str(s)
                            for s in output.get('sources', [])]

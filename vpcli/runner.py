@@ -35,7 +35,7 @@ from vpcli.sandbox import (Sandbox, Step, StepRecord, format_program, normalize_
 from vpcli.volumes import Mask, Scan, SourceRef, current_umask, json_ready
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
-SCHEMA_VERSION = '1.1'
+SCHEMA_VERSION = '1.2'
 TOOL_NAME = 'voxelprompt'
 METRICS_FILE = 'metrics.json'
 SCRIPT_FILE = 'script.py'
@@ -410,7 +410,8 @@ class ProgramRun:
             'prompt': settings.prompt,
             'inputs': [describe_input(scan) for scan in self.scans],
             'outputs': [{'name': o.name, 'value': json_ready(o.value), 'unit': o.unit,
-                         'sources': _sources_json(o.sources), 'step': o.step + 1 + offset}
+                         'sources': _sources_json(o.sources), 'masks': list(o.masks),
+                         'step': o.step + 1 + offset}
                         for o in self.context.outputs],
             'answer': '\n'.join(self.context.answers) if self.context.answers else None,
             'answers': list(self.context.answers),

@@ -22,6 +22,8 @@ class OutputValue:
     unit: str
     sources: tuple[SourceRef, ...]
     step: int
+    #: descriptions of the masks the value was computed from
+    masks: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass
@@ -55,6 +57,8 @@ class RunContext:
             from its data-flow tracking before each context call).
         call_units: Units of the arguments of the call being made, where known (set by
             the sandbox alongside ``call_sources``).
+        call_masks: Descriptions of the masks the arguments of the call being made were
+            computed from (set by the sandbox alongside ``call_sources``).
         step: Index of the step being run (0-based).
         vision: The loaded vision network, or None when the run has none.
         device: Torch device name the run computes on.
@@ -66,6 +70,7 @@ class RunContext:
     feedback: list[FeedbackItem] = dataclasses.field(default_factory=list)
     call_sources: tuple[SourceRef, ...] = ()
     call_units: tuple = ()
+    call_masks: tuple[str, ...] = ()
     step: int = 0
     vision: Any = None
     device: str = 'cpu'

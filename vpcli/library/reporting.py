@@ -62,7 +62,8 @@ def output(context: RunContext, name: str, value, unit: str) -> None:
         raise ProgramError(f'output "{name}": value must be a number, a tuple of numbers or text, '
                            f'not {type(value).__name__}')
     context.outputs.append(OutputValue(name=name, value=value, unit=unit,
-                                       sources=tuple(context.call_sources), step=context.step))
+                                       sources=tuple(context.call_sources), step=context.step,
+                                       masks=tuple(context.call_masks)))
 
 
 @agent_function('reporting', returns='None')

@@ -16,8 +16,8 @@ from vpcli.sandbox.operators import _binary, _compare, _truth, _type_name, _unar
 from vpcli.sandbox.safe_builtins import SAFE_BUILTINS, _UNIT_KEEPING_BUILTINS
 from vpcli.sandbox.steps import Step, StepRecord, normalize_code
 from vpcli.sandbox.validation import _signed_number, validate_program, validate_step
-from vpcli.sandbox.values import (Tracked, _LimitError, _NUMBER, _StepTimeout, _intrinsic_sources,
-                                  _unit_of)
+from vpcli.sandbox.values import (Tracked, _LimitError, _NUMBER, _StepTimeout, _intrinsic_masks,
+                                  _intrinsic_sources, _unit_of, union_masks)
 from vpcli.volumes import Mask, Scan, union_sources, value_text
 
 
@@ -179,9 +179,11 @@ class Sandbox:
             items = [self._eval(element) for element in node.elts]
             values = [item.value for item in items]
             value = values if isinstance(node, ast.List) else tuple(values)
-            plain = all(not i.sources and i.unit is None and i.items is None for i in items)
+            plain = all(not i.sources and i.unit is None and i.items is None and not i.masks
+                        for i in items)
             return Tracked(value, union_sources(*(i.sources for i in items)),
-                           items=None if plain else tuple(items))
+                           items=None if plain else tuple(items),
+                           masks=union_masks(*(i.masks for i in items)))
         if isinstance(node, ast.BinOp):
             return self._arith(type(node.op), self._eval(node.left), self._eval(node.right))
         if isinstance(node, ast.UnaryOp):
@@ -191,22 +193,26 @@ class Sandbox:
             except TypeError as error:
                 raise self._fail(str(error)) from None
             return Tracked(result, operand.sources,
-                           None if isinstance(node.op, ast.Not) else operand.unit)
+                           None if isinstance(node.op, ast.Not) else operand.unit,
+                           masks=operand.masks)
         if isinstance(node, ast.BoolOp):
-            seen = []
+            seen, masks = [], []
             for part in node.values:
                 current = self._eval(part)
                 seen.append(current.sources)
+                masks.append(current.masks)
                 if _truth(current.value) == isinstance(node.op, ast.Or):
                     break
-            return Tracked(current.value, union_sources(*seen), current.unit)
+            return Tracked(current.value, union_sources(*seen), current.unit,
+                           masks=union_masks(*masks))
         if isinstance(node, ast.Compare):
             left = self._eval(node.left)
-            sources = [left.sources]
+            sources, masks = [left.sources], [left.masks]
             result = True
             for op, comparator in zip(node.ops, node.comparators):
                 right = self._eval(comparator)
                 sources.append(right.sources)
+                masks.append(right.masks)
                 try:
                     result = _compare(op, left.value, right.value)
                 except TypeError as error:
@@ -214,11 +220,12 @@ class Sandbox:
                 if not result:
                     break
                 left = right
-            return Tracked(result, union_sources(*sources))
+            return Tracked(result, union_sources(*sources), masks=union_masks(*masks))
         if isinstance(node, ast.IfExp):
             test = self._eval(node.test)
             chosen = self._eval(node.body if _truth(test.value) else node.orelse)
-            return dataclasses.replace(chosen, sources=union_sources(test.sources, chosen.sources))
+            return dataclasses.replace(chosen, sources=union_sources(test.sources, chosen.sources),
+                                       masks=union_masks(test.masks, chosen.masks))
         if isinstance(node, ast.Call):
             return self._call(node)
         if isinstance(node, ast.Attribute):
@@ -226,7 +233,7 @@ class Sandbox:
             if not isinstance(owner.value, Scan):
                 raise self._fail(f"'.{node.attr}' is only available on input scans, not on "
                                  f"{_type_name(owner.value)}")
-            return Tracked(getattr(owner.value, node.attr), owner.sources)
+            return Tracked(getattr(owner.value, node.attr), owner.sources, masks=owner.masks)
         if isinstance(node, ast.Subscript):
             container, index = self._eval(node.value), self._eval(node.slice)
             if not isinstance(container.value, (list, tuple)):
@@ -238,7 +245,8 @@ class Sandbox:
                 raise self._fail(f'index {index.value} out of range for {len(container.value)} '
                                  f'items')
             item = container.item(index.value)
-            return dataclasses.replace(item, sources=union_sources(item.sources, index.sources))
+            return dataclasses.replace(item, sources=union_sources(item.sources, index.sources),
+                                       masks=union_masks(item.masks, index.masks))
         if isinstance(node, ast.JoinedStr):
             return self._fstring(node)
         raise self._fail(f'{type(node).__name__} is not allowed')  # unreachable after validation
@@ -254,10 +262,11 @@ class Sandbox:
         if op in (ast.Mult, ast.Div) and (left.unit is None) != (right.unit is None) \
                 and isinstance(left.value, _NUMBER) and isinstance(right.value, _NUMBER):
             unit = left.unit or right.unit if op is ast.Mult or right.unit is None else None
-        return Tracked(result, union_sources(left.sources, right.sources), unit)
+        return Tracked(result, union_sources(left.sources, right.sources), unit,
+                       masks=union_masks(left.masks, right.masks))
 
     def _fstring(self, node: ast.JoinedStr) -> Tracked:
-        pieces, sources = [], []
+        pieces, sources, masks = [], [], []
         length = 0
         for part in node.values:
             if isinstance(part, ast.Constant):
@@ -265,6 +274,7 @@ class Sandbox:
             else:
                 value = self._eval(part.value)
                 sources.append(value.sources)
+                masks.append(value.masks)
                 spec = ''.join(p.value for p in part.format_spec.values) \
                     if part.format_spec is not None else ''
                 text = self._format(value.value, spec)
@@ -273,7 +283,7 @@ class Sandbox:
                 raise self._fail(f'too large: text longer than {self.limits.max_string_chars} '
                                  f'characters')
             pieces.append(text)
-        return Tracked(''.join(pieces), union_sources(*sources))
+        return Tracked(''.join(pieces), union_sources(*sources), masks=union_masks(*masks))
 
     def _format(self, value: Any, spec: str) -> str:
         if not spec:
@@ -293,6 +303,8 @@ class Sandbox:
         everything = arguments + list(keywords.values())
         sources = union_sources(*(a.sources for a in everything),
                                 *(_intrinsic_sources(a.value) for a in everything))
+        masks = union_masks(*(a.masks for a in everything),
+                            *(_intrinsic_masks(a.value) for a in everything))
         values = [a.value for a in arguments]
         keyword_values = {k: v.value for k, v in keywords.items()}
         self._line = node.lineno
@@ -302,12 +314,13 @@ class Sandbox:
             except (TypeError, ValueError, ArithmeticError) as error:
                 raise self._fail(f'{name}(): {error}') from None
             unit = arguments[0].unit if arguments and name in _UNIT_KEEPING_BUILTINS else None
-            return Tracked(result, sources, unit)
+            return Tracked(result, sources, unit, masks=masks)
 
         entry = self.functions[name]
         try:
             if entry.needs_context:
                 self.context.call_sources = sources
+                self.context.call_masks = masks
                 # units of the arguments, in order, for `read` (see docs/programs.md)
                 self.context.call_units = tuple(a.unit for a in everything)
                 result = entry.func(self.context, *values, **keyword_values)
@@ -324,9 +337,10 @@ class Sandbox:
         finally:
             if entry.needs_context:
                 self.context.call_sources = ()
+                self.context.call_masks = ()
         self._check_time()
         return Tracked(result, union_sources(sources, _intrinsic_sources(result)),
-                       _unit_of(entry.returns))
+                       _unit_of(entry.returns), masks=masks)
 
 
 def _raise_timeout(signum, frame) -> None:

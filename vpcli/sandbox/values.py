@@ -15,24 +15,27 @@ from vpcli.volumes import Mask, Scan, SourceRef
 
 @dataclasses.dataclass(frozen=True)
 class Tracked:
-    """A program value with the input scans it derives from.
+    """A program value with the input scans and the masks it derives from.
 
     Attributes:
         value: The Python value.
         sources: Input scans it was computed from.
         unit: Its unit when known (from the library function that returned it).
         items: Per-item tracking for lists/tuples whose items differ in sources.
+        masks: Descriptions of the masks it was computed from (for quality control of
+            each measurement, docs/qc.md).
     """
     value: Any
     sources: tuple[SourceRef, ...] = ()
     unit: str | None = None
     items: tuple['Tracked', ...] | None = None
+    masks: tuple[str, ...] = ()
 
     def item(self, index: int) -> 'Tracked':
         """Tracking of one item of a list/tuple value."""
         if self.items is not None:
             return self.items[index]
-        return Tracked(self.value[index], self.sources)
+        return Tracked(self.value[index], self.sources, masks=self.masks)
 
 
 _NUMBER = (int, float)
@@ -44,6 +47,20 @@ def _intrinsic_sources(value: Any) -> tuple[SourceRef, ...]:
     if isinstance(value, (Scan, Mask)):
         return tuple(value.sources)
     return tuple(getattr(value, 'sources', ()) or ()) if hasattr(value, 'to_feedback') else ()
+
+
+def _intrinsic_masks(value: Any) -> tuple[str, ...]:
+    """The description of a mask value (or of each mask of a per-session tuple)."""
+    if isinstance(value, Mask):
+        return (value.description,)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, Mask) for v in value[:16]):
+        return union_masks(*((v.description,) for v in value[:16]))
+    return ()
+
+
+def union_masks(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """Mask descriptions of several values, each once, in first-seen order."""
+    return tuple(dict.fromkeys(m for group in groups for m in group))
 
 
 def _unit_of(returns: str) -> str | None:

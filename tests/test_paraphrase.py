@@ -32,14 +32,14 @@ def test_paraphrases_serve_every_variant_the_templates_serve(category):
 
 
 def test_held_out_families_never_reach_training():
-    """'light up' is written only by a held-out enhancement family."""
+    """'does the contrast make' is written only by a held-out enhancement family."""
     from vpcli.agent.corpus import sample_episodes
     train = sample_episodes(np.random.default_rng(2), 150, category='enhancement',
                             paraphrase_fraction=1.0)
     held_out = sample_episodes(np.random.default_rng(2), 150, split='eval', category='enhancement',
                                paraphrase_fraction=1.0)
-    assert not any('light up' in e.prompt.lower() for e in train)
-    assert any('light up' in e.prompt.lower() for e in held_out)
+    assert not any('the contrast make' in e.prompt.lower() for e in train)
+    assert any('the contrast make' in e.prompt.lower() for e in held_out)
 
 
 def test_the_gate_lets_every_paraphrase_through():

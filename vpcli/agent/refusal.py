@@ -60,7 +60,8 @@ _INJECTION_PATTERNS = [
     r'guidelines?|guidance|prompts?|polic(y|ies)|safety|sandbox|constraints?|above|previous)\b',
     r'\b(system prompt|developer mode|jailbreak|dan mode|you are now|act as|pretend (to be|you)|'
     r'role-?play|new instructions|hidden instructions|admin mode|sudo mode|no restrictions)\b',
-    r'(^|\s)(system|assistant|user)\s*:', r'<\s*/?\s*(system|instructions?|im_start|im_end)\s*>',
+    # a role marker opens the prompt or a sentence ('ventricular system: volume?' is anatomy)
+    r'(^|[.!?;]\s*)(system|assistant|user)\s*:', r'<\s*/?\s*(system|instructions?|im_start|im_end)\s*>',
     r'\[(inst|system)\]',
 ]
 

@@ -130,6 +130,26 @@ def test_export_writes_a_verified_loadable_weights_folder(straight, tmp_path):
         load_bundle(tmp_path / 'weights')
 
 
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_compact_state_is_smaller_and_resumes_as_a_warm_restart(straight, tmp_path):
+    """The committed training state: fp16 weights, no optimizer moments."""
+    full, compact = tmp_path / 'full.pt', tmp_path / 'compact.pt'
+    straight.save(full)
+    straight.save(compact, compact=True)
+    assert compact.stat().st_size < 0.5 * full.stat().st_size
+    saved = torch.load(compact, map_location='cpu', weights_only=False)
+    assert 'agent_optimizer' not in saved
+    assert all(v.dtype == torch.float16 for v in saved['agent']['state'].values()
+               if v.is_floating_point())
+    resumed = JointTrainer.resume(compact, recipe=RECIPE)
+    assert resumed.step == straight.step
+    one, two = _weights(straight), _weights(resumed)
+    assert all(torch.allclose(one[k].float(), two[k].float(), rtol=1e-2, atol=1e-3) for k in one)
+    resumed.train(RECIPE.steps + 1, log=lambda line: None)  # trains on from fresh moments
+    assert resumed.step == RECIPE.steps + 1
+
+
 def test_recipe_files_are_checked(tmp_path):
     bad = tmp_path / 'bad.toml'
     bad.write_text('name = "x"\nlearning_rat = 1\n')

@@ -356,8 +356,9 @@ class JointTrainer:
         vision = VisionNetwork(VisionConfig.from_dict(checkpoint['vision']['config']))
         vision.load_state_dict(checkpoint['vision']['state'], strict=True)
         trainer = cls(saved, tokenizer, agent, vision, device)
-        trainer.agent_optimizer.load_state_dict(checkpoint['agent_optimizer'])
-        trainer.vision_optimizer.load_state_dict(checkpoint['vision_optimizer'])
+        if 'agent_optimizer' in checkpoint:  # a compact state has none: a warm restart
+            trainer.agent_optimizer.load_state_dict(checkpoint['agent_optimizer'])
+            trainer.vision_optimizer.load_state_dict(checkpoint['vision_optimizer'])
         torch.set_rng_state(checkpoint['torch_rng'])
         trainer.step = checkpoint['step']
         trainer.history = list(checkpoint['history'])
@@ -367,19 +368,33 @@ class JointTrainer:
         return trainer
 
     # ----- checkpoints ----------------------------------------------------------------
-    def save(self, path: Path | str) -> None:
-        """Write the resumable checkpoint atomically."""
+    def save(self, path: Path | str, compact: bool = False) -> None:
+        """Write the resumable checkpoint atomically.
+
+        ``compact``: the state that is committed (``weights/train-state/``): the language
+        model, its φ anchor and the vision network in fp16, without optimizer moments
+        (about a quarter of the bytes). Resuming from it is a warm restart: fresh moments,
+        weights rounded to fp16.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+
+        def weights(tensors: dict) -> dict:
+            return {k: v.detach().cpu().half() if compact and v.is_floating_point() else v
+                    for k, v in tensors.items()}
+        agent = self.agent.checkpoint(self.tokenizer.model_bytes)
+        agent['state'] = weights(agent['state'])
         state = {'recipe': dataclasses.asdict(self.recipe), 'step': self.step,
-                 'agent': self.agent.checkpoint(self.tokenizer.model_bytes),
+                 'agent': agent,
                  'vision': {'config': self.vision.config.to_dict(),
-                            'state': self.vision.state_dict()},
-                 'agent_optimizer': self.agent_optimizer.state_dict(),
-                 'vision_optimizer': self.vision_optimizer.state_dict(),
+                            'state': weights(self.vision.state_dict())},
                  'torch_rng': torch.get_rng_state(), 'history': self.history,
                  'recipe_changes': self.recipe_changes,
-                 'phi_teacher': None if self.phi_teacher is None else self.phi_teacher.state_dict()}
+                 'phi_teacher': None if self.phi_teacher is None
+                 else weights(self.phi_teacher.state_dict())}
+        if not compact:
+            state['agent_optimizer'] = self.agent_optimizer.state_dict()
+            state['vision_optimizer'] = self.vision_optimizer.state_dict()
         temporary = path.with_name(path.name + '.tmp')
         torch.save(state, temporary)
         temporary.replace(path)

@@ -80,7 +80,9 @@ def train(
         except ValueError:
             shown = str(recipe_path)
         trainer.export(export, recipe_path=shown)
-        log(f'weights written to {export}')
+        state = Path(export) / 'train-state' / f'{the_recipe.name}-checkpoint.pt'
+        trainer.save(state, compact=True)
+        log(f'weights written to {export} (compact training state {state})')
 
 
 def _run_setup(recipe, threads: Optional[int], device: str, output: Path,

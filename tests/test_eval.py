@@ -399,3 +399,18 @@ def test_suites_with_a_fixed_set_refuse_a_count(tiny_weights):
         result = runner.invoke(app, ['eval', '--suite', suite, '--count', '3', '--quiet',
                                      '--weights', str(tiny_weights), '--device', 'cpu'])
         assert result.exit_code == 3 and '--count 3' in result.output, result.output
+
+
+@pytest.mark.slow
+def test_paraphrases_suite_scores_every_category_by_result(bundle):
+    result = ev.evaluate('paraphrases', bundle, count=1, seed=2)
+    per = result['per_category']
+    assert list(per) == list(CATEGORIES)
+    m = result['metrics']
+    assert m['prompts'] == 17 and 0.0 <= m['task_correct'] <= 1.0
+    assert m['missed_refused'] == m['refused_by_gate'] + m['refused_by_model']
+    misses = sum(m[f'missed_{k}'] for k in ('refused', 'target', 'scan', 'measurement', 'other',
+                                            'rejected', 'error'))
+    assert round(m['task_correct'] * 17) + misses == 17
+    assert m['refused_by_gate'] == 0  # the gate lets every in-scope paraphrase through
+    assert ev.headline(result).startswith('paraphrases: task-correct')

@@ -126,6 +126,7 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
         miss), ``per_category`` and up to 40 ``examples`` of misses.
     """
     from vpcli.agent.corpus import task_episode
+    from vpcli.agent.refusal import MODEL_REFUSAL
     from vpcli.agent.run import dry_run
     from vpcli.tasks.described import draw_described
     from vpcli.tasks.templates import CATEGORIES
@@ -151,6 +152,7 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
                 miss, detail = 'rejected' if status == 'rejected' else 'error', problem
             elif record.refused:
                 miss, detail = 'refused', record.refusal_reason
+                counts['refused_by_model' if detail == MODEL_REFUSAL else 'refused_by_gate'] += 1
             else:
                 written = [s.model_text for s in record.steps]
                 mine, theirs = result_signature(written), result_signature(episode.steps)
@@ -176,6 +178,8 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
     metrics = {'task_correct': fraction(totals['correct'], totals['n']),
                'over_refusal': fraction(totals['refused'], totals['n']),
                'exact': fraction(totals['exact'], totals['n']), 'prompts': totals['n'],
+               'refused_by_gate': totals['refused_by_gate'],
+               'refused_by_model': totals['refused_by_model'],
                **{f'missed_{key}': totals[key] for key in ('refused', 'target', 'scan', 'measurement',
                                                           'other', 'rejected', 'error')}}
     return {'suite': 'paraphrases', 'count': count, 'seed': seed, 'metrics': metrics,
@@ -189,7 +193,8 @@ def headline(result: dict) -> str:
     def percent(value):
         return 'n/a' if value is None else f'{100 * value:.1f} %'
     return (f'paraphrases: task-correct {percent(m["task_correct"])} of {m["prompts"]} held-out '
-            f'paraphrases (target >= 95 %), over-refusal {percent(m["over_refusal"])} (target <= 1 %); '
+            f'paraphrases (target >= 95 %), over-refusal {percent(m["over_refusal"])} (target <= 1 %; '
+            f'{m.get("refused_by_gate", 0)} by the gate, {m.get("refused_by_model", 0)} by the model); '
             f'exact program text {percent(m["exact"])}')
 
 

@@ -122,12 +122,17 @@ def test_dense_loss_rewards_the_right_labels_and_unions(composites):
     assert right['ce'] < wrong['ce']
 
 
-def test_composite_dice_equals_the_dice_of_the_union(composites):
+def _random_case(seed: int):
+    """``(classes, labels, logits, lesions)``: random labels and logits on a 5^3 grid, no lesion."""
     classes = 1 + len(LABELS)
-    generator = torch.Generator().manual_seed(3)
+    generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)
     logits = torch.randn(1, classes + len(LESIONS), 5, 5, 5, generator=generator)
-    lesions = torch.zeros(1, len(LESIONS), 5, 5, 5)
+    return classes, labels, logits, torch.zeros(1, len(LESIONS), 5, 5, 5)
+
+
+def test_composite_dice_equals_the_dice_of_the_union(composites):
+    classes, labels, logits, lesions = _random_case(3)
     _, parts = dense_loss(logits, labels, lesions, composites)
     probabilities = logits[:, :classes].softmax(1)
     dices = []
@@ -286,11 +291,7 @@ def test_averaged_checkpoints_export_their_mean_and_record_it(tmp_path):
 
 
 def test_partition_dice_weight_scales_only_the_partition_dice(composites):
-    classes = 1 + len(LABELS)
-    generator = torch.Generator().manual_seed(4)
-    labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)
-    logits = torch.randn(1, classes + len(LESIONS), 5, 5, 5, generator=generator)
-    lesions = torch.zeros(1, len(LESIONS), 5, 5, 5)
+    _, labels, logits, lesions = _random_case(4)
     full, parts = dense_loss(logits, labels, lesions, composites)
     without, _ = dense_loss(logits, labels, lesions, composites, partition_dice_weight=0.0)
     assert float(full - without) == pytest.approx(1 - parts['dice'], abs=1e-5)

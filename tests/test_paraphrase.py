@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vpcli.agent.refusal import MODEL_REFUSAL, gate_decision, gate_reason, refusal_message
-from vpcli.paraphrase_suite import diagnose, result_signature
+from vpcli.evaluate.paraphrases import diagnose, result_signature
 from vpcli.tasks.described import draw_described
 from vpcli.tasks.paraphrase import (families, load_paraphrases, shorthand, shorthand_words,
                                     surface)

@@ -21,7 +21,7 @@ from vpcli.tasks.ontology import LesionQuery, lesion_canonical, load_ontology, p
 from vpcli.tasks.roi import lesion_description, matching_lesions, shared_slots
 from vpcli.tasks.sampler import plan_task, write_task
 from vpcli.tasks.templates import CATEGORIES, load_templates
-from vpcli.tasks.world import POST_CONTRAST, CaseInfo, LesionInfo, ScanInfo
+from vpcli.tasks.world import CaseInfo, LesionInfo
 
 #: every runtime binding a template may use, with a stand-in value
 BINDINGS = {'roi': 'the ROI', 'roi_bare': 'ROI', 'roi2': 'the REF', 'roi2_bare': 'REF',

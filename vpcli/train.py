@@ -43,6 +43,7 @@ import torch
 
 from vpcli.errors import BadInputError, VoxelPromptError
 from vpcli.synth.sources import SOURCE_RECORDS
+from vpcli.weights import half_state
 
 #: the resumable checkpoint inside a run folder
 CHECKPOINT_FILE = 'checkpoint.pt'
@@ -380,8 +381,7 @@ class JointTrainer:
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def weights(tensors: dict) -> dict:
-            return {k: v.detach().cpu().half() if compact and v.is_floating_point() else v
-                    for k, v in tensors.items()}
+            return half_state(tensors) if compact else tensors
         agent = self.agent.checkpoint(self.tokenizer.model_bytes)
         agent['state'] = weights(agent['state'])
         state = {'recipe': dataclasses.asdict(self.recipe), 'step': self.step,

@@ -46,6 +46,13 @@ def read_manifest(folder: Path | str) -> dict | None:
     return manifest
 
 
+def half_state(tensors: dict) -> dict:
+    """A state dict on the CPU with its floating-point tensors in fp16 (what compact
+    training states and shipped vision weights store; they load back into fp32)."""
+    return {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+            for k, v in tensors.items()}
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file."""
     digest = hashlib.sha256()

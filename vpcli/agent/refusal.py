@@ -135,12 +135,12 @@ class GateDecision:
     matched: str = ''
 
 
-#: what a user can do about each kind of refusal (one clause of the error line)
 #: the answer of every refused run
 REFUSAL_ANSWER = ('This request is outside what voxelprompt does: it analyses the given brain '
                   'scans with its function library and does nothing else. No program was run.')
 _NAMES_NOTHING = 'it names no brain structure, lesion, modality or imaging term'
 MODEL_REFUSAL = 'the model judged the prompt out of scope'
+#: what a user can do about each kind of refusal (one clause of the error line)
 _HINTS = {
     'prompt-injection text': 'ask only for an analysis of the scans',
     _NAMES_NOTHING: 'name what to analyse, e.g. "volume of the left hippocampus"',

@@ -25,8 +25,8 @@ The scan suites take ``programs='agent'`` (the model writes the program: the pro
 Modules: ``common`` (counts, seeds, means, Dice, program comparison), ``prompts`` (and the
 refusal suite), ``tasks`` (one task run end to end on a synthesised case), ``segmentation``
 (anatomy, lesions), ``characterization``, ``end_to_end``, ``consistency``, ``example``,
-``report`` (headlines and tables); the ``real`` and ``paraphrases`` suites are
-:mod:`vpcli.real_suite` and :mod:`vpcli.paraphrase_suite`.
+``paraphrases``, ``report`` (headlines and tables); the ``real`` suite is
+:mod:`vpcli.real_suite`.
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ from vpcli.evaluate.common import (CONSISTENCY_VARIANTS, DEFAULT_COUNTS, Progres
 from vpcli.evaluate.consistency import consistency_suite, transform_scans
 from vpcli.evaluate.end_to_end import end_to_end_suite, output_errors
 from vpcli.evaluate.example import EXAMPLE_PROMPTS, example_suite
+from vpcli.evaluate.paraphrases import paraphrases_suite
 from vpcli.evaluate.prompts import prompts_suite, refusal_report
 from vpcli.evaluate.report import format_result, headline
 from vpcli.evaluate.segmentation import anatomy_suite, lesions_suite
 from vpcli.evaluate.tasks import TaskRun, _check_programs, run_task, score_masks
 from vpcli.metrics import dice
-from vpcli.paraphrase_suite import paraphrases_suite
 from vpcli.real_suite import real_suite
 from vpcli.volumes import json_ready
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from vpcli.evaluate.common import CONSISTENCY_VARIANTS, _number, _percent
 from vpcli.evaluate.example import EXAMPLE_PROMPTS
-from vpcli.paraphrase_suite import (ROW_HEADER as PARAPHRASE_HEADER,
+from vpcli.evaluate.paraphrases import (ROW_HEADER as PARAPHRASE_HEADER,
                                     format_rows as paraphrase_rows,
                                     headline as paraphrase_headline)
 from vpcli.real_suite import (ATLASES as REAL_ATLASES, format_rows as real_rows,

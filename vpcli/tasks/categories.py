@@ -22,7 +22,8 @@ from vpcli.tasks.program import Name, Program, call
 from vpcli.tasks.roi import (RoiPhrase, anatomy_phrase, lesion_description, lesion_phrase,
                              modality_words, shared_slots)
 from vpcli.tasks.templates import CATEGORIES, load_templates
-from vpcli.tasks.world import POST_CONTRAST, CaseInfo, CaseRequest, LesionInfo, ScanInfo
+from vpcli.tasks.world import CaseInfo, CaseRequest, LesionInfo, ScanInfo
+from vpcli.volumes import POST_CONTRAST
 
 MRI_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'PD', 'GRE')
 

@@ -21,7 +21,8 @@ import numpy as np
 from vpcli.tasks.categories import Unwritable
 from vpcli.tasks.ontology import load_ontology
 from vpcli.tasks.sampler import plan_task, write_task
-from vpcli.tasks.world import POST_CONTRAST, CaseInfo, LesionInfo, ScanInfo
+from vpcli.tasks.world import CaseInfo, LesionInfo, ScanInfo
+from vpcli.volumes import POST_CONTRAST
 
 #: one prompt text in this many is held out of training
 HELD_OUT_MODULUS = 50

@@ -23,10 +23,10 @@ import numpy as np
 
 from vpcli.tasks.grammar import expand
 from vpcli.tasks.ontology import DATA_DIR
+from vpcli.tasks.templates import CATEGORIES, FILTERS as _FILTERS, filters_fit
 
 PARAPHRASES = DATA_DIR / 'paraphrases.toml'
 SPLITS = ('train', 'eval')
-_FILTERS = ('variant', 'axis', 'direction', 'modality')
 
 #: chances of each surface change (independent draws per prompt)
 SHORTHAND_PROBABILITY = 0.35
@@ -57,10 +57,8 @@ class Family:
     split: str
 
     def fits(self, **task: str | None) -> bool:
-        """True when every filter equals the task's value (as :meth:`Template.fits`)."""
-        filters = dict(self.filters)
-        filters.setdefault('variant', 'basic')
-        return all(task.get(name) == value for name, value in filters.items())
+        """True when every filter equals the task's value (:func:`filters_fit`)."""
+        return filters_fit(self.filters, task)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +72,6 @@ class Paraphrases:
 @functools.lru_cache(maxsize=1)
 def load_paraphrases() -> Paraphrases:
     """Read ``data/paraphrases.toml`` (checked: known categories, filters and splits)."""
-    from vpcli.tasks.templates import CATEGORIES
     with open(PARAPHRASES, 'rb') as file:
         raw = tomllib.load(file)
     families, seen = [], set()

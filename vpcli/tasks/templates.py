@@ -39,14 +39,18 @@ class Template:
     index: int
 
     def fits(self, **task: str | None) -> bool:
-        """True when every filter of the template equals the task's value.
+        """True when every filter of the template equals the task's value
+        (:func:`filters_fit`)."""
+        return filters_fit(self.filters, task)
 
-        A template without a ``variant`` filter serves the ``basic`` variant only, so a
-        variant's prompts always ask for what its program computes.
-        """
-        filters = dict(self.filters)
-        filters.setdefault('variant', 'basic')
-        return all(task.get(name) == value for name, value in filters.items())
+
+def filters_fit(filters: tuple[tuple[str, str], ...], task: dict) -> bool:
+    """True when every filter equals the task's value. A template (or paraphrase family)
+    without a ``variant`` filter serves the ``basic`` variant only, so a variant's prompts
+    always ask for what its program computes."""
+    wanted = dict(filters)
+    wanted.setdefault('variant', 'basic')
+    return all(task.get(name) == value for name, value in wanted.items())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Protocol
 
-from vpcli.volumes import POST_CONTRAST  # noqa: F401 - the modality string of a post-contrast T1w
-
 
 @dataclasses.dataclass(frozen=True)
 class CaseRequest:
@@ -22,7 +20,7 @@ class CaseRequest:
 
     Attributes:
         sessions: Modalities per session, in scan order (``(('T1w', 'FLAIR'),)``;
-            :data:`POST_CONTRAST` for a post-contrast T1w, which then shares the grid of
+            :data:`~vpcli.volumes.POST_CONTRAST` for a post-contrast T1w, which then shares the grid of
             the session's pre-contrast T1w, and a DWI/ADC pair shares one grid too).
         lesions: Number of lesions to synthesise (0 for none).
         change: Longitudinal change between sessions: ``growth``, ``shrinkage`` (lesions),

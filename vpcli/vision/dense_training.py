@@ -35,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from vpcli.errors import BadInputError
+from vpcli.weights import MANIFEST, half_state, sha256_file
 
 
 @dataclasses.dataclass
@@ -56,8 +57,8 @@ class DenseRecipe:
         weight_decay: AdamW weight decay.
         composite_weight: Weight of the composite-target Dice.
         partition_dice_weight: Weight of the soft Dice over the finest partition (beside its
-            cross-entropy, weight 1). Soft Dice over-segments small, uncertain structures
-            (docs/vision.md: volume bias); cross-entropy does not.
+            cross-entropy, weight 1). Soft Dice can over-segment small, uncertain structures;
+            cross-entropy does not (docs/training.md gives the measurement).
         lesion_weight: Weight of the lesion terms.
         lesion_probability: Share of samples with lesions.
         checkpoint_every: Steps between checkpoints.
@@ -305,8 +306,8 @@ class DenseTrainer:
         """Write a checkpoint atomically; ``compact``: fp16 weights only (what is committed)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: (v.detach().cpu().half() if compact and v.is_floating_point() else v.detach().cpu())
-                 for k, v in self.network.state_dict().items()}
+        state = self.network.state_dict()
+        state = half_state(state) if compact else {k: v.detach().cpu() for k, v in state.items()}
         data = {'recipe': dataclasses.asdict(self.recipe), 'config': self.network.config.to_dict(),
                 'state': state, 'step': self.step, 'seconds': self.seconds,
                 'synthesis_seconds': self.synthesis_seconds, 'recipe_changes': self.recipe_changes,
@@ -399,15 +400,13 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     from vpcli import model_card
     from vpcli.synth.sources import SOURCE_RECORDS
     from vpcli.volumes import write_text_atomic
-    from vpcli.weights import MANIFEST, sha256_file
 
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     vision_path = folder / 'vision.pt'
     network = trainer.network
-    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-             for k, v in network.state_dict().items()}
+    state = half_state(network.state_dict())
     temporary = vision_path.with_name('.vision.pt.tmp')
     torch.save({'config': network.config.to_dict(), 'state': state}, temporary)
     os.replace(temporary, vision_path)

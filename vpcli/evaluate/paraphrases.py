@@ -20,13 +20,13 @@ under-refusal is measured by the refusal suite of ``--suite prompts``.
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from typing import Callable, Sequence
 
-import numpy as np
+from vpcli.evaluate.common import _fraction, _normalise, _rng
+from vpcli.evaluate.prompts import _dry_run
 
-#: second entry of the suite's generator seeds (first: --seed; third: the category's index)
-STREAM = 9007
 #: the calls whose arguments are a program's results
 SINKS = {'output': (1, 2), 'answer': (0,), 'save': (0,)}
 
@@ -97,8 +97,6 @@ def diagnose(written: Sequence[str], target: Sequence[str]) -> str:
     """Why two signatures differ, coarsest first: ``measurement`` (other functions or
     results: the wrong task), ``target`` (other segmented targets), ``scan`` (other
     images), else ``other`` (arguments such as an axis or a unit)."""
-    import re
-
     def segments(signature):
         return Counter(re.findall(r"segment\(\w+\([^()]*\), ('[^']*')\)", ' '.join(signature)))
 
@@ -127,26 +125,19 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
     """
     from vpcli.agent.corpus import task_episode
     from vpcli.agent.refusal import MODEL_REFUSAL
-    from vpcli.agent.run import dry_run
     from vpcli.tasks.described import draw_described
     from vpcli.tasks.templates import CATEGORIES
-
-    def fraction(part, whole):
-        return part / whole if whole else None
-
-    def normalise(text):
-        return ' '.join(text.split())
 
     per_category, examples = {}, []
     totals = Counter()
     for index, category in enumerate(CATEGORIES):
-        rng = np.random.default_rng([seed, STREAM, index])
+        rng = _rng('paraphrases', seed, index)
         counts = Counter()
         for _ in range(count):
             draft, case = draw_described(rng, category, 'eval', paraphrased=True)
             episode = task_episode(draft, case, rng)
             counts['n'] += 1
-            record, problem, status = dry_run(bundle.agent, episode.prompt, episode.scan_lines, seed)
+            record, problem, status = _dry_run(bundle, episode.prompt, episode.scan_lines, seed)
             miss = None
             if status != 'ok':
                 miss, detail = 'rejected' if status == 'rejected' else 'error', problem
@@ -156,7 +147,7 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
             else:
                 written = [s.model_text for s in record.steps]
                 mine, theirs = result_signature(written), result_signature(episode.steps)
-                counts['exact'] += normalise('\n'.join(written)) == normalise('\n'.join(episode.steps))
+                counts['exact'] += _normalise('\n'.join(written)) == _normalise('\n'.join(episode.steps))
                 if mine is not None and mine and mine == theirs:
                     counts['correct'] += 1
                 else:
@@ -169,15 +160,15 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
                                      'detail': detail, 'target': '\n'.join(episode.steps)})
         entry = {key: counts[key] for key in ('n', 'correct', 'exact', 'refused', 'target', 'scan',
                                               'measurement', 'other', 'rejected', 'error')}
-        entry['task_correct'] = fraction(counts['correct'], counts['n'])
-        entry['over_refusal'] = fraction(counts['refused'], counts['n'])
+        entry['task_correct'] = _fraction(counts['correct'], counts['n'])
+        entry['over_refusal'] = _fraction(counts['refused'], counts['n'])
         per_category[category] = entry
         totals.update(counts)
         progress(f'paraphrases: {category}: {counts["correct"]}/{counts["n"]} correct, '
                  f'{counts["refused"]} refused')
-    metrics = {'task_correct': fraction(totals['correct'], totals['n']),
-               'over_refusal': fraction(totals['refused'], totals['n']),
-               'exact': fraction(totals['exact'], totals['n']), 'prompts': totals['n'],
+    metrics = {'task_correct': _fraction(totals['correct'], totals['n']),
+               'over_refusal': _fraction(totals['refused'], totals['n']),
+               'exact': _fraction(totals['exact'], totals['n']), 'prompts': totals['n'],
                'refused_by_gate': totals['refused_by_gate'],
                'refused_by_model': totals['refused_by_model'],
                **{f'missed_{key}': totals[key] for key in ('refused', 'target', 'scan', 'measurement',

@@ -8,9 +8,16 @@
     case.lesion_maps[0]    # lesion instance ids on img0's grid (0 = none)
     case.component_maps[0] # lesion sub-component codes (lesions.COMPONENTS)
     case.lesions           # SynthLesion per lesion per session
+    case.records[0]        # SynthScan: img0 with its label, lesion and component maps
 
 Same seed and arguments -> identical case (numpy and torch generators are derived
 from the seed; nothing reads global random state).
+
+This module holds the case records, argument checks and the subject, session and
+anatomy phases of :func:`sample_case`; the lesion phases (plans, session-02 regrowth,
+canvas lesion maps, lesion descriptions) live in :mod:`vpcli.synth.case_lesions` and
+the scan phases (geometry, canvas image, acquisition, ground truth on each scan's
+grid; :class:`ScanSpec` and :class:`SynthScan`) in :mod:`vpcli.synth.case_scans`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from vpcli.synth.acquisition import (FULL_RESOLUTION_CANVAS_MM, ScanGeometrySample,
-                                     TrainingResolution, sample_scan_geometry)
+                                     TrainingResolution)
+from vpcli.synth.case_lesions import (_canvas_lesion_maps, _describe_lesions,
+                                      _lesion_plans_and_masks)
+from vpcli.synth.case_scans import ScanSpec, SynthScan, _synthesize_scans
 from vpcli.synth.lesions import SynthLesion
 from vpcli.volumes import POST_CONTRAST
 
@@ -32,6 +42,10 @@ if TYPE_CHECKING:
 
     from vpcli.synth.vocabulary import Vocabulary
     from vpcli.volumes import Scan
+
+__all__ = ['ATROPHY_STRUCTURES', 'DEFAULT_LESION_WEIGHTS', 'DEFAULT_MODALITY_WEIGHTS',
+           'AnatomyChange', 'ScanSpec', 'SynthCase', 'SynthScan', 'available_sources',
+           'sample_case']
 
 #: modalities :func:`sample_case` draws from when none are given, with weights
 DEFAULT_MODALITY_WEIGHTS = {'T1w': 0.25, 'T2w': 0.15, 'FLAIR': 0.2, 'PD': 0.05, 'GRE': 0.08,
@@ -64,39 +78,67 @@ class AnatomyChange:
 class SynthCase:
     """A synthetic case with ground truth, every volume with world geometry.
 
+    The per-scan data lives in ``records`` (one :class:`SynthScan` per scan, so
+    scans and their ground truth cannot fall out of step); ``scans``, ``labels``,
+    ``lesion_maps``, ``component_maps`` and ``geometry_samples`` are read-only
+    per-scan lists derived from it.
+
     Attributes:
         seed: Seed it was made from.
         split: ``train`` or ``eval``.
         source: Anatomy source name (:data:`vpcli.synth.sources.SOURCES`).
         flipped: Whether the anatomy was mirrored left-right.
+        records: Per scan, in order (``img0``, ``img1``, ...), session 01 first: the
+            scan with its ground truth (:class:`SynthScan`).
+        lesions: One :class:`SynthLesion` per lesion per session.
+        sessions: Session labels (``['01']`` or ``['01', '02']``).
+        anatomy_changes: Longitudinal anatomy changes (empty for one session).
+        canvas_labels: Per session, the label map on the synthesis canvas.
+        canvas_lesion_maps: Per session, the lesion instance map on the canvas.
+        vocabulary: The label vocabulary.
         scans: Scans in order (``img0``, ``img1``, ...), session 01 first.
         labels: Per scan, the vocabulary label map on that scan's grid (int32).
         lesion_maps: Per scan, lesion instance ids on that scan's grid (int32, 0 = none).
         component_maps: Per scan, lesion sub-component codes (uint8,
             :data:`vpcli.synth.lesions.COMPONENTS`).
-        lesions: One :class:`SynthLesion` per lesion per session.
-        sessions: Session labels (``['01']`` or ``['01', '02']``).
-        anatomy_changes: Longitudinal anatomy changes (empty for one session).
         geometry_samples: Per scan, what the geometry draw was (Table 2 row, spacings).
-        canvas_labels: Per session, the label map on the synthesis canvas.
-        canvas_lesion_maps: Per session, the lesion instance map on the canvas.
-        vocabulary: The label vocabulary.
     """
     seed: int
     split: str
     source: str
     flipped: bool
-    scans: list['Scan']
-    labels: list['vx.Volume']
-    lesion_maps: list['vx.Volume']
-    component_maps: list['vx.Volume']
+    records: list[SynthScan]
     lesions: list[SynthLesion]
     sessions: list[str]
     anatomy_changes: list[AnatomyChange]
-    geometry_samples: list[ScanGeometrySample]
     canvas_labels: list['vx.Volume']
     canvas_lesion_maps: list['vx.Volume']
     vocabulary: 'Vocabulary'
+
+    @property
+    def scans(self) -> list['Scan']:
+        """Scans in order (``img0``, ``img1``, ...), session 01 first."""
+        return [record.scan for record in self.records]
+
+    @property
+    def labels(self) -> list['vx.Volume']:
+        """Per scan, the vocabulary label map on that scan's grid."""
+        return [record.labels for record in self.records]
+
+    @property
+    def lesion_maps(self) -> list['vx.Volume']:
+        """Per scan, lesion instance ids on that scan's grid."""
+        return [record.lesion_map for record in self.records]
+
+    @property
+    def component_maps(self) -> list['vx.Volume']:
+        """Per scan, lesion sub-component codes on that scan's grid."""
+        return [record.component_map for record in self.records]
+
+    @property
+    def geometry_samples(self) -> list[ScanGeometrySample]:
+        """Per scan, what the geometry draw was."""
+        return [record.geometry_sample for record in self.records]
 
     def scan_indices(self, session: str) -> list[int]:
         """Indices of the scans of one session."""
@@ -105,14 +147,6 @@ class SynthCase:
     def lesions_in(self, session: str) -> list[SynthLesion]:
         """The lesions of one session."""
         return [lesion for lesion in self.lesions if lesion.session == session]
-
-
-@dataclasses.dataclass(frozen=True)
-class ScanSpec:
-    """A scan to make: modality, post-contrast flag, and the pair it shares a grid with."""
-    modality: str
-    contrast: bool = False
-    grid_group: int | None = None
 
 
 @functools.lru_cache(maxsize=8)
@@ -286,15 +320,64 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     """
     import torch
 
-    from vpcli.synth import images
-    from vpcli.synth import lesions as lesion_lib
     from vpcli.synth.vocabulary import load_vocabulary
-    from vpcli.volumes import Scan, SourceRef
 
+    # every phase below draws from ``rng`` in turn: their order fixes the case of a seed
     if isinstance(seed, np.random.Generator):
         rng, seed_value = seed, -1
     else:
         rng, seed_value = np.random.default_rng(int(seed)), int(seed)
+    training, spacing, random_contrast_probability = _validated_settings(
+        split, modalities, lesions, training_resolution, random_contrast_probability)
+    vocabulary = load_vocabulary()
+    source_name, flipped, subject, template = _subject_anatomy(rng, split, source, spacing,
+                                                               vocabulary)
+    sessions, dates, specs = _session_plan(rng, longitudinal, n_scans, modalities,
+                                           contrast_pair, diffusion_pair)
+    session_labels, anatomy_changes = _session_anatomy(rng, subject, len(sessions), vocabulary,
+                                                       spacing)
+    label_arrays = [v.tensor[0].numpy().astype(np.int32) for v in session_labels]
+    plans, session_masks = _lesion_plans_and_masks(rng, _lesion_classes(rng, lesions),
+                                                   label_arrays, vocabulary, spacing)
+    canvas_lesions, canvas_components = _canvas_lesion_maps(plans, session_masks,
+                                                            label_arrays[0].shape)
+    records, measured = _synthesize_scans(
+        rng, sessions=sessions, dates=dates, specs=specs, session_labels=session_labels,
+        template=template, plans=plans, session_masks=session_masks,
+        canvas_lesions=canvas_lesions, canvas_components=canvas_components,
+        vocabulary=vocabulary, spacing=spacing, training=training,
+        random_contrast_probability=random_contrast_probability,
+        template_probability=template_probability, artefacts=artefacts)
+    infos = _describe_lesions(sessions, specs, label_arrays, plans, session_masks,
+                              canvas_components, measured, subject.geometry, vocabulary, spacing)
+    canvas_lesion_volumes = [subject.new(torch.from_numpy(m)[None], keep_labels=False)
+                             for m in canvas_lesions]
+    return SynthCase(seed_value, split, source_name, flipped, records, infos, sessions,
+                     anatomy_changes, session_labels, canvas_lesion_volumes, vocabulary)
+
+
+def _validated_settings(split: str, modalities: Sequence[str] | None, lesions,
+                        training_resolution: bool | TrainingResolution,
+                        random_contrast_probability: float | None
+                        ) -> tuple[TrainingResolution | None, float, float]:
+    """Check :func:`sample_case` arguments and resolve their defaults.
+
+    Args:
+        split: ``train`` or ``eval``.
+        modalities: Requested modalities, or None.
+        lesions: The ``lesions`` argument (class names are checked when a list).
+        training_resolution: True, a :class:`TrainingResolution`, or False.
+        random_contrast_probability: Requested probability, or None for the split default.
+
+    Returns:
+        The training resolution (None for full resolution), the canvas spacing (mm)
+        and the random-contrast probability.
+
+    Raises:
+        ValueError: unknown split, modality or lesion class.
+    """
+    from vpcli.synth import images
+    from vpcli.synth import lesions as lesion_lib
     if split not in ('train', 'eval'):
         raise ValueError(f'split must be "train" or "eval", got "{split}"')
     for modality in modalities or ():
@@ -310,16 +393,35 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     spacing = training.canvas_spacing_mm if training else FULL_RESOLUTION_CANVAS_MM
     if random_contrast_probability is None:
         random_contrast_probability = 0.25 if split == 'train' else 0.0
-    vocabulary = load_vocabulary()
+    return training, spacing, random_contrast_probability
 
+
+def _subject_anatomy(rng: np.random.Generator, split: str, source: str | None,
+                     spacing_mm: float, vocabulary: 'Vocabulary'
+                     ) -> tuple[str, bool, 'vx.Volume', 'vx.Volume | None']:
+    """The subject: an anatomy source, flipped or not, then affine + smooth deformation.
+
+    Args:
+        rng: The case's generator.
+        split: ``train`` or ``eval`` (which sources may be drawn).
+        source: A forced source name, or None to draw one.
+        spacing_mm: Canvas spacing.
+        vocabulary: The label vocabulary (for the left-right flip).
+
+    Returns:
+        The source name, whether it was flipped, the subject's canvas label map and
+        its template image (None when the source has none), moved by one interpolation.
+
+    Raises:
+        ValueError: the source is not available for the split.
+    """
+    from vpcli.synth import images
     names = available_sources(split)
     source_name = source or str(rng.choice(names))
     if source_name not in names:
         raise ValueError(f'source "{source_name}" is not available for split "{split}" '
                          f'(available: {", ".join(names)})')
-    _, labels0, template0 = _canvas_source(source_name, spacing)
-
-    # subject anatomy: flip, then affine + smooth deformation (one interpolation)
+    _, labels0, template0 = _canvas_source(source_name, spacing_mm)
     flipped = bool(rng.random() < 0.5)
     if flipped:
         flipped_volumes = images.flip_left_right(labels0, vocabulary,
@@ -329,252 +431,51 @@ def sample_case(seed: int | np.random.Generator, *, split: str = 'train',
     affine, field = images.random_spatial_transform(rng, labels0.geometry)
     subject, *moved = images.apply_spatial_transform(
         labels0, affine, field, *([template0] if template0 is not None else []))
-    template = moved[0] if moved else None
+    return source_name, flipped, subject, (moved[0] if moved else None)
 
+
+def _session_plan(rng: np.random.Generator, longitudinal: bool | None, n_scans: int | None,
+                  modalities: Sequence[str] | None, contrast_pair: bool | None,
+                  diffusion_pair: bool | None
+                  ) -> tuple[list[str], list[dt.date], list[ScanSpec]]:
+    """Sessions, their dates, and the scans each session gets.
+
+    Args:
+        rng: The case's generator.
+        longitudinal: Two sessions, or None to draw (30 %).
+        n_scans, modalities, contrast_pair, diffusion_pair: As for :func:`sample_case`.
+
+    Returns:
+        Session labels, one date per session, and the scan specs of every session.
+    """
     two_sessions = bool(rng.random() < 0.3) if longitudinal is None else bool(longitudinal)
     sessions = ['01', '02'] if two_sessions else ['01']
     first_date = dt.date(2008, 1, 1) + dt.timedelta(days=int(rng.integers(0, 5800)))
     dates = [first_date] + ([first_date + dt.timedelta(days=int(rng.integers(30, 900)))]
                             if two_sessions else [])
     specs = _scan_specs(rng, n_scans, modalities, contrast_pair, diffusion_pair)
-    has_contrast_pair = any(s.contrast and s.grid_group is not None for s in specs)
-    has_diffusion_pair = any(s.modality == 'DWI' and s.grid_group is not None for s in specs) \
-        and any(s.modality == 'ADC' for s in specs)
+    return sessions, dates, specs
 
-    # session anatomy
+
+def _session_anatomy(rng: np.random.Generator, subject: 'vx.Volume', n_sessions: int,
+                     vocabulary: 'Vocabulary', spacing_mm: float
+                     ) -> tuple[list['vx.Volume'], list[AnatomyChange]]:
+    """Per session, the canvas label map: the subject, then (session 02) a changed copy.
+
+    Args:
+        rng: The case's generator.
+        subject: Session 01 canvas label map.
+        n_sessions: 1 or 2.
+        vocabulary: The label vocabulary.
+        spacing_mm: Canvas spacing.
+
+    Returns:
+        The label map per session and the longitudinal changes (empty for one session).
+    """
     session_labels = [subject]
     anatomy_changes = []
-    if two_sessions:
-        changed, change = _change_anatomy(rng, subject, vocabulary, spacing)
+    if n_sessions > 1:
+        changed, change = _change_anatomy(rng, subject, vocabulary, spacing_mm)
         session_labels.append(changed)
         anatomy_changes.append(change)
-    label_arrays = [v.tensor[0].numpy().astype(np.int32) for v in session_labels]
-
-    # lesions: plans drawn once on session 01, regrown for session 02
-    from scipy import ndimage
-    brain = label_arrays[0] > 0
-    depth = ndimage.distance_transform_edt(brain) * spacing
-    ventricles = np.isin(label_arrays[0], [vocabulary.id('Left-Lateral-Ventricle'),
-                                           vocabulary.id('Right-Lateral-Ventricle')])
-    ventricle_distance = ndimage.distance_transform_edt(~ventricles) * spacing
-    occupied = np.zeros(brain.shape, dtype=bool)
-    plans: list[lesion_lib.LesionPlan] = []
-    masks0: dict[int, np.ndarray] = {}
-    for lesion_class in _lesion_classes(rng, lesions):
-        instance = len(plans) + 1
-        plan = lesion_lib.draw_lesion_plan(rng, lesion_class, instance, label_arrays[0], spacing,
-                                           vocabulary, depth, ventricle_distance, occupied)
-        if plan is None:
-            continue
-        mask = lesion_lib.shape_from_plan(plan, label_arrays[0], vocabulary, occupied=occupied)
-        if mask.sum() < 4:
-            continue
-        plans.append(plan)
-        masks0[plan.instance] = mask
-        occupied |= ndimage.binary_dilation(mask, iterations=1)
-        oedema = lesion_lib.lesion_classes()[lesion_class]['oedema']
-        if lesion_class != 'oedema' and rng.random() < oedema[0]:
-            child = lesion_lib.draw_lesion_plan(rng, 'oedema', len(plans) + 1, label_arrays[0],
-                                                spacing, vocabulary, depth, ventricle_distance,
-                                                occupied & ~ndimage.binary_dilation(mask, iterations=1),
-                                                parent=plan, parent_mask=mask)
-            if child is not None:
-                child.parent = plan.instance
-                child_mask = lesion_lib.shape_from_plan(child, label_arrays[0], vocabulary,
-                                                        occupied=occupied) & ~mask
-                child_mask = _grown_shell(child_mask, mask)
-                if child_mask.sum() >= 4:
-                    plans.append(child)
-                    masks0[child.instance] = child_mask
-                    occupied |= child_mask
-    session_masks = [masks0]
-    if two_sessions:
-        masks1: dict[int, np.ndarray] = {}
-        taken = np.zeros(brain.shape, dtype=bool)
-        for plan in plans:
-            if plan.parent is not None:
-                continue
-            plan.change = str(rng.choice(lesion_lib.lesion_classes()[plan.lesion_class]['change']))
-            shift = {'growth': -float(rng.uniform(0.2, 0.5)),
-                     'shrinkage': float(rng.uniform(0.15, 0.35)), 'stable': 0.0}[plan.change]
-            mask = lesion_lib.shape_from_plan(plan, label_arrays[1], vocabulary, shift,
-                                              occupied=taken)
-            if mask.sum() < 2:
-                mask = lesion_lib.shape_from_plan(plan, label_arrays[1], vocabulary, 0.0)
-            masks1[plan.instance] = mask
-            taken |= ndimage.binary_dilation(mask, iterations=1)
-        for plan in plans:
-            if plan.parent is None:
-                continue
-            parent_mask = masks1[plan.parent]
-            plan.change = next(p.change for p in plans if p.instance == plan.parent)
-            shift = {'growth': -0.2, 'shrinkage': 0.2, 'stable': 0.0}[plan.change]
-            mask = lesion_lib.shape_from_plan(plan, label_arrays[1], vocabulary, shift,
-                                              occupied=taken) & ~parent_mask
-            masks1[plan.instance] = _grown_shell(mask, parent_mask)
-            taken |= masks1[plan.instance]
-        session_masks.append(masks1)
-
-    # per-session canvas lesion/component maps
-    canvas_lesions, canvas_components = [], []
-    for masks in session_masks:
-        instance_map = np.zeros(brain.shape, dtype=np.int32)
-        component_map = np.zeros(brain.shape, dtype=np.uint8)
-        for plan in plans:
-            mask = masks.get(plan.instance)
-            if mask is None:
-                continue
-            instance_map[mask] = plan.instance
-            codes = lesion_lib.components_of(plan, mask)
-            component_map[mask] = codes[mask]
-        canvas_lesions.append(instance_map)
-        canvas_components.append(component_map)
-
-    # scans
-    out_scans, out_labels, out_lesions, out_components, out_geometry = [], [], [], [], []
-    measured: dict[tuple[str, int], dict[str, float | None]] = {}
-    center = subject.geometry.center
-    grid_cache: dict[tuple[int, int], tuple] = {}
-    ground_truth_cache: dict[tuple, tuple] = {}
-    for session_index, session in enumerate(sessions):
-        labels_volume = session_labels[session_index]
-        for spec in specs:
-            key = (session_index, spec.grid_group) if spec.grid_group is not None else None
-            if key is not None and key in grid_cache:
-                geometry, record = grid_cache[key]
-            else:
-                geometry, record = sample_scan_geometry(rng, spec.modality, center, training)
-                if key is not None:
-                    grid_cache[key] = (geometry, record)
-            modality_key = POST_CONTRAST if spec.contrast else spec.modality
-            use_template = (template is not None and spec.modality == 'T1w'
-                            and rng.random() < template_probability)
-            if use_template:
-                canvas_image = template.tensor[0].numpy().astype(np.float64)
-                canvas_image = canvas_image * float(rng.uniform(3, 8))
-                # session 02 anatomy changes move the template too
-                if session_index == 1:
-                    canvas_image = _relabel_template(template, session_labels, rng)
-            else:
-                random_contrast = (spec.modality not in images.QUANTITATIVE_MODALITIES
-                                   and rng.random() < random_contrast_probability)
-                means, stds = images.tissue_intensities(rng, spec.modality, vocabulary,
-                                                        random_contrast)
-                canvas_image = images.render_contrast(rng, labels_volume, means, stds
-                                                      ).tensor[0].numpy().astype(np.float64)
-            painted = lesion_lib.paint_lesions(rng, canvas_image, plans,
-                                               session_masks[session_index],
-                                               canvas_components[session_index], modality_key,
-                                               spacing)
-            canvas = labels_volume.new(torch.from_numpy(painted.astype(np.float32))[None],
-                                       keep_labels=False)
-            image = images.acquire(rng, canvas, geometry, spec.modality, artefacts=artefacts)
-            grid_key = (session_index, spec.grid_group if spec.grid_group is not None
-                        else f'scan{len(out_scans)}')
-            if grid_key not in ground_truth_cache:
-                ground_truth_cache[grid_key] = _ground_truth_on_grid(
-                    labels_volume, canvas_lesions[session_index],
-                    canvas_components[session_index], geometry)
-            label_scan, lesion_scan, component_scan = ground_truth_cache[grid_key]
-            targets = {p.instance: lesion_lib.declared_ratio(p, modality_key) for p in plans}
-            name = f'img{len(out_scans)}'
-            if targets:
-                image, ratios = lesion_lib.calibrate_signal(image, lesion_scan, targets)
-                for instance, ratio in ratios.items():
-                    measured.setdefault((session, instance), {})[name] = ratio
-            scan = Scan(volume=image, name=name, modality=spec.modality, date=dates[session_index],
-                        session=session, contrast=spec.contrast, sources=(SourceRef(name),))
-            out_scans.append(scan)
-            out_labels.append(label_scan)
-            out_lesions.append(lesion_scan)
-            out_components.append(component_scan)
-            out_geometry.append(record)
-
-    # lesion descriptors per session
-    infos: list[SynthLesion] = []
-    unit_ml = spacing ** 3 / 1000
-    for session_index, session in enumerate(sessions):
-        labels_array = label_arrays[session_index]
-        lobe_codes, lobe_names, territory_codes, territory_names = lesion_lib.region_maps(
-            labels_array, vocabulary, spacing)
-        session_infos = []
-        for plan in plans:
-            mask = session_masks[session_index].get(plan.instance)
-            if mask is None or not mask.any():
-                continue
-            side, lobe, fractions, territory = lesion_lib.describe_location(
-                mask, labels_array, vocabulary, lobe_codes, lobe_names, territory_codes,
-                territory_names)
-            codes = canvas_components[session_index][mask]
-            components_ml = {lesion_lib.COMPONENTS[c]: float((codes == c).sum() * unit_ml)
-                             for c in np.unique(codes) if c}
-            signal = {m: lesion_lib.SIGNAL_WORDS[s] for m, s in plan.signal.items()}
-            ratios = dict(plan.signal_ratio)
-            if has_contrast_pair:
-                ratios[POST_CONTRAST] = lesion_lib.post_contrast_ratio(plan)
-                signal[POST_CONTRAST] = lesion_lib.classify_ratio(ratios[POST_CONTRAST])
-            voxel_center = np.argwhere(mask).mean(0)
-            center_mm = subject.geometry.map(torch.tensor(voxel_center,
-                                                          dtype=subject.geometry.tensor.dtype))
-            session_infos.append(SynthLesion(
-                instance=plan.instance, session=session, lesion_class=plan.lesion_class,
-                parent=plan.parent, side=side, lobe=lobe, lobe_fractions=fractions,
-                territory=territory, signal=signal, signal_ratio=ratios,
-                measured_signal_ratio=measured.get((session, plan.instance), {}),
-                enhancing=plan.enhancing if has_contrast_pair else None,
-                restricted_diffusion=plan.restricted if has_diffusion_pair else None,
-                volume_ml=float(mask.sum() * unit_ml), components_ml=components_ml,
-                size_rank=None, center_mm=tuple(float(c) for c in center_mm),
-                change=plan.change if session_index > 0 else None))
-        ranked = sorted((i for i in session_infos if i.parent is None),
-                        key=lambda i: -i.volume_ml)
-        for rank, info in enumerate(ranked, start=1):
-            info.size_rank = rank
-        infos.extend(session_infos)
-
-    canvas_lesion_volumes = [subject.new(torch.from_numpy(m)[None], keep_labels=False)
-                             for m in canvas_lesions]
-    return SynthCase(seed_value, split, source_name, flipped, out_scans, out_labels, out_lesions,
-                     out_components, infos, sessions, anatomy_changes, out_geometry,
-                     session_labels, canvas_lesion_volumes, vocabulary)
-
-
-def _ground_truth_on_grid(labels: 'vx.Volume', lesion_map: np.ndarray,
-                          component_map: np.ndarray, geometry: 'vx.AcquisitionGeometry'):
-    """Label, lesion and component maps resampled (nearest) onto a scan grid at once.
-
-    The three maps travel as float channels of one volume (ids up to 2035 are exact in
-    float32), so the scan's sampling grid is built once.
-    """
-    import torch
-    stacked = torch.stack([labels.tensor[0].float(), torch.from_numpy(lesion_map).float(),
-                           torch.from_numpy(component_map.astype(np.float32))])
-    moved = labels.new(stacked, keep_labels=False).resample_like(geometry, mode='nearest')
-    values = moved.tensor.round()
-    return (moved.new(values[0:1].to(torch.int32)), moved.new(values[1:2].to(torch.int32)),
-            moved.new(values[2:3].to(torch.uint8)))
-
-
-def _grown_shell(oedema: np.ndarray, core: np.ndarray) -> np.ndarray:
-    """Oedema touching its core: keep the oedema components adjacent to the core."""
-    from scipy import ndimage
-    if not oedema.any():
-        return oedema
-    components, count = ndimage.label(oedema)
-    touching = np.unique(components[ndimage.binary_dilation(core, iterations=2) & oedema])
-    return np.isin(components, touching[touching > 0])
-
-
-def _relabel_template(template: 'vx.Volume', session_labels: list['vx.Volume'],
-                      rng: np.random.Generator) -> np.ndarray:
-    """Template intensities for session 02: voxels whose label changed take the mean
-    template intensity of their new label (so atrophy/enlargement shows)."""
-    before = session_labels[0].tensor[0].numpy()
-    after = session_labels[1].tensor[0].numpy()
-    image = template.tensor[0].numpy().astype(np.float64).copy()
-    changed = before != after
-    for label_id in np.unique(after[changed]):
-        same = before == label_id
-        if same.any():
-            image[changed & (after == label_id)] = image[same].mean()
-    return image
+    return session_labels, anatomy_changes

@@ -7,45 +7,20 @@ heavy imports (torch, voxel, transformers) happen inside command bodies so that
 
 from __future__ import annotations
 
-import typer
+from vpcli.cli._app import app
 
-from vpcli import __version__
-
-app = typer.Typer(
-    name='voxelprompt',
-    help='Language-prompted brain image analysis: a prompt and scans in; masks, metrics.json '
-         'and the program that ran out.',
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    rich_markup_mode='rich',
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        print(f'voxelprompt {__version__}')
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(version: bool = typer.Option(False, '--version', callback=_version, is_eager=True,
-                                       help='Print the version and exit.')) -> None:
-    """voxelprompt: language-prompted brain image analysis."""
-
-
-# each command module registers itself on `app` when imported
-from vpcli.cli import example_cmd  # noqa: E402,F401
-from vpcli.cli import exec_cmd  # noqa: E402,F401
-from vpcli.cli import run_cmd  # noqa: E402,F401
-from vpcli.cli import functions_cmd  # noqa: E402,F401
-from vpcli.cli import bench_cmd  # noqa: E402,F401
-from vpcli.cli import bids_cmd  # noqa: E402,F401
-from vpcli.cli import info_cmd  # noqa: E402,F401
-from vpcli.cli import recipes_cmd  # noqa: E402,F401
-from vpcli.cli import synth_cmd  # noqa: E402,F401
-from vpcli.cli import train_cmd  # noqa: E402,F401
-from vpcli.cli import eval_cmd  # noqa: E402,F401
+# each command module registers itself on `app` (:mod:`vpcli.cli._app`) when imported
+from vpcli.cli import example_cmd  # noqa: F401
+from vpcli.cli import exec_cmd  # noqa: F401
+from vpcli.cli import run_cmd  # noqa: F401
+from vpcli.cli import functions_cmd  # noqa: F401
+from vpcli.cli import bench_cmd  # noqa: F401
+from vpcli.cli import bids_cmd  # noqa: F401
+from vpcli.cli import info_cmd  # noqa: F401
+from vpcli.cli import recipes_cmd  # noqa: F401
+from vpcli.cli import synth_cmd  # noqa: F401
+from vpcli.cli import train_cmd  # noqa: F401
+from vpcli.cli import eval_cmd  # noqa: F401
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpcli.cli import app
+from vpcli.cli._app import app
 from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
 
 

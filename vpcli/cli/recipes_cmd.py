@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vpcli.cli import app
+from vpcli.cli._app import app
 from vpcli.cli._common import reports_errors
 
 

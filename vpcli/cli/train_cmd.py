@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vpcli.cli import app
+from vpcli.cli._app import app
 from vpcli.cli._common import reports_errors, stderr_logger
 from vpcli.errors import BadInputError
 

@@ -115,8 +115,12 @@ def agent_function(category: str, returns: str) -> Callable[[Callable], Callable
 
 
 def registry() -> dict[str, LibraryFunction]:
-    """All registered functions by name (importing the library modules first)."""
-    import vpcli.library  # noqa: F401 - importing registers every module's functions
+    """All registered functions by name.
+
+    Every library module has registered its functions by then: Python imports the package
+    :mod:`vpcli.library`, whose ``__init__`` imports each module, before this module (so
+    this module does not import its own package: that would be an import cycle).
+    """
     return dict(_REGISTRY)
 
 

@@ -21,6 +21,7 @@ import tomllib
 
 import numpy as np
 
+from vpcli.tasks.drafts import Unwritable
 from vpcli.tasks.grammar import expand
 from vpcli.tasks.ontology import DATA_DIR
 from vpcli.tasks.templates import CATEGORIES, FILTERS as _FILTERS, filters_fit
@@ -134,7 +135,6 @@ def paraphrase_prompt(category: str, filters: dict, bindings: dict, split: str,
     Raises:
         Unwritable: No family of the split fits the task.
     """
-    from vpcli.tasks.categories import Unwritable
     from vpcli.tasks.roi import shared_slots
     options = [f for f in families(category, split) if f.fits(**filters)]
     if not options:

@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from vpcli.agent.program import to_model_text
+    from vpcli.agent.model_text import to_model_text
     from vpcli.agent.tokenizer import (CODE_START, FEEDBACK_END, FEEDBACK_START, MOD, STEP_END,
                                        header_text)
     from vpcli.examples import write_example

@@ -4,9 +4,9 @@ import ast
 
 import pytest
 
-from vpcli.agent.grammar import MOD_CHAR, Invalid, Scope, check_complete, check_prefix
+from vpcli.agent.decoding_grammar import MOD_CHAR, Invalid, Scope, check_complete, check_prefix
 from vpcli.agent.loop import library_scope
-from vpcli.agent.program import join_steps, phi_step, split_steps, to_executable, to_model_text
+from vpcli.agent.model_text import join_steps, phi_step, split_steps, to_executable, to_model_text
 from vpcli.sandbox import Sandbox, Step, validate_step
 from vpcli.library.registry import registry
 
@@ -146,11 +146,11 @@ def test_calls_must_give_every_required_argument_and_no_extra_one():
 def test_the_decoder_writes_the_sandbox_language_only():
     """One program language: the decoder's builtins and attributes are the sandbox's, so it
     cannot write a call the sandbox refuses (``sum`` was allowed by the decoder alone)."""
-    from vpcli.agent import grammar
+    from vpcli.agent import decoding_grammar
     from vpcli.agent.loop import library_scope
     from vpcli.sandbox import SAFE_BUILTINS, SCAN_ATTRIBUTES
     scope = library_scope(['img0'])
     assert scope.builtins == frozenset(SAFE_BUILTINS) and scope.attributes == frozenset(SCAN_ATTRIBUTES)
     assert 'sum' not in scope.builtins
-    assert not grammar.check_prefix('x = sum(', scope)
-    assert not hasattr(grammar, 'DEFAULT_BUILTINS')
+    assert not decoding_grammar.check_prefix('x = sum(', scope)
+    assert not hasattr(decoding_grammar, 'DEFAULT_BUILTINS')

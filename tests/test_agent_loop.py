@@ -9,7 +9,7 @@ from agent_corpus import SCANS, corpus, program, sample
 from vpcli.agent.episodes import episode_from_program
 from vpcli.agent.loop import Agent, DryExecutor, SandboxExecutor
 from vpcli.agent.model import AgentModel
-from vpcli.agent.program import join_steps
+from vpcli.agent.model_text import join_steps
 from vpcli.agent.tokenizer import EMBEDDING, FEEDBACK_END, FEEDBACK_START, train_tokenizer
 from vpcli.agent.training import TrainConfig, Trainer
 

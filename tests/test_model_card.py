@@ -27,8 +27,8 @@ def test_reproduce_reexports_the_committed_state_after_recipe_changes():
 
 
 def test_the_card_does_not_import_the_evaluation_code():
-    """weights -> model_card -> evaluate -> agent.run -> weights was an import circle (issue 20);
-    the card takes its headlines as data."""
+    """weights -> model_card -> evaluate -> agent.prompt_run -> weights was an import circle
+    (issue 20); the card takes its headlines as data."""
     import ast
     import inspect
 

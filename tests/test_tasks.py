@@ -15,11 +15,11 @@ import pytest
 
 from vpcli.tasks.categories import LOCATION_REGIONS, TERRITORY_REGIONS, Unwritable
 from vpcli.tasks.described import describe_case
-from vpcli.tasks.grammar import (TemplateError, count_expansions, expand, iter_expansions,
-                                 reachable_alternatives)
 from vpcli.tasks.ontology import LesionQuery, lesion_canonical, load_ontology, parse_target
 from vpcli.tasks.roi import lesion_description, matching_lesions, shared_slots
 from vpcli.tasks.sampler import plan_task, write_task
+from vpcli.tasks.slot_expansion import (TemplateError, count_expansions, expand, iter_expansions,
+                                        reachable_alternatives)
 from vpcli.tasks.templates import CATEGORIES, load_templates
 from vpcli.tasks.world import CaseInfo, LesionInfo
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vpcli.bids import BidsJob, bids_label
-from vpcli.runner import move_into_place
+from vpcli.program_run import move_into_place
 from vpcli.volumes import Scan, bids_entities, write_text_atomic
 
 
@@ -49,7 +49,7 @@ def write_job(job: BidsJob, out_dir: Path, bids_dir: Path, run, *,
         job: The job (participant, session, inputs).
         out_dir: Root of the derivatives dataset.
         bids_dir: Root of the raw dataset (for ``Sources`` URIs).
-        run: A finished :class:`vpcli.runner.ProgramRun` over ``job.inputs``.
+        run: A finished :class:`vpcli.program_run.ProgramRun` over ``job.inputs``.
         qc: Write QC pictures and the HTML page.
     """
     from vpcli.qc import mask_picture, report_page
@@ -116,7 +116,7 @@ def program_job_runner(program_path: Path, settings_for: Callable[[BidsJob], obj
     Returns:
         ``run(job) -> ProgramRun`` (finished, not yet written).
     """
-    from vpcli.runner import ProgramRun, read_program, seed_everything
+    from vpcli.program_run import ProgramRun, read_program, seed_everything
     from vpcli.sandbox import validate_program
 
     steps = read_program(program_path)

@@ -159,7 +159,7 @@ def write_weights(folder: os.PathLike | str, agent_model, tokenizer, vision, inf
     """
     import dataclasses
 
-    from vpcli.agent.program import MODEL_TEXT_VERSION
+    from vpcli.agent.model_text import MODEL_TEXT_VERSION
     from vpcli.volumes import write_text_atomic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,8 @@
 
 - :mod:`vpcli.agent.tokenizer`: SentencePiece tokenizer with the episode's special tokens.
 - :mod:`vpcli.agent.model`: LLaMA decoder + φ head + ε feedback projection.
-- :mod:`vpcli.agent.grammar`: prefix recognizer of the program subset (constrained decoding).
-- :mod:`vpcli.agent.program`: model text (``<MOD>`` markers) <-> executable code (``phi=PHI[k]``).
+- :mod:`vpcli.agent.decoding_grammar`: prefix recognizer of the program subset (constrained decoding).
+- :mod:`vpcli.agent.model_text`: model text (``<MOD>`` markers) <-> executable code (``phi=PHI[k]``).
 - :mod:`vpcli.agent.loop`: the plan–execute–feedback loop.
 - :mod:`vpcli.agent.refusal`: the out-of-scope gate and refusal training prompts.
 - :mod:`vpcli.agent.training`: code-only training (cross-entropy on target programs).

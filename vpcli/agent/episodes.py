@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vpcli.agent.program import split_steps, to_model_text
+from vpcli.agent.model_text import split_steps, to_model_text
 from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START, REFUSE,
                                    STEP_END, STOP, Tokenizer, header_text)
 

@@ -1,7 +1,7 @@
 """The plan–execute–feedback loop (DESIGN.md §2 "Agent loop"; paper §3.1, App. A.1–A.2).
 
 State μ1 is the prompt and one line per scan (``Scan.describe()``). The model writes one
-step under constrained decoding (:mod:`vpcli.agent.grammar`) until ``<STEP>``; the step's
+step under constrained decoding (:mod:`vpcli.agent.decoding_grammar`) until ``<STEP>``; the step's
 ``<MOD>`` hidden states give φ; the step runs (markers replaced by ``phi=PHI[k]``); what
 ``read`` returned is appended between ``<FB>`` and ``</FB>`` (text as tokens, encodings as
 projected ε rows on ``<EMB>`` placeholders); this repeats until ``<STOP>`` or the step limit.
@@ -18,10 +18,10 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from vpcli.agent import grammar
-from vpcli.agent.grammar import MOD_CHAR, PHI_NAME, Scope
+from vpcli.agent import decoding_grammar
+from vpcli.agent.decoding_grammar import MOD_CHAR, PHI_NAME, Scope
 from vpcli.agent.model import AgentModel
-from vpcli.agent.program import join_steps, phi_step, to_executable
+from vpcli.agent.model_text import join_steps, phi_step, to_executable
 from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START, MOD, REFUSE,
                                    STEP_END, STOP, Tokenizer, header_text)
 from vpcli.agent.refusal import MODEL_REFUSAL, REFUSAL_ANSWER  # noqa: F401 - REFUSAL_ANSWER is re-exported
@@ -135,7 +135,7 @@ def library_scope(scan_names: Sequence[str]) -> Scope:
         keywords[name] = frozenset(p.name for p in parameters
                                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
         positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        arity[name] = grammar.Arity(
+        arity[name] = decoding_grammar.Arity(
             positional=tuple(p.name for p in positional),
             required=sum(p.default is p.empty for p in positional),
             keyword_only=tuple(p.name for p in parameters
@@ -262,7 +262,7 @@ class Agent:
                 if choice == self.special[MOD]:
                     mod_hidden.append(hidden)
             generate_seconds = time.perf_counter() - started
-            scope = grammar.check_complete(text, scope)
+            scope = decoding_grammar.check_complete(text, scope)
             model_text = text.replace(MOD_CHAR, MOD)
             executable = to_executable(model_text, len(record.phi))
             if mod_hidden:
@@ -317,9 +317,9 @@ class Agent:
             if not text.endswith('\n'):
                 return False
             try:
-                grammar.check_complete(text, scope)
+                decoding_grammar.check_complete(text, scope)
                 to_executable(text.replace(MOD_CHAR, MOD), 0)
-            except (grammar.Invalid, SyntaxError, ValueError):
+            except (decoding_grammar.Invalid, SyntaxError, ValueError):
                 return False
             return True
         piece = self._step_text.get(index)
@@ -333,7 +333,7 @@ class Agent:
         if '\n\n' in candidate or candidate.startswith('\n') or ' \n' in candidate \
                 or '\n ' in candidate:
             return False  # one statement per line, no blank lines or indentation
-        return grammar.check_prefix(candidate, scope)
+        return decoding_grammar.check_prefix(candidate, scope)
 
 
 class DryExecutor:
@@ -364,7 +364,7 @@ class DryExecutor:
         import ast
 
         from vpcli.agent.episodes import simulated_feedback
-        from vpcli.agent.program import _track_streams
+        from vpcli.agent.model_text import _track_streams
         from vpcli.library.context import FeedbackItem
 
         from vpcli.library.registry import registry

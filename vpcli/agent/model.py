@@ -8,7 +8,7 @@
 
 Checkpoints are self-describing: ``{'config', 'state', 'tokenizer', 'model_text'}`` (the
 tokenizer's ``.model`` bytes ride along so a checkpoint is enough to run; ``model_text`` is
-the :data:`~vpcli.agent.program.MODEL_TEXT_VERSION` the model was trained to write, 1 when
+the :data:`~vpcli.agent.model_text.MODEL_TEXT_VERSION` the model was trained to write, 1 when
 absent); :meth:`AgentModel.load` rebuilds the model from the config and loads the state
 strictly, and refuses a model trained for another model text.
 """
@@ -154,7 +154,7 @@ class AgentModel(nn.Module):
 
     def checkpoint(self, tokenizer_bytes: bytes | None = None) -> dict:
         """The self-describing checkpoint dictionary."""
-        from vpcli.agent.program import MODEL_TEXT_VERSION
+        from vpcli.agent.model_text import MODEL_TEXT_VERSION
         return {'config': dataclasses.asdict(self.config), 'state': self.state_dict(),
                 'special': {'embedding': self.embedding_token_id, 'mod': self.mod_token_id},
                 'tokenizer': tokenizer_bytes, 'model_text': MODEL_TEXT_VERSION}
@@ -175,7 +175,7 @@ class AgentModel(nn.Module):
             IncompatibleModelText: the model was trained to write another model text (unless
                 ``any_model_text``, for training that continues under the current one).
         """
-        from vpcli.agent.program import MODEL_TEXT_VERSION
+        from vpcli.agent.model_text import MODEL_TEXT_VERSION
         version = trained_model_text(checkpoint)
         if version != MODEL_TEXT_VERSION and not any_model_text:
             raise IncompatibleModelText(

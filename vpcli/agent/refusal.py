@@ -11,7 +11,7 @@ Two lines of defence (docs/agent.md, "Refusal"):
    organs) it writes ``<REFUSE>`` instead of code.
 
 Independently of both, constrained decoding can only produce calls of library functions
-on defined variables (:mod:`vpcli.agent.grammar`), so no generated program reaches
+on defined variables (:mod:`vpcli.agent.decoding_grammar`), so no generated program reaches
 outside the library whatever the prompt says.
 """
 

@@ -77,7 +77,7 @@ def bids(
     import torch
 
     from vpcli.batch import program_job_runner, write_job
-    from vpcli.runner import RunSettings
+    from vpcli.program_run import RunSettings
 
     if threads:
         torch.set_num_threads(threads)
@@ -98,7 +98,7 @@ def bids(
 
     if program:
         vision = None
-        from vpcli.runner import program_uses_vision
+        from vpcli.program_run import program_uses_vision
         if program_uses_vision(program):  # a run's script.py: load the vision network once
             from vpcli.devices import resolve_device
             from vpcli.weights import load_bundle
@@ -110,7 +110,7 @@ def bids(
             log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
         make_run = program_job_runner(program, settings_for, vision=vision)
     else:
-        from vpcli.agent.run import agent_job_runner  # loads the model once per process
+        from vpcli.agent.prompt_run import agent_job_runner  # loads the model once per process
         from vpcli.devices import resolve_device
         chosen_device = resolve_device(device)
         make_run = agent_job_runner(prompt or the_recipe.prompt, settings_for, weights=weights,

@@ -50,7 +50,7 @@ def exec_program(
     stderr. Exit codes: 0 ok, 3 bad input, 4 refused program, 5 failed step, 130 Ctrl-C
     (docs/exit-codes.md).
     """
-    from vpcli.runner import RunSettings, execute_script
+    from vpcli.program_run import RunSettings, execute_script
 
     log = stderr_logger(quiet)
 
@@ -69,10 +69,10 @@ def exec_program(
     settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec')
     vision = None
-    from vpcli.runner import program_uses_vision
+    from vpcli.program_run import program_uses_vision
     if program_uses_vision(script):
         from vpcli.devices import resolve_device
-        from vpcli.runner import check_output_dir
+        from vpcli.program_run import check_output_dir
         check_output_dir(output, overwrite)  # before the weights are loaded
         from vpcli.weights import load_bundle
         settings.device = resolve_device(device)

@@ -51,14 +51,14 @@ def run(
         from vpcli.recipes import get_recipe
         prompt = get_recipe(recipe).prompt
 
-    from vpcli.agent.run import check_prompt
+    from vpcli.agent.prompt_run import check_prompt
     check_prompt(prompt)  # a refused prompt needs no weights and no scans (exit code 4)
 
     import torch
 
-    from vpcli.agent.run import run_prompt
+    from vpcli.agent.prompt_run import run_prompt
     from vpcli.devices import resolve_device
-    from vpcli.runner import RunSettings, check_output_dir
+    from vpcli.program_run import RunSettings, check_output_dir
     from vpcli.volumes import load_scans
     from vpcli.weights import load_bundle
 

@@ -83,7 +83,7 @@ def _normalise(program: str) -> str:
 def _statements(steps: Sequence[str]) -> list[str] | None:
     """The executable statements of model-text steps, as AST dumps (``phi=PHI[k]`` included,
     so where the ``<MOD>`` markers sit counts); None when a step does not convert."""
-    from vpcli.agent.program import to_executable
+    from vpcli.agent.model_text import to_executable
     dumps, calls = [], 0
     try:
         for step in steps:
@@ -103,7 +103,7 @@ def programs_match(written: Sequence[str], target: Sequence[str]) -> tuple[bool,
     spliced in, so the same calls with the same arguments and φ slots), whatever the
     layout, quoting or step boundaries.
     """
-    from vpcli.agent.program import join_steps
+    from vpcli.agent.model_text import join_steps
     exact = _normalise(join_steps(written)) == _normalise(join_steps(target))
     if exact:
         return True, True
@@ -120,5 +120,5 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 
 def _join(steps: Sequence[str]) -> str:
-    from vpcli.agent.program import join_steps
+    from vpcli.agent.model_text import join_steps
     return join_steps(steps)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from vpcli.agent.run import dry_run
+from vpcli.agent.prompt_run import dry_run
 from vpcli.evaluate.common import (DEFAULT_COUNTS, Progress, _fraction, _join, _mean,
                                    _no_progress, _rng, programs_match)
 
@@ -14,7 +14,7 @@ from vpcli.evaluate.common import (DEFAULT_COUNTS, Progress, _fraction, _join, _
 # -----------------------------------------------------------------------------
 
 def _dry_run(bundle, prompt: str, scan_lines: Sequence[str], seed: int):
-    """:func:`vpcli.agent.run.dry_run` with the bundle's agent."""
+    """:func:`vpcli.agent.prompt_run.dry_run` with the bundle's agent."""
     return dry_run(bundle.agent, prompt, scan_lines, seed)
 
 

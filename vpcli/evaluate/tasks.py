@@ -24,7 +24,7 @@ class TaskRun:
     Attributes:
         draft: The task (prompt, k*, expected results).
         world: The case's ground truth.
-        program_run: The :class:`~vpcli.runner.ProgramRun` (context, sandbox) after the run.
+        program_run: The :class:`~vpcli.program_run.ProgramRun` (context, sandbox) after the run.
         record: The agent's record (None when the run ended before it was made).
         refused: The prompt was refused (by the gate or the model).
         error: Why the run stopped early (a failed or refused step), else None.
@@ -45,9 +45,9 @@ def _teacher_forced(bundle, prompt: str, program: str, scans, executor):
     """Run k* step by step, φ from the model reading the episode (as joint training does)."""
     import torch
 
-    from vpcli.agent.grammar import PHI_NAME
+    from vpcli.agent.decoding_grammar import PHI_NAME
     from vpcli.agent.loop import MAX_FEEDBACK_TOKENS, AgentRun, StepResult
-    from vpcli.agent.program import split_steps, to_executable, to_model_text
+    from vpcli.agent.model_text import split_steps, to_executable, to_model_text
     from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START, MOD,
                                        STEP_END, header_text)
 
@@ -108,9 +108,9 @@ def run_task(bundle, draft, world, scans=None, *, programs: str = 'agent', seed:
         seed: Seeds Python, NumPy and torch before the run.
         device: Torch device of the run.
     """
-    from vpcli.agent.program import split_steps, to_model_text
-    from vpcli.agent.run import ProgramRunExecutor
-    from vpcli.runner import ProgramRun, RunSettings, seed_everything
+    from vpcli.agent.model_text import split_steps, to_model_text
+    from vpcli.agent.prompt_run import ProgramRunExecutor
+    from vpcli.program_run import ProgramRun, RunSettings, seed_everything
 
     scans = list(world.case.scans if scans is None else scans)
     seed_everything(seed)

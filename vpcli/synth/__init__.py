@@ -8,7 +8,9 @@ Public interface (stable; see ``docs/synthesis.md``):
   (FreeSurfer ids and names, sides, tissue classes, groups: lobes, territories, ...).
 * :mod:`vpcli.synth.sources` - which label maps are used and which is held out.
 * :mod:`vpcli.synth.lesions` - lesion classes (``data/lesion_classes.json``), shapes,
-  placement, signal, and the signal-ratio measurement the descriptors are checked with.
+  placement, signal, and the signal-ratio measurement the descriptors are checked with
+  (also the import point of :mod:`vpcli.synth.lesion_location`: side, lobe and territory
+  of a lesion mask).
 
 Importing this package is cheap; torch and voxel are imported inside functions.
 """

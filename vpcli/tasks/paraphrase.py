@@ -22,8 +22,8 @@ import tomllib
 import numpy as np
 
 from vpcli.tasks.drafts import Unwritable
-from vpcli.tasks.grammar import expand
 from vpcli.tasks.ontology import DATA_DIR
+from vpcli.tasks.slot_expansion import expand
 from vpcli.tasks.templates import CATEGORIES, FILTERS as _FILTERS, filters_fit
 
 PARAPHRASES = DATA_DIR / 'paraphrases.toml'

@@ -15,11 +15,11 @@ from typing import Any, Callable
 import numpy as np
 
 from vpcli.tasks.drafts import Expected, TaskDraft, TaskPlan, Unwritable
-from vpcli.tasks.grammar import expand
 from vpcli.tasks.ontology import AnatomyTarget, load_ontology
-from vpcli.tasks.program import Name, Program, call
 from vpcli.tasks.roi import (RoiPhrase, anatomy_phrase, lesion_description, lesion_phrase,
                              modality_words, shared_slots)
+from vpcli.tasks.slot_expansion import expand
+from vpcli.tasks.target_program import Name, Program, call
 from vpcli.tasks.templates import load_templates
 from vpcli.tasks.world import CaseInfo, CaseRequest, LesionInfo, ScanInfo
 

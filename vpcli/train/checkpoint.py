@@ -91,7 +91,7 @@ def read_checkpoint(path: Path | str, recipe: Recipe | None = None,
         BadInputError: no such checkpoint, or a change not allowed (named).
     """
     from vpcli.agent.model import trained_model_text
-    from vpcli.agent.program import MODEL_TEXT_VERSION
+    from vpcli.agent.model_text import MODEL_TEXT_VERSION
 
     path = Path(path)
     if not path.is_file():

@@ -20,9 +20,9 @@ def joint_episode_loss(agent, vision, tokenizer, special: dict[str, int], draft,
     pairs scored on the episode's first encoding (:func:`score_extra_targets`); ``lines``
     the state's scan lines (default: the case's scans described). ``special``: the ids of
     the tokenizer's special tokens, by name."""
-    from vpcli.agent.grammar import PHI_NAME
+    from vpcli.agent.decoding_grammar import PHI_NAME
     from vpcli.agent.loop import MAX_FEEDBACK_TOKENS, read_feedback
-    from vpcli.agent.program import split_steps, to_executable, to_model_text
+    from vpcli.agent.model_text import split_steps, to_executable, to_model_text
     from vpcli.agent.tokenizer import (CODE_START, EMBEDDING, FEEDBACK_END, FEEDBACK_START,
                                        MOD, STEP_END, STOP, header_text)
     from vpcli.library.context import RunContext
@@ -99,7 +99,7 @@ def score_extra_targets(agent, tokenizer, special: dict[str, int], extras, ancho
                         scorer: TrainingVision, device: str = 'cpu') -> None:
     """Score each extra target on the anchor encoding; φ from the language model reading
     the target's prompt, the anchor's encode step and feedback, up to the ``<MOD>``."""
-    from vpcli.agent.program import to_model_text
+    from vpcli.agent.model_text import to_model_text
     from vpcli.agent.tokenizer import CODE_START, MOD, header_text
 
     for prompt, target in extras:

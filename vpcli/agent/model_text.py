@@ -29,7 +29,7 @@ import ast
 import dataclasses
 from typing import Sequence
 
-from vpcli.agent.grammar import ENCODE, PHI_NAME, SEGMENT
+from vpcli.agent.decoding_grammar import ENCODE, PHI_NAME, SEGMENT
 from vpcli.agent.tokenizer import MOD
 
 #: where the markers sit: 1 = segment's after the encoding argument, 2 = after the target

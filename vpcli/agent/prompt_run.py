@@ -1,7 +1,7 @@
 """A prompt-driven run: the agent writes the program step by step, the sandbox runs it.
 
 Used by ``voxelprompt run`` (one run) and ``voxelprompt bids`` (the model is loaded once per
-process, then every job reuses it). The steps run through :class:`vpcli.runner.ProgramRun`,
+process, then every job reuses it). The steps run through :class:`vpcli.program_run.ProgramRun`,
 so outputs, ``metrics.json`` and atomic writing are those of ``voxelprompt exec``; the
 saved ``script.py`` starts with the ``PHI = [...]`` constant step, so
 ``voxelprompt exec script.py SCANS -o OUT`` replays the run exactly.
@@ -19,7 +19,7 @@ AGENT_KEY = 'agent'
 
 
 class ProgramRunExecutor:
-    """The agent loop's executor over a :class:`~vpcli.runner.ProgramRun`."""
+    """The agent loop's executor over a :class:`~vpcli.program_run.ProgramRun`."""
 
     def __init__(self, program_run, log: Callable[[str], None] | None = None):
         self.program_run = program_run
@@ -72,8 +72,8 @@ def run_prompt(prompt: str, scans: Sequence, bundle, settings, *, max_steps: int
         ProgramError: a step failed, or the model wrote no step (exit code 5).
     """
     from vpcli.agent.loop import DEFAULT_MAX_STEPS
-    from vpcli.agent.program import phi_step
-    from vpcli.runner import ProgramRun, seed_everything
+    from vpcli.agent.model_text import phi_step
+    from vpcli.program_run import ProgramRun, seed_everything
 
     log = log or (lambda message: None)
     seed_everything(settings.seed)

@@ -17,8 +17,8 @@ lines, each ``name = expression`` or a call of a library function, over this sub
 - ``<MOD>`` exactly once after each argument of ``encode`` (which must be a variable) and
   exactly n times after the target argument of ``segment`` when its encoding argument (a
   variable) holds an encoding of n scans; nowhere else (model text version 2, see
-  :mod:`vpcli.agent.program`). ``phi=`` is never written by the model: it is
-  spliced in from the ``<MOD>`` hidden states (see :mod:`vpcli.agent.program`).
+  :mod:`vpcli.agent.model_text`). ``phi=`` is never written by the model: it is
+  spliced in from the ``<MOD>`` hidden states (see :mod:`vpcli.agent.model_text`).
 
 Nothing else (imports, definitions, loops, comments, dunder names, keyword ``phi``) can
 be produced, so a generated step can only call the library. The recognizer works on the

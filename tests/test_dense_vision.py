@@ -37,6 +37,18 @@ def network() -> VisionNetwork:
     return VisionNetwork(tiny_config()).eval()
 
 
+def shipped_weights_copy(tmp_path):
+    """A writable copy of the shipped weights folder (without training states)."""
+    import shutil
+    from pathlib import Path
+    repository = Path(__file__).resolve().parent.parent
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    for name in ('agent.pt', 'vision.pt', 'tokenizer.model', 'manifest.json'):
+        shutil.copy(repository / 'weights' / name, weights / name)
+    return weights
+
+
 def scan_on(shape=(16, 16, 16), spacing=2.0, seed=0) -> Scan:
     geometry = make_geometry(shape, (spacing,) * 3, 'RAS')
     generator = torch.Generator().manual_seed(seed)
@@ -188,19 +200,13 @@ def test_a_resumed_dense_run_equals_one_run(tmp_path):
 @pytest.mark.training
 def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path):
     pytest.importorskip('smriprep_freesurfer732')
-    import shutil
-    from pathlib import Path
 
     from typer.testing import CliRunner
 
     from vpcli.cli import app
     from vpcli.weights import load_bundle, read_manifest
 
-    repository = Path(__file__).resolve().parent.parent
-    weights = tmp_path / 'weights'
-    weights.mkdir()
-    for name in ('agent.pt', 'vision.pt', 'tokenizer.model', 'manifest.json'):
-        shutil.copy(repository / 'weights' / name, weights / name)
+    weights = shipped_weights_copy(tmp_path)
     runner = CliRunner()
     run = tmp_path / 'run'
     refused = runner.invoke(app, ['train', '--recipe', 'dense-tiny', '--stage', 'joint', '-o', str(run)])
@@ -295,3 +301,95 @@ def test_partition_dice_weight_scales_only_the_partition_dice(composites):
     full, parts = dense_loss(logits, labels, lesions, composites)
     without, _ = dense_loss(logits, labels, lesions, composites, partition_dice_weight=0.0)
     assert float(full - without) == pytest.approx(1 - parts['dice'], abs=1e-5)
+
+
+def test_logit_offsets_are_checked_saved_and_applied_at_run_time_only(tmp_path):
+    anatomy = 1 + len(LABELS)
+    with pytest.raises(ValueError, match='logit offsets'):
+        tiny_config(logit_offsets=(0.0, 1.0))
+    offsets = (0.0, 0.0, 0.0, 40.0, 0.0, 0.0, 0.0)  # left hippocampus wins among the labels
+    network = VisionNetwork(tiny_config(logit_offsets=offsets)).eval()
+    network.load_state_dict(VisionNetwork(tiny_config()).state_dict())
+    plain = VisionNetwork(tiny_config()).eval()
+    path = network.save(tmp_path / 'vision.pt')
+    assert VisionNetwork.load(path).config.logit_offsets == offsets
+    scan = scan_on(seed=4)
+    with torch.no_grad():
+        shifted = network.dense_probabilities(network.encode([scan]))[0]
+        unshifted = plain.dense_probabilities(plain.encode([scan]))[0]
+        training = network.dense_logits(network.encode([scan]).prepared[0].volume.tensor[None])[0]
+        untouched = plain.dense_logits(plain.encode([scan]).prepared[0].volume.tensor[None])[0]
+    assert shifted.shape[0] == anatomy + len(LESIONS)
+    brain = 1 - unshifted[0]
+    assert torch.allclose(shifted[0], unshifted[0])  # the brain's outer edge never moves
+    assert torch.allclose(shifted[3], brain, atol=1e-5) and not torch.allclose(unshifted[3], brain)
+    assert torch.allclose(shifted[1:anatomy].sum(0), brain, atol=1e-5)
+    assert torch.allclose(shifted[anatomy:], unshifted[anatomy:])  # lesion channels untouched
+    assert torch.equal(training, untouched)  # training logits never see the offsets
+
+
+def test_fitted_offsets_match_volumes_and_share_one_offset_per_structure():
+    """Logits that make channel 1 (and its mirror 2) too large and channel 3 too small:
+    the fit brings thresholded volumes back to the true ones, one offset per side pair."""
+    from vpcli.vision.calibration import fit_offsets, label_counts, volume_summary
+
+    generator = torch.Generator().manual_seed(0)
+    truths, logits = [], []
+    for _ in range(4):
+        truth = torch.randint(0, 4, (12, 12, 12), generator=generator)
+        logit = 4.0 * torch.nn.functional.one_hot(truth, 4).permute(3, 0, 1, 2).float()
+        logit = logit + torch.randn(logit.shape, generator=generator)
+        logit[1] += 1.2
+        logit[2] += 1.2
+        logit[3] -= 1.0
+        truths.append(truth)
+        logits.append(logit)
+    mirror = [0, 2, 1, 3]
+    before = volume_summary(logits, truths, torch.zeros(4))
+    offsets = fit_offsets(logits, truths, mirror)
+    after = volume_summary(logits, truths, offsets)
+    true, mask, _, _ = label_counts(logits, truths, offsets)
+    assert float(offsets[1]) == float(offsets[2])
+    assert float(offsets[0]) == 0 and float(offsets[1]) < -0.2 and float(offsets[3]) > 0.5
+    assert torch.allclose(mask[1:], true[1:], rtol=0.05)
+    assert after['median_abs_log_ratio'] < before['median_abs_log_ratio'] / 4
+    assert after['mean_dice'] > before['mean_dice']
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_an_export_with_calibration_ships_and_records_the_offsets(tmp_path):
+    pytest.importorskip('smriprep_freesurfer732')
+    from pathlib import Path
+
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer, export_vision
+    from vpcli.weights import load_bundle, read_manifest
+
+    repository = Path(__file__).resolve().parent.parent
+    weights = shipped_weights_copy(tmp_path)
+    recipe = dataclasses.replace(DenseRecipe.load(repository / 'recipes/train/dense-tiny.toml'),
+                                 calibration_samples=2)
+    trainer = DenseTrainer.create(recipe)
+    export_vision(trainer, weights, tmp_path / 'state.pt')
+    record = read_manifest(weights)['vision_training']['volume_calibration']
+    assert '2 synthetic samples' in record['fitted_on'] and 'fsaverage' in record['fitted_on']
+    assert set(record['with']) == {'labels', 'median_volume_ratio', 'median_abs_log_ratio',
+                                   'mean_dice'}
+    network = load_bundle(weights).vision
+    assert len(network.config.logit_offsets) == network.config.anatomy_channels
+    assert any(value != 0 for value in network.config.logit_offsets)
+    state = torch.load(tmp_path / 'state.pt', weights_only=True)
+    assert not state['config'].get('logit_offsets')  # the training state stays uncalibrated
+
+
+def test_the_calibration_leaves_tissues_and_cortical_parcels_alone():
+    from vpcli.vision.calibration import calibrated_channels, fit_offsets
+
+    names = ('Left-Cerebral-White-Matter', 'Left-Hippocampus', 'ctx-lh-superiorfrontal',
+             'Right-Cerebellum-Cortex', 'Right-Pallidum')
+    assert calibrated_channels(names).tolist() == [False, False, True, False, False, True]
+    truth = torch.tensor([0, 1, 2, 3, 4, 5] * 40).view(6, 5, 8)
+    logits = 4.0 * torch.nn.functional.one_hot(truth, 6).permute(3, 0, 1, 2).float()
+    logits[1:] += 2.0  # every label too large against the background
+    offsets = fit_offsets([logits], [truth], channels=calibrated_channels(names), limit=0.5)
+    assert offsets[[0, 1, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]

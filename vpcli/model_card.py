@@ -120,8 +120,24 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
         + (f' The shipped weights are the average of the run\'s weights at steps '
            f'{", ".join(str(s) for s in dense["averaged_steps"])} '
            f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else ''),
+        *_calibration_lines(dense.get('volume_calibration')),
         '- Language model training: token cross-entropy on target programs '
         '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
+
+
+def _calibration_lines(record: dict | None) -> list[str]:
+    """The volume calibration fitted at export (vpcli.vision.calibration), if any."""
+    if not record:
+        return []
+    without, with_ = record.get('without', {}), record.get('with', {})
+    return [f'- Volume calibration: one logit offset per label, fitted at export on '
+            f'{record.get("fitted_on")} so that thresholded volumes match true volumes '
+            f'(docs/vision.md). On {record.get("held_out")} held out from the fit, over '
+            f'{with_.get("labels")} labels: median mask / true volume '
+            f'{without.get("median_volume_ratio")} → {with_.get("median_volume_ratio")}, '
+            f'median |log ratio| {without.get("median_abs_log_ratio")} → '
+            f'{with_.get("median_abs_log_ratio")}, mean Dice {without.get("mean_dice")} → '
+            f'{with_.get("mean_dice")}.']
 
 
 def render(manifest: dict) -> str:

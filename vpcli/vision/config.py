@@ -44,6 +44,13 @@ class VisionConfig:
         phi_mixing: Whether every level mixes φ into its features (the paper's design).
             Dense networks leave it off: one pass gives every target, and the target the
             program names is assembled from its channels (docs/vision.md).
+        flip_averaging: Dense networks: average the probabilities with those of the
+            left-right mirrored scan (channels swapped back) at run time.
+        logit_offsets: Dense networks: empty, or one number per anatomical channel
+            (background first; its own is ignored): the volume calibration fitted at
+            export, applied among the labels at run time
+            (:func:`vpcli.vision.model.calibrated_softmax`). Training never applies
+            them.
     """
     widths: tuple[int, ...] = (8, 16, 16, 16, 16, 16)
     phi_size: int = 32
@@ -62,6 +69,7 @@ class VisionConfig:
     lesion_classes: tuple[str, ...] = ()
     phi_mixing: bool = True
     flip_averaging: bool = False
+    logit_offsets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -70,6 +78,10 @@ class VisionConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if len(self.label_ids) != len(self.label_names):
             raise ValueError('label_ids and label_names must have the same length')
+        object.__setattr__(self, 'logit_offsets', tuple(float(v) for v in self.logit_offsets))
+        if self.logit_offsets and len(self.logit_offsets) != 1 + len(self.label_ids):
+            raise ValueError(f'{len(self.logit_offsets)} logit offsets for '
+                             f'{1 + len(self.label_ids)} anatomical channels')
         object.__setattr__(self, 'intensity_percentiles',
                            tuple(float(p) for p in self.intensity_percentiles))
         if not widths:
@@ -108,7 +120,7 @@ class VisionConfig:
         data = dataclasses.asdict(self)
         data['widths'] = list(self.widths)
         data['intensity_percentiles'] = list(self.intensity_percentiles)
-        for name in ('label_ids', 'label_names', 'lesion_classes'):
+        for name in ('label_ids', 'label_names', 'lesion_classes', 'logit_offsets'):
             data[name] = list(getattr(self, name))
         return data
 

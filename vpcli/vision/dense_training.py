@@ -66,6 +66,10 @@ class DenseRecipe:
         threads: Torch CPU threads (0: torch's default).
         sources: Training anatomy sources (``fsaverage``, ``gca``).
         gca_draws: Label maps drawn from the GCA priors when ``gca`` is a source.
+        calibration_samples: At export, fit the volume calibration (one logit offset per
+            anatomical channel, :mod:`vpcli.vision.calibration`) on this many new synthetic
+            samples and ship it in the network's config; 0 ships none. Training is
+            unaffected.
     """
     name: str = 'dense-cpu'
     stage: str = 'vision'
@@ -88,6 +92,7 @@ class DenseRecipe:
     threads: int = 0
     sources: list = dataclasses.field(default_factory=lambda: ['fsaverage'])
     gca_draws: int = 6
+    calibration_samples: int = 0
 
     @classmethod
     def load(cls, path: Path | str) -> 'DenseRecipe':
@@ -395,8 +400,10 @@ class DenseTrainer:
 def export_vision(trainer: DenseTrainer, folder: Path | str,
                   state_path: Path | str | None = None) -> dict:
     """Ship a dense network into a weights folder: ``vision.pt`` (fp16 weights, which load
-    into fp32), the manifest's vision entries and ``vision_training`` record, and the model
-    card; optionally the compact training state (``state_path``) that is committed."""
+    into fp32; with the recipe's ``calibration_samples``, the volume calibration fitted now
+    in its config), the manifest's vision entries and ``vision_training`` record, and the
+    model card; optionally the compact training state (``state_path``, uncalibrated) that
+    is committed."""
     from vpcli import model_card
     from vpcli.synth.sources import SOURCE_RECORDS
     from vpcli.volumes import write_text_atomic
@@ -406,16 +413,24 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     manifest = json.loads(manifest_path.read_text())
     vision_path = folder / 'vision.pt'
     network = trainer.network
+    recipe = trainer.recipe
+    config, calibration = network.config, None
+    if recipe.calibration_samples > 0:
+        from vpcli.vision.calibration import calibrate
+        offsets, calibration = calibrate(network, recipe.calibration_samples,
+                                         shape=max(64, *recipe.shape), sources=recipe.sources,
+                                         gca_draws=min(recipe.gca_draws, 3),
+                                         spacing_mm=recipe.spacing_mm)
+        config = dataclasses.replace(config, logit_offsets=tuple(offsets))
     state = half_state(network.state_dict())
     temporary = vision_path.with_name('.vision.pt.tmp')
-    torch.save({'config': network.config.to_dict(), 'state': state}, temporary)
+    torch.save({'config': config.to_dict(), 'state': state}, temporary)
     os.replace(temporary, vision_path)
     for entry in manifest['files']:
         if entry['role'] == 'vision':
             entry.update(file='vision.pt', sha256=sha256_file(vision_path),
                          bytes=vision_path.stat().st_size)
-    manifest['vision_config'] = network.config.to_dict()
-    recipe = trainer.recipe
+    manifest['vision_config'] = config.to_dict()
     manifest['vision_training'] = {
         'stage': 'dense vision (docs/training.md)', 'recipe': recipe.name,
         'recipe_file': f'recipes/train/{recipe.name}.toml',
@@ -425,6 +440,8 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
         'synthesis_share': round(trainer.synthesis_seconds / max(trainer.seconds, 1e-9), 4),
         'device': str(trainer.device), 'recipe_changes': trainer.recipe_changes,
         'averaged_steps': trainer.averaged_steps}
+    if calibration is not None:
+        manifest['vision_training']['volume_calibration'] = calibration
     sources = manifest.setdefault('data_sources', [])
     for name in recipe.sources:
         record = SOURCE_RECORDS[name]

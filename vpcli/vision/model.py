@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from vpcli.errors import BadInputError, ProgramError
-from vpcli.library.context import FeedbackItem
+from vpcli.run_context import FeedbackItem
 from vpcli.vision.config import VisionConfig
 from vpcli.vision.layers import LevelBlock, Pointwise, upsample
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
@@ -36,6 +36,19 @@ from vpcli.volumes import Mask, union_sources
 
 if TYPE_CHECKING:
     from vpcli.volumes import Scan
+
+
+def calibrated_softmax(logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The anatomical softmax of ``logits`` (``(K, ...)``, background first) with the label
+    channels' ``offsets`` (``offsets[0]`` is ignored): the background keeps its probability,
+    so the brain's outer edge never moves, and the labels share the rest as a softmax of
+    their offset logits."""
+    probabilities = logits.softmax(0)
+    if not bool(offsets[1:].any()):
+        return probabilities
+    shape = (-1,) + (1,) * (logits.dim() - 1)
+    labels = (logits[1:] + offsets[1:].to(logits).view(shape)).softmax(0) * (1 - probabilities[:1])
+    return torch.cat([probabilities[:1], labels])
 
 
 def phi_matrix(phi: Any, count: int, size: int, device: torch.device | str = 'cpu') -> torch.Tensor:
@@ -293,7 +306,12 @@ class VisionNetwork(nn.Module):
 
     def _dense_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         anatomy = self.config.anatomy_channels
-        return torch.cat([logits[:anatomy].softmax(0), torch.sigmoid(logits[anatomy:])])
+        if self.config.logit_offsets:  # the volume calibration (vpcli.vision.calibration)
+            offsets = torch.tensor(self.config.logit_offsets, device=logits.device)
+            anatomical = calibrated_softmax(logits[:anatomy], offsets)
+        else:
+            anatomical = logits[:anatomy].softmax(0)
+        return torch.cat([anatomical, torch.sigmoid(logits[anatomy:])])
 
     def _mirror_channels(self) -> list[int]:
         """Channel order that swaps every left label with its right partner."""

@@ -8,9 +8,10 @@ way a radiologist would justify it. Each category has a planner (``plan_X``) and
 from __future__ import annotations
 
 from vpcli.tasks.drafts import TaskDraft, TaskPlan
+from vpcli.tasks.roi import RoiPhrase
 from vpcli.tasks.world import CaseRequest
 from vpcli.tasks.writer import (LIB, Writer, _expected, _lesion_count, _mask_on, _measured_scan,
-                                _mri_session, _scan_variable)
+                                _mri_session, _scan_variable, _true_mask_on)
 from vpcli.volumes import POST_CONTRAST
 
 #: regions a lesion's lobe-level location is chosen among, in program order
@@ -39,9 +40,7 @@ def write_location(w: Writer) -> TaskDraft:
     w.bind_roi(phrase)
     prompt = w.prompt()
     regions = LOCATION_REGIONS if w.plan.variant == 'lobe' else TERRITORY_REGIONS
-    w.encode()
-    lesion = w.segment(phrase.canonical, 'lesion')
-    w.step()
+    lesion = w.encode_and_segment(phrase.canonical, 'lesion')
     region_names = [w.segment(region) for region in regions]
     w.step()
     w.add(f'where = location({lesion}, {", ".join(region_names)})')
@@ -55,19 +54,23 @@ def write_location(w: Writer) -> TaskDraft:
     return w.draft(prompt, evaluate)
 
 
+def _segment_tagged_lesion(w: Writer, tag: str) -> tuple[RoiPhrase, str, str]:
+    """Single out a lesion that has a ``tag`` descriptor without naming it (the task asks
+    for it), fill the prompt and segment the lesion; returns (phrase, prompt, mask variable)."""
+    phrase, _ = w.lesion(exclude_tags=(tag,), need_tag=tag)
+    w.bind_roi(phrase)
+    prompt = w.prompt()
+    return phrase, prompt, w.encode_and_segment(phrase.canonical, 'lesion')
+
+
 def plan_enhancement(rng):
     request = CaseRequest(sessions=(('T1w', POST_CONTRAST),), lesions=_lesion_count(rng))
     return TaskPlan('enhancement', 'basic', request, {'lesion': True})
 
 
 def write_enhancement(w: Writer) -> TaskDraft:
-    phrase, _ = w.lesion(exclude_tags=('enhancement',), need_tag='enhancement')
-    w.bind_roi(phrase)
-    prompt = w.prompt()
+    phrase, prompt, lesion = _segment_tagged_lesion(w, 'enhancement')
     pre, post = w.case.sessions[0][0], w.case.sessions[0][1]
-    w.encode()
-    lesion = w.segment(phrase.canonical, 'lesion')
-    w.step()
     w.add(f'r = enhancement_ratio({post.name}, {pre.name}, {lesion})')
     w.add('output("enhancement_ratio", r, "ratio")')
     w.add('answer(enhancement_class(r))')
@@ -86,13 +89,8 @@ def plan_diffusion(rng):
 
 
 def write_diffusion(w: Writer) -> TaskDraft:
-    phrase, _ = w.lesion(exclude_tags=('diffusion',), need_tag='diffusion')
-    w.bind_roi(phrase)
-    prompt = w.prompt()
+    phrase, prompt, lesion = _segment_tagged_lesion(w, 'diffusion')
     dwi, adc = w.case.sessions[0][0], w.case.sessions[0][1]
-    w.encode()
-    lesion = w.segment(phrase.canonical, 'lesion')
-    w.step()
     w.add(f'dwi_ratio = signal_ratio({dwi.name}, {lesion})')
     w.add(f'adc_ratio = signal_ratio({adc.name}, {lesion})')
     w.add('output("dwi_signal_ratio", dwi_ratio, "ratio")')
@@ -123,9 +121,7 @@ def write_signal_intensity(w: Writer) -> TaskDraft:
     scan = _measured_scan(w, [phrase.canonical])
     w.bind_modality(scan, session)
     prompt = w.prompt(modality='mri')
-    w.encode()
-    lesion = w.segment(phrase.canonical, 'lesion')
-    w.step()
+    lesion = w.encode_and_segment(phrase.canonical, 'lesion')
     measured_scan = _scan_variable(w, scan)
     measured = _mask_on(w, lesion, scan, session, measured_scan)
     w.add(f'r = signal_ratio({measured_scan}, {measured})')
@@ -134,9 +130,7 @@ def write_signal_intensity(w: Writer) -> TaskDraft:
     segments = list(w.segments)
 
     def evaluate(gt):
-        m = gt.mask(phrase.canonical, 0)
-        if scan.name != session[0].name:
-            m = LIB.resample_mask(m, gt.scan(scan.name))
+        m = _true_mask_on(gt, phrase.canonical, scan, session)
         r = LIB.signal_ratio(gt.scan(scan.name), m)
         return _expected(segments, {'signal_ratio': (r, 'ratio')}, answer=LIB.signal_class(r))
     return w.draft(prompt, evaluate)

@@ -9,6 +9,7 @@ writer (``write_X``); see :mod:`vpcli.tasks.categories`.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from vpcli.tasks.roi import RoiPhrase, anatomy_phrase
 from vpcli.tasks.world import CaseInfo, CaseRequest
 from vpcli.tasks.writer import (LIB, Writer, _bind_axis, _choice, _expected, _intensity_unit,
                                 _lesion_count, _mask_on, _measured_scan, _mri_session,
-                                _plan_single, _scan_variable)
+                                _plan_single, _scan_variable, _true_mask_on)
 
 #: reference regions for relative volumes (must contain the part)
 RELATIVE_REFERENCES = ('whole brain', 'intracranial volume', 'left cerebral hemisphere',
@@ -73,15 +74,42 @@ def write_intensity_comparison(w: Writer) -> TaskDraft:
     def evaluate(gt):
         values = []
         for target in (phrase.canonical, reference.name):
-            m = gt.mask(target, 0)
-            if scan.name != session[0].name:
-                m = LIB.resample_mask(m, gt.scan(scan.name))
+            m = _true_mask_on(gt, target, scan, session)
             values.append(LIB.mean_intensity(gt.scan(scan.name), m))
         a, b = values
         return _expected(segments, {
             'mean_intensity': (a, unit), 'reference_mean_intensity': (b, unit),
             'intensity_ratio': (LIB.ratio(a, b), 'ratio'),
             'intensity_difference': (LIB.difference(b, a), unit)})
+    return w.draft(prompt, evaluate)
+
+
+def _volume_pair_draft(w: Writer, prompt: str, first: tuple[str, str, str, str],
+                       second: tuple[str, str, str, str], derived: list[tuple[str, str, str]],
+                       derive: Callable[[Any, Any], dict]) -> TaskDraft:
+    """The draft of a task comparing the volumes of two targets in one session.
+
+    ``first`` and ``second`` are (target, mask variable, volume variable, output name): both
+    targets are segmented in one step, and in the next both volumes are measured and output
+    (mL), then the ``derived`` outputs (output name, expression of the volume variables,
+    unit). ``derive(a, b)`` gives the derived outputs' expected (value, unit), in that order,
+    from the two true volumes.
+    """
+    w.encode()
+    masks = [w.segment(target, mask) for target, mask, _, _ in (first, second)]
+    w.step()
+    for (_, _, volume, _), mask in zip((first, second), masks):
+        w.add(f'{volume} = volume({mask})')
+    for _, _, volume, output in (first, second):
+        w.add(f'output("{output}", {volume}, "mL")')
+    for output, expression, unit in derived:
+        w.add(f'output("{output}", {expression}, "{unit}")')
+    segments = list(w.segments)
+
+    def evaluate(gt):
+        a = LIB.volume(gt.mask(first[0], 0))
+        b = LIB.volume(gt.mask(second[0], 0))
+        return _expected(segments, {first[3]: (a, 'mL'), second[3]: (b, 'mL'), **derive(a, b)})
     return w.draft(prompt, evaluate)
 
 
@@ -108,48 +136,22 @@ def write_volume_comparison(w: Writer) -> TaskDraft:
         w.bind_roi(RoiPhrase(_choice(w.rng, ('the ', '')) + term, term, bilateral.name))
         w.bindings['roi_key'] = _choice(w.rng, [left.plural or term for term in left.terms]
                                         if left.plural else left.terms)
-        prompt = w.prompt()
-        w.encode()
-        lv = w.segment(left.name, 'left')
-        rv = w.segment(right.name, 'right')
-        w.step()
-        w.add(f'v_left = volume({lv})')
-        w.add(f'v_right = volume({rv})')
-        w.add('output("left_volume", v_left, "mL")')
-        w.add('output("right_volume", v_right, "mL")')
-        w.add('output("asymmetry", asymmetry(v_left, v_right), "%")')
-        segments = list(w.segments)
-
-        def evaluate(gt):
-            a = LIB.volume(gt.mask(left.name, 0))
-            b = LIB.volume(gt.mask(right.name, 0))
-            return _expected(segments, {'left_volume': (a, 'mL'), 'right_volume': (b, 'mL'),
-                                               'asymmetry': (LIB.asymmetry(a, b), '%')})
-        return w.draft(prompt, evaluate)
+        return _volume_pair_draft(
+            w, w.prompt(), (left.name, 'left', 'v_left', 'left_volume'),
+            (right.name, 'right', 'v_right', 'right_volume'),
+            [('asymmetry', 'asymmetry(v_left, v_right)', '%')],
+            lambda a, b: {'asymmetry': (LIB.asymmetry(a, b), '%')})
     first = w.anatomy()
     second = w.anatomy(exclude=(first.name,))
     w.bind_roi(anatomy_phrase(w.rng, first))
     w.bind_roi(anatomy_phrase(w.rng, second), 'roi2')
-    prompt = w.prompt()
-    w.encode()
-    a_name = w.segment(first.name, 'roi')
-    b_name = w.segment(second.name, 'roi2')
-    w.step()
-    w.add(f'v_a = volume({a_name})')
-    w.add(f'v_b = volume({b_name})')
-    w.add('output("volume", v_a, "mL")')
-    w.add('output("second_volume", v_b, "mL")')
-    w.add('output("volume_difference", difference(v_b, v_a), "mL")')
-    w.add('output("volume_ratio", ratio(v_a, v_b), "ratio")')
-    segments = list(w.segments)
-
-    def evaluate(gt):
-        a = LIB.volume(gt.mask(first.name, 0))
-        b = LIB.volume(gt.mask(second.name, 0))
-        return _expected(segments, {'volume': (a, 'mL'), 'second_volume': (b, 'mL'),
-                                           'volume_difference': (LIB.difference(b, a), 'mL'),
-                                           'volume_ratio': (LIB.ratio(a, b), 'ratio')})
-    return w.draft(prompt, evaluate)
+    return _volume_pair_draft(
+        w, w.prompt(), (first.name, 'roi', 'v_a', 'volume'),
+        (second.name, 'roi2', 'v_b', 'second_volume'),
+        [('volume_difference', 'difference(v_b, v_a)', 'mL'),
+         ('volume_ratio', 'ratio(v_a, v_b)', 'ratio')],
+        lambda a, b: {'volume_difference': (LIB.difference(b, a), 'mL'),
+                      'volume_ratio': (LIB.ratio(a, b), 'ratio')})
 
 
 def plan_relative_volume(rng):
@@ -188,24 +190,11 @@ def write_relative_volume(w: Writer) -> TaskDraft:
         reference = _choice(w.rng, references)
     w.bind_roi(phrase)
     w.bind_roi(anatomy_phrase(w.rng, reference), 'roi2')
-    prompt = w.prompt()
-    w.encode()
-    part_name = w.segment(phrase.canonical, 'roi')
-    ref_name = w.segment(reference.name, 'reference')
-    w.step()
-    w.add(f'v_part = volume({part_name})')
-    w.add(f'v_reference = volume({ref_name})')
-    w.add('output("volume", v_part, "mL")')
-    w.add('output("reference_volume", v_reference, "mL")')
-    w.add('output("percent_of_reference", ratio(v_part, v_reference) * 100, "%")')
-    segments = list(w.segments)
-
-    def evaluate(gt):
-        a = LIB.volume(gt.mask(phrase.canonical, 0))
-        b = LIB.volume(gt.mask(reference.name, 0))
-        return _expected(segments, {'volume': (a, 'mL'), 'reference_volume': (b, 'mL'),
-                                           'percent_of_reference': (LIB.ratio(a, b) * 100, '%')})
-    return w.draft(prompt, evaluate)
+    return _volume_pair_draft(
+        w, w.prompt(), (phrase.canonical, 'roi', 'v_part', 'volume'),
+        (reference.name, 'reference', 'v_reference', 'reference_volume'),
+        [('percent_of_reference', 'ratio(v_part, v_reference) * 100', '%')],
+        lambda a, b: {'percent_of_reference': (LIB.ratio(a, b) * 100, '%')})
 
 
 # -----------------------------------------------------------------------------
@@ -263,9 +252,7 @@ def write_volume_change(w: Writer) -> TaskDraft:
     direction = _direction_filter(w) if w.plan.variant == 'basic' else None
     prompt = w.prompt(direction=direction)
     first, second = w.case.sessions[0][0], w.case.sessions[1][0]
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     w.add(f'v_before = volume({mask}[0])')
     w.add(f'v_after = volume({mask}[1])')
     w.add('output("volume_before", v_before, "mL")')
@@ -305,9 +292,7 @@ def write_extent_change(w: Writer) -> TaskDraft:
     axis = w.plan.params['axis']
     _bind_axis(w, axis)
     prompt = w.prompt(axis=axis)
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     w.add(f'e_before = extent({mask}[0], "{axis}")')
     w.add(f'e_after = extent({mask}[1], "{axis}")')
     w.add(f'output("extent_{axis}_before", e_before, "mm")')
@@ -339,9 +324,7 @@ def write_intensity_change(w: Writer) -> TaskDraft:
         scans = [sessions[0][0], sessions[1][0]]
     w.bind_modality(scans[0], sessions[0])
     prompt = w.prompt(modality='ct' if scans[0].modality == 'CT' else 'mri')
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     unit = _intensity_unit(scans[0])
     named = [_scan_variable(w, scan, suffix, index)
              for index, (scan, suffix) in enumerate(zip(scans, ('_before', '_after')))]
@@ -364,9 +347,7 @@ def write_intensity_change(w: Writer) -> TaskDraft:
     def evaluate(gt):
         values = []
         for session_index, scan in enumerate(scans):
-            m = gt.mask(phrase.canonical, session_index)
-            if scan.name != sessions[session_index][0].name:
-                m = LIB.resample_mask(m, gt.scan(scan.name))
+            m = _true_mask_on(gt, phrase.canonical, scan, sessions[session_index], session_index)
             values.append(LIB.mean_intensity(gt.scan(scan.name), m))
         a, b = values
         return _expected(segments, {

@@ -25,9 +25,7 @@ def write_cropping(w: Writer) -> TaskDraft:
     w.bindings['margin'] = _choice(w.rng, (f'{margin} mm', f'{margin}mm', f'{margin} millimeters'))
     prompt = w.prompt()
     scan = w.case.sessions[0][0]
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     if margin:
         w.add(f'cropped = crop({scan.name}, {mask}, {margin})')
     else:
@@ -52,9 +50,7 @@ def write_tissue_removal(w: Writer) -> TaskDraft:
     prompt = w.prompt()
     scan = w.case.sessions[0][0]
     function, name = ('remove', 'removed') if w.plan.variant == 'remove' else ('extract', 'extracted')
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     w.add(f'{name} = {function}({scan.name}, {mask})')
     w.add(f'save({name}, "{name}")')
     segments = list(w.segments)

@@ -10,7 +10,8 @@ import dataclasses
 
 from vpcli.tasks.drafts import TaskDraft
 from vpcli.tasks.writer import (LIB, Writer, _bind_axis, _choice, _expected, _intensity_unit,
-                                _mask_on, _measured_scan, _plan_single, _scan_variable)
+                                _mask_on, _measured_scan, _plan_single, _scan_variable,
+                                _true_mask_on)
 
 
 def plan_segmentation(rng):
@@ -27,24 +28,30 @@ def write_segmentation(w: Writer) -> TaskDraft:
     return w.draft(prompt, lambda gt: _expected(segments))
 
 
+def _write_roi_measurement(w: Writer, function: str, variable: str, output: str,
+                           unit: str) -> TaskDraft:
+    """A task that measures one ROI with one library ``function`` of its mask:
+    ``variable = function(mask)`` and ``output("output", variable, "unit")``."""
+    phrase = w.roi()
+    w.bind_roi(phrase)
+    prompt = w.prompt()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
+    w.add(f'{variable} = {function}({mask})')
+    w.add(f'output("{output}", {variable}, "{unit}")')
+    segments = list(w.segments)
+
+    def evaluate(gt):
+        value = getattr(LIB, function)(gt.mask(phrase.canonical, 0))
+        return _expected(segments, {output: (value, unit)})
+    return w.draft(prompt, evaluate)
+
+
 def plan_volume(rng):
     return _plan_single('volume', rng, 0.35)
 
 
 def write_volume(w: Writer) -> TaskDraft:
-    phrase = w.roi()
-    w.bind_roi(phrase)
-    prompt = w.prompt()
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
-    w.add(f'v = volume({mask})')
-    w.add('output("volume", v, "mL")')
-    segments = list(w.segments)
-
-    def evaluate(gt):
-        return _expected(segments, {'volume': (LIB.volume(gt.mask(phrase.canonical, 0)), 'mL')})
-    return w.draft(prompt, evaluate)
+    return _write_roi_measurement(w, 'volume', 'v', 'volume', 'mL')
 
 
 def plan_center_of_mass(rng):
@@ -52,20 +59,7 @@ def plan_center_of_mass(rng):
 
 
 def write_center_of_mass(w: Writer) -> TaskDraft:
-    phrase = w.roi()
-    w.bind_roi(phrase)
-    prompt = w.prompt()
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
-    w.add(f'c = center_of_mass({mask})')
-    w.add('output("center_of_mass", c, "mm")')
-    segments = list(w.segments)
-
-    def evaluate(gt):
-        value = LIB.center_of_mass(gt.mask(phrase.canonical, 0))
-        return _expected(segments, {'center_of_mass': (value, 'mm')})
-    return w.draft(prompt, evaluate)
+    return _write_roi_measurement(w, 'center_of_mass', 'c', 'center_of_mass', 'mm')
 
 
 def plan_extent(rng):
@@ -82,9 +76,7 @@ def write_extent(w: Writer) -> TaskDraft:
         prompt = w.prompt(axis=axis)
     else:
         prompt = w.prompt()
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     segments = list(w.segments)
     if w.plan.variant == 'axis':
         name = f'extent_{axis}'
@@ -116,9 +108,7 @@ def write_intensity(w: Writer) -> TaskDraft:
     scan = _measured_scan(w, [phrase.canonical])
     w.bind_modality(scan, session)
     prompt = w.prompt(modality='ct' if scan.modality == 'CT' else 'mri')
-    w.encode()
-    mask = w.segment(phrase.canonical, 'roi')
-    w.step()
+    mask = w.encode_and_segment(phrase.canonical, 'roi')
     measured_scan = _scan_variable(w, scan)
     measured = _mask_on(w, mask, scan, session, measured_scan)
     w.add(f'i = mean_intensity({measured_scan}, {measured})')
@@ -127,9 +117,7 @@ def write_intensity(w: Writer) -> TaskDraft:
     segments = list(w.segments)
 
     def evaluate(gt):
-        m = gt.mask(phrase.canonical, 0)
-        if scan.name != session[0].name:
-            m = LIB.resample_mask(m, gt.scan(scan.name))
+        m = _true_mask_on(gt, phrase.canonical, scan, session)
         value = LIB.mean_intensity(gt.scan(scan.name), m)
         return _expected(segments, {'mean_intensity': (value, unit)})
     return w.draft(prompt, evaluate)

@@ -181,6 +181,14 @@ class Writer:
         self.segments.append((name, target))
         return name
 
+    def encode_and_segment(self, target: str, variable: str) -> str:
+        """Steps: ``enc = encode(...)`` over all scans, then ``name = segment(enc, "target")``;
+        opens the next step (the measurement) and returns the mask variable."""
+        self.encode()
+        name = self.segment(target, variable)
+        self.step()
+        return name
+
     def step(self) -> None:
         self.program.step()
 
@@ -211,6 +219,16 @@ def _expected(segments, outputs=None, answer=None, images=None) -> Expected:
     """Expected results; ``masks`` maps each segment variable to its target text."""
     return Expected(outputs or {}, answer, {name: target for name, target in segments},
                     images or {})
+
+
+def _true_mask_on(gt, target: str, scan: ScanInfo, session_scans: list[ScanInfo],
+                  session: int = 0):
+    """The ground-truth mask of ``target`` in ``session`` to measure ``scan`` with: resampled
+    onto the scan when it is not the session's first (the true masks' own grid)."""
+    mask = gt.mask(target, session)
+    if scan.name != session_scans[0].name:
+        mask = LIB.resample_mask(mask, gt.scan(scan.name))
+    return mask
 
 
 # -----------------------------------------------------------------------------

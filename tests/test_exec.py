@@ -339,3 +339,41 @@ def test_exec_prints_the_measured_values_when_there_is_no_answer(tmp_path):
                                       '--no-qc', '--quiet'])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == 'cube volume: 0.512 mL'
+
+
+def test_invoked_command_line_is_what_was_typed_else_rebuilt(monkeypatch):
+    """One definition of the recorded command line (run, exec, bids, eval): the typed argv when
+    the process was started as ``voxelprompt COMMAND ...``, else the line rebuilt from the
+    options (in-process calls: tests, python -c)."""
+    from vpcli.cli._setup import invoked_command_line
+    rebuilt = ['voxelprompt', 'exec', 'script.py', 'scan.nii.gz', '-o', 'out']
+    monkeypatch.setattr(sys, 'argv', ['/usr/bin/voxelprompt', 'exec', 'script.py', 'scan.nii.gz',
+                                      '-q', '-o', 'out'])
+    assert invoked_command_line('exec', rebuilt) == ['voxelprompt', 'exec', 'script.py',
+                                                     'scan.nii.gz', '-q', '-o', 'out']
+    assert invoked_command_line('run', ['voxelprompt', 'run']) == ['voxelprompt', 'run']
+    for argv in (['pytest', '-q', 'tests/test_exec.py'], ['-c'], []):
+        monkeypatch.setattr(sys, 'argv', argv)
+        assert invoked_command_line('exec', rebuilt) == rebuilt
+
+
+def test_exec_records_the_command_line_as_typed(tmp_path, monkeypatch):
+    """A shell's ``voxelprompt exec ...`` is recorded as typed (as ``run`` does), not rebuilt
+    from the options; an in-process call records the rebuilt line."""
+    from conftest import cube_scan
+    scan = cube_scan(tmp_path / 'scan.nii.gz', 10, 2, 6)
+    script = tmp_path / 'script.py'
+    script.write_text('# step 1\nroi = threshold(img0, 0.5)\n# step 2\n'
+                      'output("cube volume", volume(roi), "mL")\n')
+    typed = ['exec', str(script), str(scan), '-q', '--no-qc', '-o', str(tmp_path / 'typed')]
+    monkeypatch.setattr(sys, 'argv', ['/usr/local/bin/voxelprompt', *typed])
+    assert _exec(*typed[1:]).exit_code == 0
+    metrics = json.loads((tmp_path / 'typed' / 'metrics.json').read_text())
+    assert metrics['command']['argv'] == ['voxelprompt', *typed]
+
+    monkeypatch.setattr(sys, 'argv', ['pytest'])
+    assert _exec(*typed[1:-1], str(tmp_path / 'rebuilt')).exit_code == 0
+    metrics = json.loads((tmp_path / 'rebuilt' / 'metrics.json').read_text())
+    assert metrics['command']['argv'] == ['voxelprompt', 'exec', str(script), str(scan), '-o',
+                                          str(tmp_path / 'rebuilt'), '--quiet', '--step-timeout',
+                                          '600', '--seed', '0', '--no-qc']

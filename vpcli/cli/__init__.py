@@ -22,6 +22,10 @@ from vpcli.cli import synth_cmd  # noqa: F401
 from vpcli.cli import train_cmd  # noqa: F401
 from vpcli.cli import eval_cmd  # noqa: F401
 
+# the command modules are named here so that they count as used (pyflakes)
+__all__ = ['app', 'main', 'example_cmd', 'exec_cmd', 'run_cmd', 'functions_cmd', 'bench_cmd',
+           'bids_cmd', 'info_cmd', 'recipes_cmd', 'synth_cmd', 'train_cmd', 'eval_cmd']
+
 
 def main() -> None:
     """Console-script entry point."""

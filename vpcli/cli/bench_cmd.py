@@ -10,6 +10,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import reports_errors
+from vpcli.cli._setup import use_threads
 
 bench_app = typer.Typer(help='Measure speed and memory of voxelprompt components.',
                         no_args_is_help=True)
@@ -42,8 +43,6 @@ def vision(
     threads: Annotated[int | None, typer.Option(min=1, help='CPU threads for torch.')] = None,
 ) -> None:
     """Native resolution vs 1 mm isotropic: inference time and peak memory (paper App. C.4)."""
-    import torch
-
     from vpcli.vision.bench import BenchSettings, format_summary, run_benchmark
     from vpcli.vision.config import CONFIGS
 
@@ -51,8 +50,7 @@ def vision(
         raise typer.BadParameter(f'{config!r}: expected one of {", ".join(sorted(CONFIGS))}',
                                  param_hint='--config')
     resolved = _resolve_device(device)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     if samples is None:
         samples = 20 if resolved.startswith('cuda') else 2
     settings = BenchSettings(device=resolved, samples=samples, max_scans=max_scans,

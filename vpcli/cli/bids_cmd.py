@@ -11,6 +11,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import reports_errors, stderr_logger
+from vpcli.cli._setup import invoked_command_line, load_vision_for, use_threads, weights_line
 
 
 class AnalysisLevel(str, Enum):
@@ -65,6 +66,21 @@ def bids(
 
     from vpcli.recipes import get_recipe
 
+    rebuilt = ['voxelprompt', 'bids', str(bids_dir), str(output_dir), analysis_level.value]
+    for flag, values in (('--participant-label', participant_label),
+                         ('--session-label', session_label), ('--suffix', suffix)):
+        rebuilt += [item for value in values or [] for item in (flag, value)]
+    for flag, value in (('--prompt', prompt), ('--recipe', recipe), ('--program', program),
+                        ('--shard', shard), ('--weights', weights)):
+        rebuilt += [flag, str(value)] if value else []
+    if longitudinal is not None:
+        rebuilt.append('--longitudinal' if longitudinal else '--per-session')
+    rebuilt += ['--step-timeout', f'{step_timeout:g}', '--seed', str(seed), '--device', device,
+                '--max-steps', str(max_steps)] + (['--threads', str(threads)] if threads else [])
+    rebuilt += [flag for flag, on in (('--skip-existing', skip_existing), ('--no-qc', no_qc),
+                                      ('--quiet', quiet)) if on]
+    command_line = invoked_command_line('bids', rebuilt)
+
     chosen = [name for name, value in (('--prompt', prompt), ('--recipe', recipe),
                                        ('--program', program)) if value]
     if len(chosen) != 1:
@@ -74,13 +90,10 @@ def bids(
     if longitudinal is None:
         longitudinal = bool(the_recipe and the_recipe.longitudinal)
 
-    import torch
-
     from vpcli.batch import program_job_runner, write_job
     from vpcli.program_run import RunSettings
 
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     jobs = plan_jobs(bids_dir, suffixes=suffixes,
                      participant_labels=_split(participant_label),
                      session_labels=_split(session_label), longitudinal=longitudinal)
@@ -91,23 +104,13 @@ def bids(
     program_weights: dict = {}
 
     def settings_for(job):
-        argv = ['voxelprompt', *sys.argv[1:]] if sys.argv else ['voxelprompt', 'bids']
-        return RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=argv,
+        return RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
                            mode='exec' if program else 'run', prompt=prompt or (
                                the_recipe.prompt if the_recipe else None), **program_weights)
 
-    if program:
-        vision = None
-        from vpcli.program_run import program_uses_vision
-        if program_uses_vision(program):  # a run's script.py: load the vision network once
-            from vpcli.devices import resolve_device
-            from vpcli.weights import load_bundle
-            chosen_device = resolve_device(device)
-            bundle = load_bundle(weights, chosen_device)
-            vision = bundle.vision
-            program_weights.update(weights_file=str(bundle.folder), weights_sha256=bundle.sha256,
-                                   device=chosen_device)
-            log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
+    if program:  # a run's script.py needs the vision network: loaded once
+        vision, weight_fields = load_vision_for(program, weights, device, log)
+        program_weights.update(weight_fields)
         make_run = program_job_runner(program, settings_for, vision=vision)
     else:
         from vpcli.agent.prompt_run import agent_job_runner  # loads the model once per process
@@ -115,7 +118,7 @@ def bids(
         chosen_device = resolve_device(device)
         make_run = agent_job_runner(prompt or the_recipe.prompt, settings_for, weights=weights,
                                     device=chosen_device, max_steps=max_steps)
-        log(f'weights {make_run.bundle.folder} ({make_run.bundle.sha256[:12]}) on {chosen_device}')
+        log(weights_line(make_run.bundle, chosen_device))
 
     def process(job, out):
         write_job(job, out, bids_dir, make_run(job), qc=not no_qc)

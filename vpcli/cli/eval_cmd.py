@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from vpcli.cli._app import app
-from vpcli.cli._common import reports_errors
+from vpcli.cli._common import reports_errors, stderr_logger
+from vpcli.cli._setup import invoked_command_line, use_threads
 
 
 @app.command('eval')
@@ -39,16 +39,10 @@ def evaluate(
         from vpcli.errors import BadInputError
         raise BadInputError(f'--programs {programs!r}: expected agent or target')
 
-    import torch
-
     from vpcli.devices import resolve_device
     chosen = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-
-    def progress(line: str) -> None:
-        if not quiet:
-            print(f'voxelprompt: {line}', file=sys.stderr, flush=True)
+    use_threads(threads)
+    progress = stderr_logger(quiet)
 
     from vpcli.weights import load_bundle
     bundle = load_bundle(weights, chosen)
@@ -76,8 +70,8 @@ def _record(folder: Path, results: dict) -> None:
     from vpcli.volumes import write_text_atomic
     path = folder / 'manifest.json'
     manifest = json.loads(path.read_text())
-    argv = ['voxelprompt', *sys.argv[1:]] if sys.argv and sys.argv[1:2] == ['eval'] else \
-        ['voxelprompt', 'eval', '--suite', ','.join(results), '--record']
+    argv = invoked_command_line('eval', ['voxelprompt', 'eval', '--suite', ','.join(results),
+                                         '--record'])
     new = model_card.evaluation_record(results, shlex.join(argv),
                                        {suite: headline(result) for suite, result in results.items()})
     old = manifest.get('evaluation') or {}

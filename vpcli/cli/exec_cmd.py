@@ -9,6 +9,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
+from vpcli.cli._setup import invoked_command_line, load_vision_for, use_threads
 
 
 @app.command('exec')
@@ -50,36 +51,25 @@ def exec_program(
     stderr. Exit codes: 0 ok, 3 bad input, 4 refused program, 5 failed step, 130 Ctrl-C
     (docs/exit-codes.md).
     """
-    from vpcli.program_run import RunSettings, execute_script
+    from vpcli.program_run import RunSettings, check_output_dir, execute_script
 
     log = stderr_logger(quiet)
 
-    command_line = ['voxelprompt', 'exec', str(script), *map(str, scans), '-o', str(output)]
-    command_line += ['--overwrite'] * overwrite + ['--json'] * json_output + ['--quiet'] * quiet
-    command_line += ['--step-timeout', f'{step_timeout:g}']
+    rebuilt = ['voxelprompt', 'exec', str(script), *map(str, scans), '-o', str(output)]
+    rebuilt += ['--overwrite'] * overwrite + ['--json'] * json_output + ['--quiet'] * quiet
+    rebuilt += ['--step-timeout', f'{step_timeout:g}']
     if seed is not None:
-        command_line += ['--seed', str(seed)]
-    command_line += (['--weights', str(weights)] if weights else []) + ['--no-qc'] * no_qc
-    command_line += ['--device', device] if device != 'auto' else []
-    command_line += ['--threads', str(threads)] if threads else []
-    command_line += ['--strict-qc'] * strict_qc
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    settings = RunSettings(step_timeout_s=step_timeout, seed=seed, command_line=command_line,
-                           mode='exec')
-    vision = None
-    from vpcli.program_run import program_uses_vision
-    if program_uses_vision(script):
-        from vpcli.devices import resolve_device
-        from vpcli.program_run import check_output_dir
-        check_output_dir(output, overwrite)  # before the weights are loaded
-        from vpcli.weights import load_bundle
-        settings.device = resolve_device(device)
-        bundle = load_bundle(weights, settings.device)
-        settings.weights_file, settings.weights_sha256 = str(bundle.folder), bundle.sha256
-        vision = bundle.vision
-        log(f'vision network from {bundle.folder} ({bundle.sha256[:12]})')
+        rebuilt += ['--seed', str(seed)]
+    rebuilt += (['--weights', str(weights)] if weights else []) + ['--no-qc'] * no_qc
+    rebuilt += ['--device', device] if device != 'auto' else []
+    rebuilt += ['--threads', str(threads)] if threads else []
+    rebuilt += ['--strict-qc'] * strict_qc
+    use_threads(threads)
+    check_output_dir(output, overwrite)  # before the weights are loaded
+    vision, weight_fields = load_vision_for(script, weights, device, log)
+    settings = RunSettings(step_timeout_s=step_timeout, seed=seed,
+                           command_line=invoked_command_line('exec', rebuilt), mode='exec',
+                           **weight_fields)
     metrics = execute_script(script, scans, output, settings, overwrite=overwrite, log=log,
                              vision=vision, qc=not no_qc)
     print_result(metrics, json_output, log, output)

@@ -11,6 +11,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
+from vpcli.cli._setup import invoked_command_line, use_threads, weights_fields, weights_line
 
 
 @app.command('run')
@@ -54,8 +55,6 @@ def run(
     from vpcli.agent.prompt_run import check_prompt
     check_prompt(prompt)  # a refused prompt needs no weights and no scans (exit code 4)
 
-    import torch
-
     from vpcli.agent.prompt_run import run_prompt
     from vpcli.devices import resolve_device
     from vpcli.program_run import RunSettings, check_output_dir
@@ -64,8 +63,7 @@ def run(
 
     check_output_dir(output, overwrite)
     chosen = resolve_device(device)
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads)
     started = time.monotonic()
     scan_list = load_scans(scans)
     scans_loaded = time.monotonic()
@@ -74,22 +72,19 @@ def run(
     # logged once both have loaded, so that a bad scan or weights folder is the only line
     for scan in scan_list:
         log(f'{scan.describe()} <- {scan.path}')
-    log(f'weights {bundle.folder} ({bundle.sha256[:12]}) on {chosen}')
-    if sys.argv[1:2] == ['run']:
-        command_line = ['voxelprompt', *sys.argv[1:]]
-    else:  # called in-process (tests, python -c): rebuild it from the options
-        command_line = ['voxelprompt', 'run', *map(str, scans), '-o', str(output)]
-        command_line += ['--prompt', prompt] if recipe is None else ['--recipe', recipe]
-        command_line += ['--weights', str(weights)] if weights else []
-        command_line += ['--device', device, '--seed', str(seed), '--max-steps', str(max_steps),
-                         '--step-timeout', f'{step_timeout:g}']
-        command_line += ['--threads', str(threads)] if threads else []
-        command_line += [flag for flag, on in (('--json', json_output), ('--quiet', quiet),
-                                               ('--overwrite', overwrite), ('--no-qc', no_qc),
-                                               ('--strict-qc', strict_qc)) if on]
-    settings = RunSettings(step_timeout_s=step_timeout, seed=seed, device=chosen,
-                           command_line=command_line, mode='run', prompt=prompt,
-                           weights_file=str(bundle.folder), weights_sha256=bundle.sha256)
+    log(weights_line(bundle, chosen))
+    rebuilt = ['voxelprompt', 'run', *map(str, scans), '-o', str(output)]
+    rebuilt += ['--prompt', prompt] if recipe is None else ['--recipe', recipe]
+    rebuilt += ['--weights', str(weights)] if weights else []
+    rebuilt += ['--device', device, '--seed', str(seed), '--max-steps', str(max_steps),
+                '--step-timeout', f'{step_timeout:g}']
+    rebuilt += ['--threads', str(threads)] if threads else []
+    rebuilt += [flag for flag, on in (('--json', json_output), ('--quiet', quiet),
+                                      ('--overwrite', overwrite), ('--no-qc', no_qc),
+                                      ('--strict-qc', strict_qc)) if on]
+    settings = RunSettings(step_timeout_s=step_timeout, seed=seed,
+                           command_line=invoked_command_line('run', rebuilt), mode='run',
+                           prompt=prompt, **weights_fields(bundle, chosen))
     with _Spinner(enabled=not quiet and sys.stderr.isatty()):
         program_run, _ = run_prompt(prompt, scan_list, bundle, settings, max_steps=max_steps,
                                     log=log)

@@ -10,6 +10,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import reports_errors, stderr_logger
+from vpcli.cli._setup import use_threads
 from vpcli.errors import BadInputError
 
 
@@ -90,14 +91,11 @@ def _run_setup(recipe, threads: Optional[int], device: str, output: Path,
     """Threads (the option over the recipe's), the resolved device, the run's checkpoint, and
     what to resume: the given checkpoint, else the run folder's own when it exists (rerunning
     the same command continues the run)."""
-    import torch
-
     from vpcli.devices import resolve_device
     from vpcli.train import CHECKPOINT_FILE
     if threads:
         recipe.threads = threads
-    if recipe.threads:
-        torch.set_num_threads(recipe.threads)
+    use_threads(recipe.threads)
     checkpoint = output / CHECKPOINT_FILE
     if resume is None and checkpoint.is_file():
         resume = checkpoint

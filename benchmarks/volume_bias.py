@@ -14,7 +14,11 @@ half. A network exported with a calibration (``VisionConfig.logit_offsets``,
 docs/vision.md "Volume calibration") is scored without and with its own offsets.
 
     .venv/bin/python benchmarks/volume_bias.py [--samples 24] [--seed 7] [--weights weights]
-        [--fit offsets.json]
+        [--fit offsets.json] [--template-probability 1]
+
+``--template-probability 1`` draws every sample with the real T1 intensities of its source
+(the fsaverage T1, the GCA's T1 means) instead of random contrasts: the volume bias of
+real-looking T1 scans.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ def main() -> None:
     parser.add_argument('--gca-draws', type=int, default=3)
     parser.add_argument('--weights', default=None)
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--template-probability', type=float, default=None,
+                        help='share of samples with real T1 intensities (1: all; default: as in training)')
     parser.add_argument('--fit', default=None, help='fit offsets on half the samples, write them here')
     args = parser.parse_args()
 
@@ -49,7 +55,8 @@ def main() -> None:
     network.eval()
     config = network.config
     anatomy = config.anatomy_channels
-    logits, truths = synthetic_logits(network, args.samples, args.seed, args.shape, args.gca_draws)
+    logits, truths = synthetic_logits(network, args.samples, args.seed, args.shape, args.gca_draws,
+                                      template_probability=args.template_probability)
     names = ('background',) + tuple(config.label_names)
     runs = [('without offsets', torch.zeros(anatomy))]
     if config.logit_offsets:

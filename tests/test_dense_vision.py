@@ -393,3 +393,25 @@ def test_the_calibration_leaves_tissues_and_cortical_parcels_alone():
     logits[1:] += 2.0  # every label too large against the background
     offsets = fit_offsets([logits], [truth], channels=calibrated_channels(names), limit=0.5)
     assert offsets[[0, 1, 3, 4]].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_volume_bias_samples_can_take_real_t1_intensities():
+    """``template_probability`` changes the intensities of the calibration/bias samples,
+    not their anatomy (the same draws), so the two can be compared label by label."""
+    pytest.importorskip('smriprep_freesurfer732')
+    from pathlib import Path
+
+    from vpcli.vision.calibration import synthetic_logits
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+
+    repository = Path(__file__).resolve().parent.parent
+    recipe = DenseRecipe.load(repository / 'recipes/train/dense-tiny.toml')
+    network = DenseTrainer.create(recipe).network.eval()
+    real = synthetic_logits(network, 1, seed=3, shape=32, gca_draws=1, sources=('fsaverage',),
+                            template_probability=1.0)
+    random = synthetic_logits(network, 1, seed=3, shape=32, gca_draws=1, sources=('fsaverage',),
+                              template_probability=0.0)
+    assert torch.equal(real[1][0], random[1][0])
+    assert not torch.equal(real[0][0], random[0][0])

@@ -105,15 +105,19 @@ def volume_summary(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor
 
 
 def synthetic_logits(network, samples: int, seed: int, shape: int = 64, gca_draws: int = 3,
-                     sources: Sequence[str] = ('fsaverage', 'gca'), spacing_mm: float = 2.0):
+                     sources: Sequence[str] = ('fsaverage', 'gca'), spacing_mm: float = 2.0,
+                     template_probability: float | None = None):
     """Anatomical logits (fp16) and true labels of ``samples`` new synthetic samples, drawn
     as the dense stage draws them (``seed`` a synthesis seed training did not use: new
-    GCA label maps, deformations, contrasts and crops; no lesions), one at a time."""
+    GCA label maps, deformations, contrasts and crops; no lesions), one at a time.
+    ``template_probability`` replaces the share of samples with real T1 intensities (the
+    sources' T1 templates) instead of random contrasts (None: as in training)."""
     from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
 
     config = network.config
+    extra = {} if template_probability is None else {'template_probability': template_probability}
     settings = SynthesisSettings(spacing_mm=spacing_mm, shape=(shape,) * 3,
-                                 lesion_probability=0.0, gca_draws=gca_draws)
+                                 lesion_probability=0.0, gca_draws=gca_draws, **extra)
     synthesizer = DenseSynthesizer(config.label_ids, config.lesion_classes, network.device,
                                    settings, tuple(sources), seed=seed)
     logits, truths = [], []

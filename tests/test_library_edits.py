@@ -72,6 +72,23 @@ def test_crop_margin_is_rounded_up_per_axis():
     assert tuple(crop(scan, mask, 100.0).volume.baseshape) == tuple(geometry.baseshape)
 
 
+def test_crop_margin_uses_the_distance_between_voxel_centres_on_a_sheared_grid():
+    """On a sheared grid the voxel size is the column norm of the matrix (voxel_spacing_mm),
+    not voxel's QR-based ``geometry.spacing``; the crop margin counts in the former."""
+    from vpcli.volumes import voxel_spacing_mm
+    matrix = torch.tensor([[1.0, 2.0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    geometry = vx.AcquisitionGeometry(torch.Size((21, 21, 21)), matrix)
+    # neighbours along the second axis are sqrt(5) mm apart; QR says 1 mm
+    assert voxel_spacing_mm(geometry).tolist() == pytest.approx([1.0, 5 ** 0.5, 1.0])
+    assert geometry.spacing.tolist() == pytest.approx([1.0, 1.0, 1.0])
+    tensor = torch.zeros(1, 21, 21, 21, dtype=torch.bool)
+    tensor[0, 10, 10, 10] = True
+    mask = Mask(vx.Volume(tensor, geometry), (), 'dot')
+    scan = Scan(volume=vx.Volume(torch.ones(1, 21, 21, 21), geometry), name='img0')
+    # 4 mm: ceil(4/1)=4, ceil(4/sqrt(5))=2, ceil(4/1)=4 voxels each side
+    assert tuple(crop(scan, mask, 4.0).volume.baseshape) == (9, 5, 9)
+
+
 def test_remove_sets_mask_voxels_to_the_image_minimum(geometry, rng):
     scan = make_scan(geometry, rng, offset=-1024.0)  # CT-like: minimum is air, not 0
     mask = make_mask(geometry)

@@ -25,9 +25,10 @@ def _ras_arrays(image: 'vx.Volume', mask: 'vx.Volume'):
     """Image and mask as numpy arrays in RAS voxel order, plus voxel spacing (mm)."""
     import numpy as np
 
+    from vpcli.volumes import voxel_spacing_mm
     image_ras = image.reorient('RAS')
     mask_ras = mask.reorient('RAS')
-    spacing = image_ras.geometry.spacing.detach().cpu().numpy().astype(float)
+    spacing = voxel_spacing_mm(image_ras.geometry)
     return (image_ras.tensor[0].detach().float().cpu().numpy(),
             mask_ras.tensor[0].detach().cpu().numpy().astype(bool), spacing, np)
 

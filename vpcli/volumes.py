@@ -426,12 +426,17 @@ def same_geometry(a: 'vx.AcquisitionGeometry', b: 'vx.AcquisitionGeometry') -> b
     return bool(vx.geometries_equal(a.to('cpu'), b.to('cpu'), tol=GRID_TOLERANCE_MM))
 
 
-def voxel_spacing_mm(geometry: 'vx.AcquisitionGeometry') -> 'np.ndarray':
-    """Distance between neighbouring voxel centres along each voxel axis (mm): the column
-    norms of the voxel-to-world matrix, right on sheared grids too. The project's one
-    definition of voxel size."""
+def voxel_spacing_mm(geometry: 'vx.AcquisitionGeometry | np.ndarray') -> 'np.ndarray':
+    """Distance between neighbouring voxel centres along each voxel axis (mm), float64: the
+    column norms of the voxel-to-world matrix, right on sheared grids too (``voxel``'s
+    ``geometry.spacing`` is QR-based and differs there). The project's one definition of
+    voxel size; ``geometry`` may also be the 4x4 voxel-to-world matrix as a numpy array.
+    ``voxel``'s spacing is used only where ``voxel`` reads it in its own units: pooling
+    decisions in ``vpcli.vision.layers`` and the resample target in ``vpcli.vision.preprocess``."""
     import numpy as np
-    return np.linalg.norm(geometry.tensor.double().cpu().numpy()[:3, :3], axis=0)
+    if hasattr(geometry, 'tensor'):
+        geometry = geometry.tensor.double().cpu().numpy()
+    return np.linalg.norm(np.asarray(geometry, dtype=np.float64)[:3, :3], axis=0)
 
 
 def same_grid(a: 'vx.Volume', b: 'vx.Volume') -> bool:

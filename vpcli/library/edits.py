@@ -14,7 +14,7 @@ from vpcli.errors import ProgramError
 from vpcli.library.masks import (mask_array, require_mask, require_number, require_same_grid,
                                  require_scan)
 from vpcli.library.registry import agent_function
-from vpcli.volumes import Mask, Scan, union_sources
+from vpcli.volumes import Mask, Scan, union_sources, voxel_spacing_mm
 
 
 def _checked(function: str, scan, mask) -> tuple[Scan, Mask]:
@@ -58,7 +58,7 @@ def crop(scan: Scan, mask: Mask, margin_mm: float = 0.0) -> Scan:
     inside = mask_array(mask)
     if not inside.any():
         raise ProgramError(f'crop: {mask.label} is empty, so there is nothing to crop around')
-    spacing = scan.volume.geometry.spacing.double().cpu().numpy()
+    spacing = voxel_spacing_mm(scan.volume.geometry)
     # the 1e-6 keeps e.g. 4 mm at 2 mm spacing at exactly 2 voxels despite rounding
     margin_voxels = np.ceil(margin / spacing - 1e-6).astype(int)
     nonzero = np.nonzero(inside)

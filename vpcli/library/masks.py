@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from vpcli.errors import BadInputError, ProgramError
 from vpcli.library.registry import agent_function
-from vpcli.volumes import Mask, Scan, same_grid, union_sources
+from vpcli.volumes import Mask, Scan, same_grid, union_sources, voxel_spacing_mm
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,7 +131,7 @@ def within_distance(inside: 'np.ndarray', matrix: 'np.ndarray', distance_mm: flo
     if not inside.any():
         return result
     linear = matrix[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
+    spacing = voxel_spacing_mm(matrix)
     # tolerance so that a voxel exactly distance_mm away counts despite rounding
     limit = distance_mm + 1e-6 * max(1.0, distance_mm)
 

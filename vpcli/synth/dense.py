@@ -166,6 +166,7 @@ class DenseSynthesizer:
                  sources: Sequence[str] = ('fsaverage',), seed: int = 0) -> None:
         from vpcli.synth.images import TISSUE_MEANS
         from vpcli.synth.vocabulary import PARENCHYMA_TISSUES, load_vocabulary
+        from vpcli.volumes import voxel_spacing_mm
 
         self.device = torch.device(device)
         self.settings = settings or SynthesisSettings()
@@ -206,7 +207,7 @@ class DenseSynthesizer:
                 brain_values = values[indices > 0].numpy()
                 # scaled so that the brain's bright end (white matter) is about 1
                 template = values / float(np.percentile(brain_values[::5], 95))
-            spacing = labels.geometry.spacing.double()
+            spacing = torch.from_numpy(voxel_spacing_mm(labels.geometry))
             head_class = None if template is None else head_classes(template, indices > 0)
             self.sources.append(dict(
                 labels=indices.float()[None, None].to(self.device),

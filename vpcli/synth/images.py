@@ -95,9 +95,10 @@ def randn(rng: np.random.Generator, shape) -> 'torch.Tensor':
 
 def canvas_labels(labels: 'vx.Volume', spacing_mm: float) -> 'vx.Volume':
     """A label map on an isotropic RAS canvas of ``spacing_mm`` (nearest neighbour)."""
+    from vpcli.volumes import voxel_spacing_mm
     ras = labels.reorient('RAS')
-    if abs(float(ras.geometry.spacing.max()) - spacing_mm) < 1e-3 and \
-            abs(float(ras.geometry.spacing.min()) - spacing_mm) < 1e-3:
+    spacing = voxel_spacing_mm(ras.geometry)
+    if abs(float(spacing.max()) - spacing_mm) < 1e-3 and abs(float(spacing.min()) - spacing_mm) < 1e-3:
         return ras
     return ras.resample(spacing_mm, mode='nearest')
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from vpcli.library.characterization import THRESHOLDS
 from vpcli.synth.lesion_location import describe_location, region_maps
-from vpcli.volumes import POST_CONTRAST
+from vpcli.volumes import POST_CONTRAST, voxel_spacing_mm
 
 if TYPE_CHECKING:
     import voxel as vx
@@ -184,7 +184,7 @@ class LesionPlan:
 # -----------------------------------------------------------------------------
 
 def _spacing(geometry: 'vx.AcquisitionGeometry') -> np.ndarray:
-    return geometry.spacing.cpu().numpy().astype(float)
+    return voxel_spacing_mm(geometry)
 
 
 def shell_array(inside: np.ndarray, spacing_mm, shell_mm: float = SHELL_MM) -> np.ndarray:

@@ -118,13 +118,15 @@ def fold_to_vocabulary(labels: 'vx.Volume', vocabulary: 'Vocabulary',
     import torch
     from scipy import ndimage
 
+    from vpcli.volumes import voxel_spacing_mm
+
 
     data = labels.tensor[0].cpu().numpy().astype(np.int32)
     known = np.isin(data, np.array(vocabulary.ids)) | (data == 0)
     nearest_ids = [k for k, v in FOLDED_LABELS.items() if v == 'nearest']
     parcel_ids = [k for k, v in FOLDED_LABELS.items() if v == 'nearest-parcel']
     out = np.where(known, data, 0).astype(np.int32)
-    spacing = labels.geometry.spacing.cpu().numpy().astype(float)
+    spacing = voxel_spacing_mm(labels.geometry)
 
     to_nearest = np.isin(data, nearest_ids)
     if to_nearest.any():
@@ -151,9 +153,11 @@ def fold_to_vocabulary(labels: 'vx.Volume', vocabulary: 'Vocabulary',
 def crop_to_head(volume: 'vx.Volume', margin_mm: float = 12.0) -> 'vx.Volume':
     """Crop a label map to the bounding box of its labels plus a margin (mm)."""
     import torch
+
+    from vpcli.volumes import voxel_spacing_mm
     nonzero = volume.tensor[0] != 0
     low, high = [], []
-    spacing = volume.geometry.spacing.cpu()
+    spacing = torch.from_numpy(voxel_spacing_mm(volume.geometry)).to(volume.geometry.tensor.dtype)
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = nonzero.any(dim=other[1]).any(dim=other[0]).nonzero()

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# voxel's own (QR) spacing here, not vpcli.volumes.voxel_spacing_mm: must agree with voxel's pool()
 def is_anisotropic(geometry: vx.AcquisitionGeometry, threshold: float) -> bool:
     """True when slice spacing exceeds ``threshold`` times the in-plane spacing."""
     return float(geometry.spacing_ratio) > threshold
@@ -87,11 +88,12 @@ def world_aligned_shared_grid(geometries: list[vx.AcquisitionGeometry]) -> vx.Ac
     streams of the spacing of the voxel axis closest to that world axis. Built from
     minima and maxima only, so it does not depend on the order of the streams.
     """
+    from vpcli.volumes import voxel_spacing_mm
     lows, highs, spacings = [], [], []
     for geometry in geometries:
         matrix = geometry.tensor.double().cpu()
         linear = matrix[:3, :3]
-        column_mm = linear.norm(dim=0)  # voxel spacing along each voxel axis
+        column_mm = torch.from_numpy(voxel_spacing_mm(matrix.numpy()))  # per voxel axis
         closest_axis = (linear.abs() / column_mm).argmax(dim=1)  # per world axis
         spacings.append(column_mm[closest_axis])
         shape = torch.tensor(list(geometry.baseshape), dtype=torch.float64)

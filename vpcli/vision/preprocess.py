@@ -109,6 +109,7 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
     """
     import torch
 
+    from vpcli.volumes import voxel_spacing_mm
     volume = scan.volume.to(device)
     volume = volume.new(volume.tensor[:1].float())  # scans are single-channel (load_volume)
     ras = volume.reorient('RAS')
@@ -124,7 +125,7 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
     if high > low:
         head = tensor[0] > low + config.head_threshold * (high - low)
         if bool(head.any()):
-            spacing_mm = ras.geometry.spacing.tolist()
+            spacing_mm = voxel_spacing_mm(ras.geometry).tolist()
             for axis in range(3):
                 others = tuple(a for a in range(3) if a != axis)
                 present = head.any(dim=others).nonzero().flatten()
@@ -139,10 +140,14 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
     fine_geometry = None
     floor = float(getattr(config, 'min_spacing_mm', 0.0) or 0.0)
     if floor > 0:
-        spacing = normalised.geometry.spacing
+        spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         if bool((spacing < floor - 1e-6).any()):
             fine_geometry = normalised.geometry
-            normalised = normalised.resample(torch.clamp(spacing, min=floor), antialias=True)
+            # voxel's resample reads a target in its own (QR) spacing, so scale that by how much
+            # each axis must grow; on grids without shear this is exactly clamp(spacing, floor)
+            own = fine_geometry.spacing
+            target = own.double().cpu() * (torch.clamp(spacing, min=floor) / spacing)
+            normalised = normalised.resample(target.to(own), antialias=True)
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
                         fine_geometry=fine_geometry)

@@ -309,21 +309,21 @@ class _Parser:
             return None
         return streams
 
-    def disjunction(self):
-        streams = self.conjunction()
-        while self.check_keyword('or'):
+    def chain(self, operand, has_operator):
+        """A left-associative chain ``operand (operator operand)*``: the operand's stream
+        count when no operator follows, else None (the result is a plain value)."""
+        streams = operand()
+        while has_operator():
             self.index += 1
-            self.conjunction()
+            operand()
             streams = None
         return streams
 
+    def disjunction(self):
+        return self.chain(self.conjunction, lambda: self.check_keyword('or'))
+
     def conjunction(self):
-        streams = self.negation()
-        while self.check_keyword('and'):
-            self.index += 1
-            self.negation()
-            streams = None
-        return streams
+        return self.chain(self.negation, lambda: self.check_keyword('and'))
 
     def negation(self):
         if self.check_keyword('not'):
@@ -333,28 +333,13 @@ class _Parser:
         return self.comparison()
 
     def comparison(self):
-        streams = self.arithmetic()
-        while self.check_op(*_COMPARISONS):
-            self.index += 1
-            self.arithmetic()
-            streams = None
-        return streams
+        return self.chain(self.arithmetic, lambda: self.check_op(*_COMPARISONS))
 
     def arithmetic(self):
-        streams = self.term()
-        while self.check_op('+', '-'):
-            self.index += 1
-            self.term()
-            streams = None
-        return streams
+        return self.chain(self.term, lambda: self.check_op('+', '-'))
 
     def term(self):
-        streams = self.factor()
-        while self.check_op('*', '/', '//', '%'):
-            self.index += 1
-            self.factor()
-            streams = None
-        return streams
+        return self.chain(self.factor, lambda: self.check_op('*', '/', '//', '%'))
 
     def factor(self):
         if self.check_op('-', '+'):

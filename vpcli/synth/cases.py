@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from vpcli.synth.acquisition import (FULL_RESOLUTION_CANVAS_MM, ScanGeometrySample,
-                                     TrainingResolution)
+from vpcli.synth.acquisition import FULL_RESOLUTION_CANVAS_MM, TrainingResolution
 from vpcli.synth.case_lesions import (_canvas_lesion_maps, _describe_lesions,
                                       _lesion_plans_and_masks)
 from vpcli.synth.case_scans import ScanSpec, SynthScan, _synthesize_scans
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
     import voxel as vx
 
     from vpcli.synth.vocabulary import Vocabulary
-    from vpcli.volumes import Scan
 
 __all__ = ['ATROPHY_STRUCTURES', 'DEFAULT_LESION_WEIGHTS', 'DEFAULT_MODALITY_WEIGHTS',
            'AnatomyChange', 'ScanSpec', 'SynthCase', 'SynthScan', 'available_sources',
@@ -72,6 +70,11 @@ class AnatomyChange:
     label_ids: tuple[int, ...]
     volume_ml_before: float
     volume_ml_after: float
+
+
+def _per_scan(field: str, doc: str) -> property:
+    """A read-only list of one :class:`SynthScan` field over a case's scans, in order."""
+    return property(lambda case: [getattr(record, field) for record in case.records], doc=doc)
 
 
 @dataclasses.dataclass
@@ -115,30 +118,12 @@ class SynthCase:
     canvas_lesion_maps: list['vx.Volume']
     vocabulary: 'Vocabulary'
 
-    @property
-    def scans(self) -> list['Scan']:
-        """Scans in order (``img0``, ``img1``, ...), session 01 first."""
-        return [record.scan for record in self.records]
-
-    @property
-    def labels(self) -> list['vx.Volume']:
-        """Per scan, the vocabulary label map on that scan's grid."""
-        return [record.labels for record in self.records]
-
-    @property
-    def lesion_maps(self) -> list['vx.Volume']:
-        """Per scan, lesion instance ids on that scan's grid."""
-        return [record.lesion_map for record in self.records]
-
-    @property
-    def component_maps(self) -> list['vx.Volume']:
-        """Per scan, lesion sub-component codes on that scan's grid."""
-        return [record.component_map for record in self.records]
-
-    @property
-    def geometry_samples(self) -> list[ScanGeometrySample]:
-        """Per scan, what the geometry draw was."""
-        return [record.geometry_sample for record in self.records]
+    scans = _per_scan('scan', 'Scans in order (``img0``, ``img1``, ...), session 01 first.')
+    labels = _per_scan('labels', "Per scan, the vocabulary label map on that scan's grid.")
+    lesion_maps = _per_scan('lesion_map', "Per scan, lesion instance ids on that scan's grid.")
+    component_maps = _per_scan('component_map',
+                               "Per scan, lesion sub-component codes on that scan's grid.")
+    geometry_samples = _per_scan('geometry_sample', 'Per scan, what the geometry draw was.')
 
     def scan_indices(self, session: str) -> list[int]:
         """Indices of the scans of one session."""

@@ -14,7 +14,7 @@ from vpcli.volumes import same_geometry
 
 #: suite name -> default ``count`` (sized for a few minutes on 2 CPU cores, small weights)
 DEFAULT_COUNTS = {'prompts': 5, 'anatomy': 10, 'lesions': 10, 'characterization': 8,
-                  'end-to-end': 9, 'consistency': 3, 'example': 1, 'real': 1, 'paraphrases': 20}
+                  'end-to-end': 30, 'consistency': 3, 'example': 1, 'real': 1, 'paraphrases': 20}
 SUITES = tuple(DEFAULT_COUNTS)
 
 #: categories of the characterization and end-to-end suites (categories.py names)

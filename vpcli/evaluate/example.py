@@ -17,9 +17,8 @@ from vpcli.metrics import dice
 #: the real-scan check: prompt, the target k* segments, the example label ids of its reference
 EXAMPLE_PROMPTS = (
     ('segment the white matter', 'bilateral cerebral white matter', (2,)),
-    # the reference grey matter also holds deep and cerebellar grey matter, which the
-    # target (the cerebral cortex) does not
-    ('segment the grey matter', 'bilateral cerebral cortex', (1,)),
+    # "grey matter" is all of it (cortex, deep grey, cerebellar cortex), as is the reference
+    ('segment the grey matter', 'bilateral grey matter', (1,)),
     ('segment the brain', 'whole brain', (1, 2)),
     # no reference on this scan: their masks show whether the network tells targets apart
     ('segment the lateral ventricles', 'bilateral lateral ventricle', None),

@@ -309,21 +309,22 @@ class _Parser:
             return None
         return streams
 
-    def chain(self, operand, has_operator):
-        """A left-associative chain ``operand (operator operand)*``: the operand's stream
-        count when no operator follows, else None (the result is a plain value)."""
+    def chain(self, operand, check, *operators):
+        """A left-associative chain ``operand (operator operand)*``, an operator being what
+        ``check(*operators)`` accepts: the operand's stream count when no operator follows,
+        else None (the result is a plain value)."""
         streams = operand()
-        while has_operator():
+        while check(*operators):
             self.index += 1
             operand()
             streams = None
         return streams
 
     def disjunction(self):
-        return self.chain(self.conjunction, lambda: self.check_keyword('or'))
+        return self.chain(self.conjunction, self.check_keyword, 'or')
 
     def conjunction(self):
-        return self.chain(self.negation, lambda: self.check_keyword('and'))
+        return self.chain(self.negation, self.check_keyword, 'and')
 
     def negation(self):
         if self.check_keyword('not'):
@@ -333,13 +334,13 @@ class _Parser:
         return self.comparison()
 
     def comparison(self):
-        return self.chain(self.arithmetic, lambda: self.check_op(*_COMPARISONS))
+        return self.chain(self.arithmetic, self.check_op, *_COMPARISONS)
 
     def arithmetic(self):
-        return self.chain(self.term, lambda: self.check_op('+', '-'))
+        return self.chain(self.term, self.check_op, '+', '-')
 
     def term(self):
-        return self.chain(self.factor, lambda: self.check_op('*', '/', '//', '%'))
+        return self.chain(self.factor, self.check_op, '*', '/', '//', '%')
 
     def factor(self):
         if self.check_op('-', '+'):

@@ -120,7 +120,6 @@ def fold_to_vocabulary(labels: 'vx.Volume', vocabulary: 'Vocabulary',
 
     from vpcli.volumes import voxel_spacing_mm
 
-
     data = labels.tensor[0].cpu().numpy().astype(np.int32)
     known = np.isin(data, np.array(vocabulary.ids)) | (data == 0)
     nearest_ids = [k for k, v in FOLDED_LABELS.items() if v == 'nearest']

@@ -198,7 +198,7 @@ def test_a_resumed_dense_run_equals_one_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.training
-def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path):
+def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path, monkeypatch):
     pytest.importorskip('smriprep_freesurfer732')
 
     from typer.testing import CliRunner
@@ -224,6 +224,17 @@ def test_train_command_runs_exports_and_continues_a_dense_stage(tmp_path):
                                             if v.is_floating_point())
     bundle = load_bundle(weights)  # checksums verified; the network loads strictly
     assert bundle.vision.config.dense and bundle.vision.config.label_names
+    # run-time settings come from the recipe's named config at export, not from the run's
+    # checkpoint (which carries them as they were when the run began)
+    from vpcli.vision import config as vision_config
+    assert not manifest['vision_config']['intensity_refinement']
+    monkeypatch.setitem(vision_config.CONFIGS, 'dense-tiny', dataclasses.replace(
+        vision_config.CONFIGS['dense-tiny'], intensity_refinement=True))
+    third = runner.invoke(app, ['train', '--recipe', 'dense-tiny', '-o', str(run), '--until', '3',
+                                '--quiet', '--export', str(weights)])
+    assert third.exit_code == 0, third.output
+    assert read_manifest(weights)['vision_config']['intensity_refinement'] is True
+    assert load_bundle(weights).vision.config.intensity_refinement
 
 
 def test_flip_averaging_is_symmetric_under_a_mirrored_scan():

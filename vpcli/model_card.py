@@ -121,6 +121,10 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
            f'{", ".join(str(s) for s in dense["averaged_steps"])} '
            f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else ''),
         *_calibration_lines(dense.get('volume_calibration')),
+        *(['- Intensity refinement (run time, docs/vision.md): the label probabilities, '
+           'resampled to the scan\'s own grid, are a prior combined with one Gaussian of '
+           'intensity per label fitted to the scan by expectation-maximisation; the '
+           'background never moves.'] if vision.get('intensity_refinement') else []),
         '- Language model training: token cross-entropy on target programs '
         '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
 

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 
 from vpcli.vision.model import calibrated_softmax
+from vpcli.vision.targets import calibrated_labels
 
 #: labels with fewer true voxels than this over the fitting samples keep offset 0
 MIN_VOXELS = 50
@@ -50,19 +51,11 @@ def label_counts(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
     return true, mask, soft, overlap
 
 
-#: labels the calibration leaves alone: the tissue classes and the cortical parcels, whose
-#: boundaries with each other decide the white and grey matter answers (fitted with the
-#: rest, the cerebellar white matter shrank and the example's white matter Dice fell from
-#: 0.766 to 0.761: docs/vision.md, "Volume calibration")
-UNCALIBRATED = ('Cerebral-White-Matter', 'Cerebellum-White-Matter', 'Cerebellum-Cortex')
-
-
 def calibrated_channels(label_names: Sequence[str]) -> torch.Tensor:
-    """Per anatomical channel (background first), whether the calibration fits it: every
-    label but the cortical parcels and :data:`UNCALIBRATED`."""
-    return torch.tensor([False] + [not (name.startswith('ctx-') or
-                                        name.split('-', 1)[-1] in UNCALIBRATED)
-                                   for name in label_names])
+    """Per anatomical channel (background first), whether the calibration fits it:
+    every label but the cortical parcels and the tissue classes
+    (:func:`vpcli.vision.targets.calibrated_labels`)."""
+    return torch.tensor(calibrated_labels(label_names))
 
 
 def fit_offsets(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],

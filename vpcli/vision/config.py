@@ -46,6 +46,9 @@ class VisionConfig:
             program names is assembled from its channels (docs/vision.md).
         flip_averaging: Dense networks: average the probabilities with those of the
             left-right mirrored scan (channels swapped back) at run time.
+        intensity_refinement: Dense networks: at run time, redraw the edges between labels
+            at the scan's own resolution with an intensity model fitted to the scan
+            (:mod:`vpcli.vision.refinement`); training never refines.
         logit_offsets: Dense networks: empty, or one number per anatomical channel
             (background first; its own is ignored): the volume calibration fitted at
             export, applied among the labels at run time
@@ -69,6 +72,7 @@ class VisionConfig:
     lesion_classes: tuple[str, ...] = ()
     phi_mixing: bool = True
     flip_averaging: bool = False
+    intensity_refinement: bool = False
     logit_offsets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
@@ -144,9 +148,11 @@ CONFIGS = {
     'dense-tiny': VisionConfig(widths=(4, 8, 8), embedding_width=32, phi_mixing=False,
                                min_spacing_mm=2.0),
     'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
-                              phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True),
+                              phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True,
+                              intensity_refinement=True),
     'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
-                              phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True),
+                              phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True,
+                              intensity_refinement=True),
 }
 
 

@@ -415,6 +415,12 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     network = trainer.network
     recipe = trainer.recipe
     config, calibration = network.config, None
+    # run-time settings follow the recipe's named config (a run begun before a setting
+    # existed carries its old default in the checkpoint; training never uses them)
+    from vpcli.vision.config import named_config
+    named = named_config(recipe.vision_config)
+    config = dataclasses.replace(config, flip_averaging=named.flip_averaging,
+                                 intensity_refinement=named.intensity_refinement)
     if recipe.calibration_samples > 0:
         from vpcli.vision.calibration import calibrate
         offsets, calibration = calibrate(network, recipe.calibration_samples,

@@ -137,6 +137,8 @@ class Encoding:
         dense: Dense networks: per stream the class probabilities (made once, on first use).
         nearest_parcels: Dense networks: per stream the channel of the nearest predicted
             cortical parcel of every voxel (made once, for lobes and territories).
+        refined: Dense networks with intensity refinement: per stream the anatomical
+            posterior at the scan's own resolution (made once, on first use).
     """
     scans: tuple['Scan', ...]
     prepared: tuple[PreparedScan, ...]
@@ -147,6 +149,7 @@ class Encoding:
     segmentations: list[SegmentationRecord] = dataclasses.field(default_factory=list)
     dense: list[torch.Tensor] | None = None
     nearest_parcels: dict | None = None
+    refined: list | None = None
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -346,15 +349,55 @@ class VisionNetwork(nn.Module):
             features = self.decoder[level].forward_batch(torch.cat([upsampled, skip], dim=1))
         return self.head(features)
 
+    def refines(self) -> bool:
+        """Whether targets come from the intensity-refined labels at the scans' own
+        resolution (dense networks with ``intensity_refinement``, not while training)."""
+        return self.config.dense and self.config.intensity_refinement and not self.training
+
+    def refined_labels(self, encoding: Encoding) -> list:
+        """Per stream the :class:`~vpcli.vision.refinement.RefinedLabels` (made once), or
+        None for a scan no finer than the working grid: the network saw all of it, and
+        there a one-Gaussian-per-label model of partial-volume voxels grows grey structures
+        (docs/vision.md)."""
+        from vpcli.vision.refinement import refine_labels
+        if encoding.refined is None:
+            from vpcli.vision.targets import refinement_held_labels
+            anatomy = self.config.anatomy_channels
+            fixed = torch.tensor(refinement_held_labels(self.config.label_names))
+            encoding.refined = [
+                None if prepared.fine_volume is None else
+                refine_labels(probabilities[:anatomy], prepared.volume.geometry.to(self.device),
+                              prepared.fine_volume.tensor.to(self.device),
+                              prepared.fine_volume.geometry.to(self.device), fixed=fixed)
+                for probabilities, prepared in zip(self.dense_probabilities(encoding),
+                                                   encoding.prepared)]
+        return encoding.refined
+
     def select(self, encoding: Encoding, key: str) -> list[torch.Tensor]:
-        """Dense networks: per stream the probability ``(1, X, Y, Z)`` of target ``key``."""
+        """Dense networks: per stream the probability ``(1, X, Y, Z)`` of target ``key``, on
+        the working grid, or on the scan's own grid for a stream the network refines
+        (:meth:`refined_labels`)."""
         from vpcli.vision.targets import parts_of
         config = self.config
         parts = parts_of(key, config.label_names, config.lesion_classes)
         anatomy = config.anatomy_channels
+        streams = self.refined_labels(encoding) if self.refines() else None
         out = []
         for index, probabilities in enumerate(self.dense_probabilities(encoding)):
-            if parts.labels:
+            prepared = encoding.prepared[index]
+            refined = None if streams is None else streams[index]
+            if refined is not None:
+                chosen = refined.total(parts.labels) if parts.labels else \
+                    torch.zeros_like(refined.background[None])
+                if parts.labels and parts.white_matter_sides:
+                    nearest = self._nearest_parcels(encoding, index)
+                    if nearest is not None:
+                        nearest = vx.Volume(torch.from_numpy(nearest)[None].float().to(self.device),
+                                            prepared.volume.geometry.to(self.device)).resample_like(
+                            prepared.output_volume.geometry.to(self.device), mode='nearest')
+                        nearest = nearest.tensor[0].round().long().cpu().numpy()
+                    chosen = chosen + self._lobe_white_matter(refined, nearest, parts)
+            elif parts.labels:
                 chosen = probabilities[list(parts.labels)].sum(0, keepdim=True)
                 if parts.white_matter_sides:
                     nearest = self._nearest_parcels(encoding, index)
@@ -363,6 +406,9 @@ class VisionNetwork(nn.Module):
                 chosen = torch.zeros_like(probabilities[:1])
             if parts.lesions:
                 lesions = probabilities[[anatomy + i for i in parts.lesions]].amax(0, keepdim=True)
+                if refined is not None:
+                    lesions = vx.Volume(lesions, prepared.volume.geometry.to(self.device)).resample_like(
+                        prepared.output_volume.geometry.to(self.device)).tensor
                 chosen = torch.maximum(chosen, lesions)
             out.append(chosen.clamp(0, 1))
         return out
@@ -387,17 +433,21 @@ class VisionNetwork(nn.Module):
             encoding.nearest_parcels[stream] = nearest
         return encoding.nearest_parcels[stream]
 
-    def _lobe_white_matter(self, probabilities: torch.Tensor, nearest, parts) -> torch.Tensor:
+    def _lobe_white_matter(self, probabilities, nearest, parts) -> torch.Tensor:
         """The cerebral white matter whose nearest predicted cortical parcel is one of the
-        target's (as the ground truth of lobes and territories is defined)."""
+        target's (as the ground truth of lobes and territories is defined);
+        ``probabilities`` is the softmax or the :class:`RefinedLabels` of the stream."""
         import numpy as np
-        if nearest is None:
-            return torch.zeros_like(probabilities[:1])
-        in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(probabilities.device)
+        refined = not isinstance(probabilities, torch.Tensor)
         names = {name: i + 1 for i, name in enumerate(self.config.label_names)}
         white = [names[f'{side}-Cerebral-White-Matter'] for side in parts.white_matter_sides
                  if f'{side}-Cerebral-White-Matter' in names]
-        return probabilities[white].sum(0, keepdim=True) * in_target
+        total = probabilities.total(white) if refined else \
+            probabilities[white].sum(0, keepdim=True)
+        if nearest is None:
+            return torch.zeros_like(total)
+        in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(total.device)
+        return total * in_target
 
     def segment_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
         """Per-scan probabilities on each input scan's own grid (shape and geometry)."""
@@ -405,22 +455,25 @@ class VisionNetwork(nn.Module):
         return [prepared.restore(p) for prepared, p in zip(encoding.prepared, probabilities)]
 
     def session_probabilities(self, encoding: Encoding, phi: Any = None,
-                              probabilities: list[torch.Tensor] | None = None) -> list[vx.Volume]:
+                              probabilities: list[torch.Tensor] | None = None,
+                              fine: bool = False) -> list[vx.Volume]:
         """Max-merged probabilities per session, on the grid of each session's first scan.
 
         Differentiable. Sessions in :func:`session_groups` order. ``probabilities`` (per
-        stream, on the prepared grids) replaces running the generator with ``phi``.
+        stream, on the prepared grids, or with ``fine`` on each scan's own resolution)
+        replaces running the generator with ``phi``.
         """
         if probabilities is None:
             probabilities = self.generate(encoding, phi)
         merged = []
         for group in encoding.sessions:
             first = encoding.prepared[group[0]]
-            session = first.restore(probabilities[group[0]]).tensor
+            session = first.restore(probabilities[group[0]], fine=fine).tensor
             target = first.scan.volume.geometry.to(self.device)
             for index in group[1:]:
                 prepared = encoding.prepared[index]
-                other = vx.Volume(probabilities[index], prepared.volume.geometry.to(self.device))
+                grid = prepared.output_volume if fine else prepared.volume
+                other = vx.Volume(probabilities[index], grid.geometry.to(self.device))
                 session = torch.maximum(session, other.resample_like(target).tensor)
             merged.append(vx.Volume(session, target))
         return merged
@@ -444,7 +497,8 @@ class VisionNetwork(nn.Module):
         if self.config.dense:
             key = target_key(str(target))
             probabilities = self.session_probabilities(encoding,
-                                                       probabilities=self.select(encoding, key))
+                                                       probabilities=self.select(encoding, key),
+                                                       fine=self.refines())
         else:
             probabilities = self.session_probabilities(encoding, phi_rows)
         masks = []
@@ -452,7 +506,8 @@ class VisionNetwork(nn.Module):
         if self.config.dense and not self.training and str(target).lower().split()[:1] in \
                 (['left'], ['right']):
             brains = self.session_probabilities(encoding,
-                                                probabilities=self.select(encoding, 'whole brain'))
+                                                probabilities=self.select(encoding, 'whole brain'),
+                                                fine=self.refines())
         for index, (group, probability) in enumerate(zip(encoding.sessions, probabilities)):
             first = encoding.scans[group[0]]
             binary = (probability.tensor.detach() > 0.5).cpu()

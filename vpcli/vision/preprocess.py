@@ -39,6 +39,7 @@ class PreparedScan:
         intensity_range: Input intensities (the image's own units) mapped to 0 and 1.
         fine_geometry: The cropped grid before coarsening to the config's
             ``min_spacing_mm`` (None when the scan was not coarsened).
+        fine_volume: The normalised intensities on that grid (None when not coarsened).
     """
     scan: 'Scan'
     volume: 'vx.Volume'
@@ -46,16 +47,26 @@ class PreparedScan:
     crop_start: tuple[int, int, int]
     intensity_range: tuple[float, float]
     fine_geometry: 'vx.AcquisitionGeometry | None' = None
+    fine_volume: 'vx.Volume | None' = None
 
-    def restore(self, tensor: 'torch.Tensor', fill: float = 0.0) -> 'vx.Volume':
+    @property
+    def output_volume(self) -> 'vx.Volume':
+        """The normalised scan at its own resolution (head crop, RAS): the grid that
+        :meth:`restore` pads and un-permutes, and intensity refinement works on."""
+        return self.volume if self.fine_volume is None else self.fine_volume
+
+    def restore(self, tensor: 'torch.Tensor', fill: float = 0.0,
+                fine: bool = False) -> 'vx.Volume':
         """Map features on the prepared grid back onto the input scan's grid.
 
         Differentiable (trilinear resampling from a coarsened working grid, padding,
         axis permutation).
 
         Args:
-            tensor: ``(C, X, Y, Z)`` tensor on the grid of :attr:`volume`.
+            tensor: ``(C, X, Y, Z)`` tensor on the grid of :attr:`volume` (with ``fine``:
+                on the grid of :attr:`output_volume`).
             fill: Value outside the head crop.
+            fine: The tensor is already at the scan's own resolution.
 
         Returns:
             A volume with the input's exact shape and geometry (voxel -> scanner RAS mm).
@@ -63,7 +74,7 @@ class PreparedScan:
         import torch
         import voxel as vx
 
-        if self.fine_geometry is not None:  # back from the working grid (trilinear)
+        if self.fine_geometry is not None and not fine:  # back from the working grid
             tensor = vx.Volume(tensor, self.volume.geometry.to(tensor.device)).resample_like(
                 self.fine_geometry.to(tensor.device)).tensor
         full = tuple(int(n) for n in self.ras_geometry.baseshape)
@@ -137,12 +148,12 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
 
     scale = high - low if high > low else 1.0
     normalised = ras.new(((ras.tensor - low) / scale).clamp(0, 1))
-    fine_geometry = None
+    fine_geometry, fine_volume = None, None
     floor = float(getattr(config, 'min_spacing_mm', 0.0) or 0.0)
     if floor > 0:
         spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         if bool((spacing < floor - 1e-6).any()):
-            fine_geometry = normalised.geometry
+            fine_geometry, fine_volume = normalised.geometry, normalised
             # voxel's resample reads a target in its own (QR) spacing, so scale that by how much
             # each axis must grow; on grids without shear this is exactly clamp(spacing, floor)
             own = fine_geometry.spacing
@@ -150,4 +161,4 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
             normalised = normalised.resample(target.to(own), antialias=True)
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
-                        fine_geometry=fine_geometry)
+                        fine_geometry=fine_geometry, fine_volume=fine_volume)

@@ -1,0 +1,145 @@
+"""Intensity refinement of the dense network's labels at the scan's own resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import voxel as vx
+
+from conftest import make_geometry
+from test_dense_vision import scan_on, tiny_config
+from vpcli.metrics import dice
+from vpcli.vision.model import VisionNetwork
+from vpcli.vision.refinement import _Interpolator, refine_labels
+
+
+def _softmax_prior(channels: int, shape, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn((channels, *shape), generator=generator) * 2).softmax(0)
+
+
+@pytest.mark.parametrize('rotation', [(0, 0, 0), (10, -5, 20)])
+def test_the_prior_is_interpolated_as_voxel_resamples_it(rotation):
+    """With every label kept, the interpolated prior equals voxel's trilinear resampling
+    wherever the output voxel lies inside the working grid (axis-aligned and oblique)."""
+    torch.set_num_threads(1)
+    prior = _softmax_prior(5, (7, 8, 6), seed=1)
+    working = make_geometry((7, 8, 6), (2.0, 2.0, 2.0), 'RAS')
+    output = make_geometry((12, 14, 10), (1.0, 1.0, 1.0), 'RAS', rotation_deg=rotation)
+    interpolator = _Interpolator(prior, working, output, keep=4)
+    voxels = torch.arange(12 * 14 * 10)
+    background, labels, values = interpolator.at(voxels, True)
+    dense = torch.zeros(5, voxels.numel())
+    dense[0] = background
+    dense.scatter_add_(0, labels.long(), values)
+    expected = vx.Volume(prior, working).resample_like(output).tensor.reshape(5, -1)
+    ijk = torch.stack(torch.meshgrid(*(torch.arange(n) for n in (12, 14, 10)), indexing='ij'))
+    world = output.tensor.double()[:3, :3] @ ijk.reshape(3, -1).double() + \
+        output.tensor.double()[:3, 3:]
+    source = torch.linalg.inv(working.tensor.double())[:3, :3] @ world + \
+        torch.linalg.inv(working.tensor.double())[:3, 3:]
+    inside = ((source >= 0) & (source <= torch.tensor([6, 7, 5])[:, None])).all(0)
+    assert int(inside.sum()) > 500
+    assert torch.allclose(dense[:, inside], expected[:, inside].float(), atol=1e-5)
+
+
+def _two_labels(edge: float, shift_mm: float, noise: float = 0.03, seed: int = 0):
+    """A 1 mm image whose label 1 (bright) fills x < edge and label 2 (dark) the rest,
+    and a 2 mm prior that blurs that edge over 8 mm and puts it ``shift_mm`` too far."""
+    shape = (32, 12, 12)
+    output = make_geometry(shape, (1.0, 1.0, 1.0), 'RAS')
+    working = make_geometry((16, 6, 6), (2.0, 2.0, 2.0), 'RAS')
+    x = torch.arange(32, dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    truth = x < edge
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.where(truth, 0.8, 0.4) + noise * torch.randn(shape, generator=generator)
+    # working voxel i sits at output x = 2 i + 0.5
+    centres = torch.arange(16, dtype=torch.float32) * 2 + 0.5
+    bright = torch.sigmoid((edge + shift_mm - centres) / 2.0).view(-1, 1, 1).expand(16, 6, 6)
+    prior = torch.stack([torch.full_like(bright, 0.02), 0.98 * bright, 0.98 * (1 - bright)])
+    return prior, working, image, output, truth
+
+
+def test_refinement_draws_the_edge_the_image_shows():
+    """The prior's edge is blurred and 3.5 mm off; the refined label follows the image."""
+    prior, working, image, output, truth = _two_labels(edge=13.5, shift_mm=3.5)
+    refined = refine_labels(prior, working, image, output)
+    before = _Interpolator(prior, working, output, keep=2)
+    voxels = torch.arange(truth.numel())
+    _, labels, values = before.at(voxels, True)
+    prior_bright = (values * (labels == 1)).sum(0).reshape(truth.shape)
+    after = refined.total([1])[0]
+    assert dice((prior_bright > 0.5).numpy(), truth.numpy()) < 0.93
+    assert dice((after > 0.5).numpy(), truth.numpy()) > 0.99
+    # the fitted intensity model is the image's
+    assert abs(float(refined.means[1]) - 0.8) < 0.02 and abs(float(refined.means[2]) - 0.4) < 0.02
+
+
+def test_refinement_never_moves_the_background_and_keeps_the_prior_without_contrast():
+    prior, working, image, output, truth = _two_labels(edge=13.5, shift_mm=3.5)
+    refined = refine_labels(prior, working, image, output)
+    share = refined.probabilities.sum(0)
+    assert torch.allclose(share, refined.nonbackground()[0], atol=1e-5)
+    assert torch.allclose(refined.background, torch.full_like(refined.background, 0.02),
+                          atol=1e-5)
+    flat = refine_labels(prior, working, torch.full_like(image, 0.5), output)
+    interpolator = _Interpolator(prior, working, output, keep=2)
+    _, labels, values = interpolator.at(torch.arange(truth.numel()), True)
+    expected = (values * (labels == 1)).sum(0).reshape(truth.shape)
+    assert torch.allclose(flat.total([1])[0], expected, atol=1e-4)
+
+
+def test_a_refining_network_segments_on_the_scan_grid_and_never_while_training():
+    """At 1 mm the refined target is made on the scan's own grid; a scan at the working
+    spacing is not refined; in training mode the network does not refine (gradients flow
+    through the softmax alone)."""
+    torch.set_num_threads(1)
+    network = VisionNetwork(dataclasses.replace(tiny_config(), intensity_refinement=True)).eval()
+    scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        assert encoding.prepared[0].fine_volume is not None
+        hippocampus = network.select(encoding, 'left hippocampus')[0]
+        assert tuple(hippocampus.shape[1:]) == (20, 18, 16)
+        mask = network.segment(encoding, 'left hippocampus')
+        assert tuple(mask.volume.baseshape) == (20, 18, 16)
+        assert encoding.refined is not None and len(encoding.refined) == 1
+        lobe = network.select(encoding, 'left frontal lobe')[0]
+        assert tuple(lobe.shape[1:]) == (20, 18, 16)
+        coarse = network.encode([scan_on(shape=(10, 9, 8), spacing=2.0, seed=2)])
+        network.select(coarse, 'left hippocampus')
+        assert coarse.refined == [None]  # the network saw every voxel of a 2 mm scan
+    network.train()
+    training = network.select(network.encode([scan]), 'left hippocampus')[0]
+    assert tuple(training.shape[1:]) == tuple(encoding.prepared[0].volume.tensor.shape[1:])
+    assert np.isfinite(hippocampus.numpy()).all()
+
+
+def test_held_labels_keep_their_prior_and_the_others_share_the_rest():
+    """A held label (one the volume calibration fits) keeps its prior probability; the free
+    labels share what is left by prior and intensity."""
+    prior, working, image, output, truth = _two_labels(edge=13.5, shift_mm=3.5)
+    prior = torch.cat([prior, 0.1 * prior[1:2]])  # a third label, present where label 1 is
+    prior = prior / prior.sum(0, keepdim=True)
+    held = torch.tensor([False, False, False, True])
+    refined = refine_labels(prior, working, image, output, fixed=held)
+    interpolator = _Interpolator(prior, working, output, keep=3)
+    _, labels, values = interpolator.at(torch.arange(truth.numel()), True)
+    share = values.sum(0, keepdim=True)
+    expected = (values / share * (1 - interpolator.at(torch.arange(truth.numel()))[0]) *
+                (labels == 3)).sum(0).reshape(truth.shape)
+    assert torch.allclose(refined.total([3])[0], expected, atol=1e-5)
+    assert torch.allclose(refined.probabilities.sum(0), refined.nonbackground()[0], atol=1e-5)
+    free = refined.total([1])[0] / (refined.total([1, 2])[0] + 1e-9)
+    assert dice((free > 0.5).numpy(), truth.numpy()) > 0.99
+
+
+def test_refinement_holds_the_calibrated_structures_but_not_csf_or_tissue():
+    from vpcli.vision.targets import refinement_held_labels
+    names = ('Left-Cerebral-White-Matter', 'Left-Hippocampus', 'Left-Lateral-Ventricle',
+             'CSF', 'ctx-lh-insula', 'Left-Cerebellum-Cortex', 'Brain-Stem', '4th-Ventricle')
+    assert refinement_held_labels(names) == [False, False, True, False, False, False, False,
+                                             True, False]

@@ -414,3 +414,52 @@ def test_paraphrases_suite_scores_every_category_by_result(bundle):
     assert round(m['task_correct'] * 17) + misses == 17
     assert m['refused_by_gate'] == 0  # the gate lets every in-scope paraphrase through
     assert ev.headline(result).startswith('paraphrases: task-correct')
+
+
+class _AtlasNetwork:
+    """A stand-in vision network whose masks are the references themselves (Harvard-Oxford
+    for deep grey, Neuromorphometrics for large structures), or with ``swap`` the other
+    side's: the real suite's scoring must rank the first at 1 and the second low."""
+
+    def __init__(self, swap: bool = False) -> None:
+        from vpcli.real_suite import DEEP_GREY, LARGE, _load_atlas
+        self.swap = swap
+        self.atlases = {name: _load_atlas(name) for name in ('harvard_oxford', 'neuromorphometrics')}
+        self.names = {target: ('harvard_oxford', names['harvard_oxford']) for target, names in DEEP_GREY}
+        self.names.update({target: ('neuromorphometrics', name) for target, name in LARGE})
+
+    def eval(self):
+        return self
+
+    def encode(self, scans):
+        return scans[0]
+
+    def segment(self, scan, target):
+        from vpcli.volumes import Mask
+        if self.swap and target.split()[0] in ('left', 'right'):
+            side = target.split()[0]
+            target = target.replace(side, 'right' if side == 'left' else 'left', 1)
+        grid = scan.volume.geometry
+        if target in self.names:
+            atlas, name = self.names[target]
+            mask = self.atlases[atlas].mask(name, grid)
+        else:  # white matter and whole brain: not what this test scores
+            mask = (scan.volume.tensor[0] > 0).cpu().numpy()
+        return Mask(volume=scan.volume.new(torch.from_numpy(mask)[None], keep_labels=False),
+                    sources=scan.sources, description=target)
+
+
+@pytest.mark.slow
+def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low():
+    """Behaviour, through the real suite's own code: masks equal to the references score
+    Dice 1 against them; the same masks of the other hemisphere score near 0."""
+    from types import SimpleNamespace
+
+    from vpcli.real_suite import real_suite
+    right = real_suite(SimpleNamespace(vision=_AtlasNetwork()))['metrics']
+    assert right['deep_grey_dice_per_atlas']['harvard_oxford'] == pytest.approx(1.0)
+    assert right['large_structure_dice'] == pytest.approx(1.0)
+    assert right['deep_grey_dice_per_atlas']['neuromorphometrics'] < 1.0  # another protocol
+    wrong = real_suite(SimpleNamespace(vision=_AtlasNetwork(swap=True)))['metrics']
+    assert wrong['deep_grey_dice_per_atlas']['harvard_oxford'] < 0.05
+    assert wrong['large_structure_dice'] < 0.4  # the brainstem has no side: it stays right

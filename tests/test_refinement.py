@@ -31,7 +31,7 @@ def test_the_prior_is_interpolated_as_voxel_resamples_it(rotation):
     output = make_geometry((12, 14, 10), (1.0, 1.0, 1.0), 'RAS', rotation_deg=rotation)
     interpolator = _Interpolator(prior, working, output, keep=4)
     voxels = torch.arange(12 * 14 * 10)
-    background, labels, values = interpolator.at(voxels, True)
+    background, labels, values = interpolator.at(voxels, with_labels=True)
     dense = torch.zeros(5, voxels.numel())
     dense[0] = background
     dense.scatter_add_(0, labels.long(), values)
@@ -69,7 +69,7 @@ def test_refinement_draws_the_edge_the_image_shows():
     refined = refine_labels(prior, working, image, output)
     before = _Interpolator(prior, working, output, keep=2)
     voxels = torch.arange(truth.numel())
-    _, labels, values = before.at(voxels, True)
+    _, labels, values = before.at(voxels, with_labels=True)
     prior_bright = (values * (labels == 1)).sum(0).reshape(truth.shape)
     after = refined.total([1])[0]
     assert dice((prior_bright > 0.5).numpy(), truth.numpy()) < 0.93
@@ -87,7 +87,7 @@ def test_refinement_never_moves_the_background_and_keeps_the_prior_without_contr
                           atol=1e-5)
     flat = refine_labels(prior, working, torch.full_like(image, 0.5), output)
     interpolator = _Interpolator(prior, working, output, keep=2)
-    _, labels, values = interpolator.at(torch.arange(truth.numel()), True)
+    _, labels, values = interpolator.at(torch.arange(truth.numel()), with_labels=True)
     expected = (values * (labels == 1)).sum(0).reshape(truth.shape)
     assert torch.allclose(flat.total([1])[0], expected, atol=1e-4)
 
@@ -127,7 +127,7 @@ def test_held_labels_keep_their_prior_and_the_others_share_the_rest():
     held = torch.tensor([False, False, False, True])
     refined = refine_labels(prior, working, image, output, fixed=held)
     interpolator = _Interpolator(prior, working, output, keep=3)
-    _, labels, values = interpolator.at(torch.arange(truth.numel()), True)
+    _, labels, values = interpolator.at(torch.arange(truth.numel()), with_labels=True)
     share = values.sum(0, keepdim=True)
     expected = (values / share * (1 - interpolator.at(torch.arange(truth.numel()))[0]) *
                 (labels == 3)).sum(0).reshape(truth.shape)

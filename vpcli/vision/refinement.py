@@ -124,12 +124,12 @@ class _Interpolator:
                     weights.append(weight * (fraction[2] if dz else 1 - fraction[2]))
         return torch.stack(corners), torch.stack(weights), cell
 
-    def at(self, voxels: torch.Tensor, channels: torch.Tensor | None = None):
-        """The background ``(n,)`` at output voxels and, given the cells' candidate labels
-        ``channels`` (``True``), those labels ``(K, n)`` and their prior ``(K, n)``."""
+    def at(self, voxels: torch.Tensor, with_labels: bool = False):
+        """The background ``(n,)`` at output voxels (flat indices) and, ``with_labels``, their
+        cells' candidate labels ``(K, n)`` with their prior ``(K, n)`` (else None, None)."""
         corners, weights, cell = self._corners(voxels)
         background = (self.prior[0][corners] * weights).sum(0)
-        if channels is None:
+        if not with_labels:
             return background, None, None
         labels = self.candidates[:, cell]
         values = sum(self.prior[labels, corners[c][None]] * weights[c][None]
@@ -170,7 +170,7 @@ def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
         background[voxels], _, _ = interpolator.at(voxels)
         inside = voxels[background[voxels] < 1.0 - BRAIN_FLOOR]
         if inside.numel():
-            _, chosen, prior_values = interpolator.at(inside, True)
+            _, chosen, prior_values = interpolator.at(inside, with_labels=True)
             labels[:, inside] = chosen.to(torch.int16)
             values[:, inside] = prior_values.clamp_min(0)
     background = background.clamp(0, 1).reshape(shape)

@@ -31,7 +31,7 @@ def test_the_prior_is_interpolated_as_voxel_resamples_it(rotation):
     output = make_geometry((12, 14, 10), (1.0, 1.0, 1.0), 'RAS', rotation_deg=rotation)
     interpolator = _Interpolator(prior, working, output, keep=4)
     voxels = torch.arange(12 * 14 * 10)
-    background, labels, values = interpolator.at(voxels, with_labels=True)
+    background, _, labels, values = interpolator.at(voxels, below=2.0)
     dense = torch.zeros(5, voxels.numel())
     dense[0] = background
     dense.scatter_add_(0, labels.long(), values)
@@ -69,7 +69,7 @@ def test_refinement_draws_the_edge_the_image_shows():
     refined = refine_labels(prior, working, image, output)
     before = _Interpolator(prior, working, output, keep=2)
     voxels = torch.arange(truth.numel())
-    _, labels, values = before.at(voxels, with_labels=True)
+    _, _, labels, values = before.at(voxels, below=2.0)
     prior_bright = (values * (labels == 1)).sum(0).reshape(truth.shape)
     after = refined.total([1])[0]
     assert dice((prior_bright > 0.5).numpy(), truth.numpy()) < 0.93
@@ -82,12 +82,12 @@ def test_refinement_never_moves_the_background_and_keeps_the_prior_without_contr
     prior, working, image, output, truth = _two_labels(edge=13.5, shift_mm=3.5)
     refined = refine_labels(prior, working, image, output)
     share = refined.probabilities.sum(0)
-    assert torch.allclose(share, refined.nonbackground()[0], atol=1e-5)
+    assert torch.allclose(share, (1 - refined.background), atol=1e-5)
     assert torch.allclose(refined.background, torch.full_like(refined.background, 0.02),
                           atol=1e-5)
     flat = refine_labels(prior, working, torch.full_like(image, 0.5), output)
     interpolator = _Interpolator(prior, working, output, keep=2)
-    _, labels, values = interpolator.at(torch.arange(truth.numel()), with_labels=True)
+    _, _, labels, values = interpolator.at(torch.arange(truth.numel()), below=2.0)
     expected = (values * (labels == 1)).sum(0).reshape(truth.shape)
     assert torch.allclose(flat.total([1])[0], expected, atol=1e-4)
 
@@ -98,6 +98,7 @@ def test_a_refining_network_segments_on_the_scan_grid_and_never_while_training()
     through the softmax alone)."""
     torch.set_num_threads(1)
     network = VisionNetwork(dataclasses.replace(tiny_config(), intensity_refinement=True)).eval()
+    plain = VisionNetwork(tiny_config()).eval()  # same seed, same weights, no refinement
     scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
     with torch.no_grad():
         encoding = network.encode([scan])
@@ -109,9 +110,16 @@ def test_a_refining_network_segments_on_the_scan_grid_and_never_while_training()
         assert encoding.refined is not None and len(encoding.refined) == 1
         lobe = network.select(encoding, 'left frontal lobe')[0]
         assert tuple(lobe.shape[1:]) == (20, 18, 16)
-        coarse = network.encode([scan_on(shape=(10, 9, 8), spacing=2.0, seed=2)])
-        network.select(coarse, 'left hippocampus')
-        assert coarse.refined == [None]  # the network saw every voxel of a 2 mm scan
+        # the network saw every voxel of a 2 mm scan: nothing refined, the plain softmax
+        coarse_scan = scan_on(shape=(10, 9, 8), spacing=2.0, seed=2)
+        coarse = network.encode([coarse_scan])
+        assert torch.equal(network.select(coarse, 'left hippocampus')[0],
+                           plain.select(plain.encode([coarse_scan]), 'left hippocampus')[0])
+        assert coarse.refined is None
+        # a lesion-only target builds no refined labels, but lands on the scan's grid
+        fresh = network.encode([scan])
+        glioma = network.select(fresh, 'glioma')[0]
+        assert fresh.refined is None and tuple(glioma.shape[1:]) == (20, 18, 16)
     network.train()
     training = network.select(network.encode([scan]), 'left hippocampus')[0]
     assert tuple(training.shape[1:]) == tuple(encoding.prepared[0].volume.tensor.shape[1:])
@@ -127,12 +135,12 @@ def test_held_labels_keep_their_prior_and_the_others_share_the_rest():
     held = torch.tensor([False, False, False, True])
     refined = refine_labels(prior, working, image, output, fixed=held)
     interpolator = _Interpolator(prior, working, output, keep=3)
-    _, labels, values = interpolator.at(torch.arange(truth.numel()), with_labels=True)
+    _, _, labels, values = interpolator.at(torch.arange(truth.numel()), below=2.0)
     share = values.sum(0, keepdim=True)
     expected = (values / share * (1 - interpolator.at(torch.arange(truth.numel()))[0]) *
                 (labels == 3)).sum(0).reshape(truth.shape)
     assert torch.allclose(refined.total([3])[0], expected, atol=1e-5)
-    assert torch.allclose(refined.probabilities.sum(0), refined.nonbackground()[0], atol=1e-5)
+    assert torch.allclose(refined.probabilities.sum(0), (1 - refined.background), atol=1e-5)
     free = refined.total([1])[0] / (refined.total([1, 2])[0] + 1e-9)
     assert dice((free > 0.5).numpy(), truth.numpy()) > 0.99
 

@@ -355,10 +355,10 @@ class VisionNetwork(nn.Module):
         return self.config.dense and self.config.intensity_refinement and not self.training
 
     def refined_labels(self, encoding: Encoding) -> list:
-        """Per stream the :class:`~vpcli.vision.refinement.RefinedLabels` (made once), or
-        None for a scan no finer than the working grid: the network saw all of it, and
-        there a one-Gaussian-per-label model of partial-volume voxels grows grey structures
-        (docs/vision.md)."""
+        """Per stream the :class:`~vpcli.vision.refinement.RefinedLabels` (made once, on the
+        first anatomical target), or None for a scan no finer than the working grid: the
+        network saw all of it, and there a one-Gaussian-per-label model of partial-volume
+        voxels grows grey structures (docs/vision.md)."""
         from vpcli.vision.refinement import refine_labels
         if encoding.refined is None:
             from vpcli.vision.targets import refinement_held_labels
@@ -381,35 +381,35 @@ class VisionNetwork(nn.Module):
         config = self.config
         parts = parts_of(key, config.label_names, config.lesion_classes)
         anatomy = config.anatomy_channels
-        streams = self.refined_labels(encoding) if self.refines() else None
+        refining = self.refines()
         out = []
         for index, probabilities in enumerate(self.dense_probabilities(encoding)):
             prepared = encoding.prepared[index]
-            refined = None if streams is None else streams[index]
-            if refined is not None:
-                chosen = refined.total(parts.labels) if parts.labels else \
-                    torch.zeros_like(refined.background[None])
-                if parts.labels and parts.white_matter_sides:
+            fine = refining and prepared.fine_volume is not None
+            if fine and parts.labels:
+                refined = self.refined_labels(encoding)[index]
+                chosen = refined.total(parts.labels)
+                if parts.white_matter_sides:
                     nearest = self._nearest_parcels(encoding, index)
                     if nearest is not None:
-                        nearest = vx.Volume(torch.from_numpy(nearest)[None].float().to(self.device),
-                                            prepared.volume.geometry.to(self.device)).resample_like(
-                            prepared.output_volume.geometry.to(self.device), mode='nearest')
-                        nearest = nearest.tensor[0].round().long().cpu().numpy()
-                    chosen = chosen + self._lobe_white_matter(refined, nearest, parts)
+                        nearest = prepared.upsample(
+                            torch.from_numpy(nearest)[None].float().to(self.device),
+                            mode='nearest')[0].round().long().cpu().numpy()
+                    chosen = chosen + self._lobe_white_matter(
+                        refined.total(self._white_channels(parts)), nearest, parts)
             elif parts.labels:
                 chosen = probabilities[list(parts.labels)].sum(0, keepdim=True)
                 if parts.white_matter_sides:
                     nearest = self._nearest_parcels(encoding, index)
-                    chosen = chosen + self._lobe_white_matter(probabilities, nearest, parts)
+                    white = probabilities[self._white_channels(parts)].sum(0, keepdim=True)
+                    chosen = chosen + self._lobe_white_matter(white, nearest, parts)
             else:
-                chosen = torch.zeros_like(probabilities[:1])
+                grid = prepared.output_volume.tensor if fine else probabilities
+                chosen = torch.zeros((1, *grid.shape[1:]), dtype=probabilities.dtype,
+                                     device=probabilities.device)
             if parts.lesions:
                 lesions = probabilities[[anatomy + i for i in parts.lesions]].amax(0, keepdim=True)
-                if refined is not None:
-                    lesions = vx.Volume(lesions, prepared.volume.geometry.to(self.device)).resample_like(
-                        prepared.output_volume.geometry.to(self.device)).tensor
-                chosen = torch.maximum(chosen, lesions)
+                chosen = torch.maximum(chosen, prepared.upsample(lesions) if fine else lesions)
             out.append(chosen.clamp(0, 1))
         return out
 
@@ -433,21 +433,22 @@ class VisionNetwork(nn.Module):
             encoding.nearest_parcels[stream] = nearest
         return encoding.nearest_parcels[stream]
 
-    def _lobe_white_matter(self, probabilities, nearest, parts) -> torch.Tensor:
-        """The cerebral white matter whose nearest predicted cortical parcel is one of the
-        target's (as the ground truth of lobes and territories is defined);
-        ``probabilities`` is the softmax or the :class:`RefinedLabels` of the stream."""
-        import numpy as np
-        refined = not isinstance(probabilities, torch.Tensor)
+    def _white_channels(self, parts) -> list[int]:
+        """Channels of the cerebral white matter of a lobe's or territory's sides."""
         names = {name: i + 1 for i, name in enumerate(self.config.label_names)}
-        white = [names[f'{side}-Cerebral-White-Matter'] for side in parts.white_matter_sides
-                 if f'{side}-Cerebral-White-Matter' in names]
-        total = probabilities.total(white) if refined else \
-            probabilities[white].sum(0, keepdim=True)
+        return [names[f'{side}-Cerebral-White-Matter'] for side in parts.white_matter_sides
+                if f'{side}-Cerebral-White-Matter' in names]
+
+    @staticmethod
+    def _lobe_white_matter(white: torch.Tensor, nearest, parts) -> torch.Tensor:
+        """The cerebral white matter probability ``white`` where the nearest predicted
+        cortical parcel is one of the target's (as the ground truth of lobes and territories
+        is defined)."""
+        import numpy as np
         if nearest is None:
-            return torch.zeros_like(total)
-        in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(total.device)
-        return total * in_target
+            return torch.zeros_like(white)
+        in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(white.device)
+        return white * in_target
 
     def segment_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
         """Per-scan probabilities on each input scan's own grid (shape and geometry)."""

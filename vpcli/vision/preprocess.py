@@ -37,23 +37,35 @@ class PreparedScan:
         ras_geometry: Geometry of the whole scan after RAS reordering (before cropping).
         crop_start: First kept voxel index along each RAS-ordered axis.
         intensity_range: Input intensities (the image's own units) mapped to 0 and 1.
-        fine_geometry: The cropped grid before coarsening to the config's
-            ``min_spacing_mm`` (None when the scan was not coarsened).
-        fine_volume: The normalised intensities on that grid (None when not coarsened).
+        fine_volume: The normalised intensities on the cropped grid before coarsening to
+            the config's ``min_spacing_mm`` (None when the scan was not coarsened).
     """
     scan: 'Scan'
     volume: 'vx.Volume'
     ras_geometry: 'vx.AcquisitionGeometry'
     crop_start: tuple[int, int, int]
     intensity_range: tuple[float, float]
-    fine_geometry: 'vx.AcquisitionGeometry | None' = None
     fine_volume: 'vx.Volume | None' = None
+
+    @property
+    def fine_geometry(self) -> 'vx.AcquisitionGeometry | None':
+        """The grid of :attr:`fine_volume` (None when the scan was not coarsened)."""
+        return None if self.fine_volume is None else self.fine_volume.geometry
 
     @property
     def output_volume(self) -> 'vx.Volume':
         """The normalised scan at its own resolution (head crop, RAS): the grid that
         :meth:`restore` pads and un-permutes, and intensity refinement works on."""
         return self.volume if self.fine_volume is None else self.fine_volume
+
+    def upsample(self, tensor: 'torch.Tensor', mode: str = 'linear') -> 'torch.Tensor':
+        """A ``(C, X, Y, Z)`` tensor on the working grid, resampled to :attr:`output_volume`'s
+        grid (unchanged when the scan was not coarsened). Differentiable."""
+        import voxel as vx
+        if self.fine_volume is None:
+            return tensor
+        return vx.Volume(tensor, self.volume.geometry.to(tensor.device)).resample_like(
+            self.fine_volume.geometry.to(tensor.device), mode=mode).tensor
 
     def restore(self, tensor: 'torch.Tensor', fill: float = 0.0,
                 fine: bool = False) -> 'vx.Volume':
@@ -74,9 +86,8 @@ class PreparedScan:
         import torch
         import voxel as vx
 
-        if self.fine_geometry is not None and not fine:  # back from the working grid
-            tensor = vx.Volume(tensor, self.volume.geometry.to(tensor.device)).resample_like(
-                self.fine_geometry.to(tensor.device)).tensor
+        if not fine:  # back from the working grid
+            tensor = self.upsample(tensor)
         full = tuple(int(n) for n in self.ras_geometry.baseshape)
         padding = []
         for start, size, total in reversed(list(zip(self.crop_start, tensor.shape[1:], full))):
@@ -148,17 +159,17 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
 
     scale = high - low if high > low else 1.0
     normalised = ras.new(((ras.tensor - low) / scale).clamp(0, 1))
-    fine_geometry, fine_volume = None, None
+    fine_volume = None
     floor = float(getattr(config, 'min_spacing_mm', 0.0) or 0.0)
     if floor > 0:
         spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         if bool((spacing < floor - 1e-6).any()):
-            fine_geometry, fine_volume = normalised.geometry, normalised
+            fine_volume = normalised
             # voxel's resample reads a target in its own (QR) spacing, so scale that by how much
             # each axis must grow; on grids without shear this is exactly clamp(spacing, floor)
-            own = fine_geometry.spacing
+            own = normalised.geometry.spacing
             target = own.double().cpu() * (torch.clamp(spacing, min=floor) / spacing)
             normalised = normalised.resample(target.to(own), antialias=True)
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
-                        fine_geometry=fine_geometry, fine_volume=fine_volume)
+                        fine_volume=fine_volume)

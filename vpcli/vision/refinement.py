@@ -71,10 +71,6 @@ class RefinedLabels:
         chosen = member[self.labels.long()]
         return (self.probabilities * chosen).sum(0, keepdim=True)
 
-    def nonbackground(self) -> torch.Tensor:
-        """``(1, X, Y, Z)``: one minus the background probability."""
-        return (1.0 - self.background)[None]
-
 
 class _Interpolator:
     """Trilinear interpolation of the working-grid prior at output voxels, label by label.
@@ -124,17 +120,20 @@ class _Interpolator:
                     weights.append(weight * (fraction[2] if dz else 1 - fraction[2]))
         return torch.stack(corners), torch.stack(weights), cell
 
-    def at(self, voxels: torch.Tensor, with_labels: bool = False):
-        """The background ``(n,)`` at output voxels (flat indices) and, ``with_labels``, their
-        cells' candidate labels ``(K, n)`` with their prior ``(K, n)`` (else None, None)."""
+    def at(self, voxels: torch.Tensor, below: float | None = None):
+        """The prior at output voxels (flat indices ``voxels``): the background ``(n,)``
+        and, where it is below ``below`` (None: nowhere), the positions of those voxels in
+        ``voxels`` with their cells' candidate labels ``(K, m)`` and prior ``(K, m)``."""
         corners, weights, cell = self._corners(voxels)
         background = (self.prior[0][corners] * weights).sum(0)
-        if not with_labels:
-            return background, None, None
-        labels = self.candidates[:, cell]
+        if below is None:
+            return background, None, None, None
+        kept = (background < below).nonzero().flatten()
+        corners, weights = corners[:, kept], weights[:, kept]
+        labels = self.candidates[:, cell[kept]]
         values = sum(self.prior[labels, corners[c][None]] * weights[c][None]
                      for c in range(corners.shape[0]))
-        return background, labels, values
+        return background, kept, labels, values
 
 
 def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
@@ -167,12 +166,11 @@ def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
     values = torch.zeros((keep, total), dtype=torch.float32, device=prior.device)
     for start in range(0, total, SLAB_VOXELS):
         voxels = torch.arange(start, min(total, start + SLAB_VOXELS), device=prior.device)
-        background[voxels], _, _ = interpolator.at(voxels)
-        inside = voxels[background[voxels] < 1.0 - BRAIN_FLOOR]
-        if inside.numel():
-            _, chosen, prior_values = interpolator.at(inside, with_labels=True)
-            labels[:, inside] = chosen.to(torch.int16)
-            values[:, inside] = prior_values.clamp_min(0)
+        background[voxels], kept, chosen, prior_values = interpolator.at(
+            voxels, below=1.0 - BRAIN_FLOOR)
+        inside = voxels[kept]
+        labels[:, inside] = chosen.to(torch.int16)
+        values[:, inside] = prior_values.clamp_min(0)
     background = background.clamp(0, 1).reshape(shape)
     labels = labels.reshape(keep, *shape)
     values = values.reshape(keep, *shape)

@@ -121,6 +121,9 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
            f'{", ".join(str(s) for s in dense["averaged_steps"])} '
            f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else ''),
         *_calibration_lines(dense.get('volume_calibration')),
+        *(['- Flip averaging (run time, docs/vision.md): each scan is also segmented '
+           'mirrored left-right, and the two probability maps are averaged, left and right '
+           'labels swapped back.'] if vision.get('flip_averaging') else []),
         *(['- Intensity refinement (run time, docs/vision.md): the label probabilities, '
            'resampled to the scan\'s own grid, are a prior combined with one Gaussian of '
            'intensity per label fitted to the scan by expectation-maximisation; the '

@@ -49,6 +49,7 @@ def without(weights: Path, folder: Path, keys: list[str]) -> Path:
 
 
 def main() -> None:
+    from vpcli.vision.config import RUN_TIME_KEYS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--weights', type=Path, default=Path('weights'))
     parser.add_argument('--threads', type=int, default=2)
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument('--prompt', default='what is the volume of the left hippocampus?')
     parser.add_argument('--no-flip', action='store_true', help='--without flip_averaging')
     parser.add_argument('--without', action='append', default=[],
-                        choices=['flip_averaging', 'intensity_refinement'])
+                        choices=list(RUN_TIME_KEYS))
     parser.add_argument('--paired', action='store_true',
                         help='also time the weights as they are, alternately, and print the ratio')
     args = parser.parse_args()

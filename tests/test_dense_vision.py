@@ -12,7 +12,7 @@ import voxel as vx
 
 from conftest import make_geometry
 from vpcli.errors import ProgramError
-from vpcli.vision.config import VisionConfig, named_config
+from vpcli.vision.config import RUN_TIME_KEYS, VisionConfig, named_config
 from vpcli.vision.dense_training import composite_matrix, dense_loss
 from vpcli.vision.model import VisionNetwork
 from vpcli.vision.targets import parts_of, target_key
@@ -443,6 +443,6 @@ def test_the_shipped_network_runs_with_its_recipes_run_time_settings():
     named = named_config(recipe.vision_config)
     shipped = torch.load(repository / 'weights' / 'vision.pt', map_location='cpu',
                          weights_only=True)['config']
-    for key in ('flip_averaging', 'intensity_refinement'):
+    for key in RUN_TIME_KEYS:
         assert shipped.get(key) == getattr(named, key), key
         assert manifest['vision_config'].get(key) == getattr(named, key), key

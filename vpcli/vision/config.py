@@ -138,6 +138,11 @@ class VisionConfig:
         return cls(**data)
 
 
+#: config keys that change what a trained dense network does at run time only (training
+#: never uses them): an export takes them from the recipe's named config
+RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement')
+
+
 #: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
 #: 32 channels at the top and 96 below)
 CONFIGS = {

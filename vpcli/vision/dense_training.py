@@ -417,10 +417,9 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     config, calibration = network.config, None
     # run-time settings follow the recipe's named config (a run begun before a setting
     # existed carries its old default in the checkpoint; training never uses them)
-    from vpcli.vision.config import named_config
+    from vpcli.vision.config import RUN_TIME_KEYS, named_config
     named = named_config(recipe.vision_config)
-    config = dataclasses.replace(config, flip_averaging=named.flip_averaging,
-                                 intensity_refinement=named.intensity_refinement)
+    config = dataclasses.replace(config, **{key: getattr(named, key) for key in RUN_TIME_KEYS})
     if recipe.calibration_samples > 0:
         from vpcli.vision.calibration import calibrate
         offsets, calibration = calibrate(network, recipe.calibration_samples,

@@ -7,10 +7,11 @@ With ``--without KEY`` (``flip_averaging``, ``intensity_refinement``; repeatable
 ``--no-flip`` is ``--without flip_averaging``) the same weights run with that run-time
 feature off (a temporary copy whose vision config sets it false), to show what it costs;
 ``--paired`` times the weights as they are and that copy alternately, in one run, and
-prints the ratio of their medians.
+prints the ratio of their medians. ``--against DIR`` times another weights folder
+alternately with ``--weights`` instead (say, the shipped weights against a new export).
 
     .venv/bin/python benchmarks/run_timing.py [--weights weights] [--threads 2] [--repeats 3]
-        [--without intensity_refinement [--paired]]
+        [--without intensity_refinement [--paired] | --against OTHER_WEIGHTS]
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ def main() -> None:
                         choices=list(RUN_TIME_KEYS))
     parser.add_argument('--paired', action='store_true',
                         help='also time the weights as they are, alternately, and print the ratio')
+    parser.add_argument('--against', type=Path,
+                        help='another weights folder, timed alternately with --weights')
     args = parser.parse_args()
     keys = sorted(set(args.without) | ({'flip_averaging'} if args.no_flip else set()))
     if args.paired and not keys:
         raise SystemExit('--paired needs --without KEY')
+    if args.against is not None and keys:
+        raise SystemExit('--against times two weights folders as they are; it takes no --without')
 
     from vpcli.examples import write_example
     from vpcli.model_card import machine_description
@@ -92,6 +97,8 @@ def main() -> None:
         variant = without(args.weights, folder, keys) if keys else args.weights
         runs = {'as shipped': args.weights, f'without {", ".join(keys)}': variant} \
             if args.paired else {f'without {", ".join(keys)}' if keys else 'as shipped': variant}
+        if args.against is not None:
+            runs = {str(args.weights): args.weights, str(args.against): args.against}
         seconds = {name: [] for name in runs}
         metrics = {}
         for repeat in range(args.repeats):
@@ -101,7 +108,7 @@ def main() -> None:
     report = {'prompt': args.prompt, 'threads': args.threads, 'repeats': args.repeats,
               'machine': machine_description(),
               'runs': {name: summary(seconds[name], metrics[name]) for name in runs}}
-    if args.paired:
+    if args.paired or args.against is not None:
         first, second = (statistics.median(seconds[name]) for name in runs)
         report['median_ratio'] = round(first / second, 3)
     print(json.dumps(report, indent=2))

@@ -446,3 +446,109 @@ def test_the_shipped_network_runs_with_its_recipes_run_time_settings():
     for key in RUN_TIME_KEYS:
         assert shipped.get(key) == getattr(named, key), key
         assert manifest['vision_config'].get(key) == getattr(named, key), key
+
+
+def test_a_lesion_head_gives_the_same_channels_in_training_and_at_run_time():
+    torch.set_num_threads(1)
+    network = VisionNetwork(tiny_config(lesion_head_width=4)).eval()
+    plain = VisionNetwork(tiny_config()).eval()
+    scan = scan_on()
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        native = network.dense_probabilities(encoding)[0]
+        prepared = encoding.prepared[0].volume.tensor
+        logits = network.dense_logits(prepared[None])[0]
+        untouched = plain.dense_logits(prepared[None])[0]
+    anatomy = 1 + len(LABELS)
+    batched = torch.cat([logits[:anatomy].softmax(0), torch.sigmoid(logits[anatomy:])])
+    assert torch.allclose(batched, native, atol=1e-5)
+    # the trunk and pointwise head are the plain network's (same seed); the lesion channels
+    # are the lesion head's own
+    assert torch.allclose(logits[:anatomy], untouched[:anatomy], atol=1e-6)
+    assert not torch.allclose(logits[anatomy:], untouched[anatomy:], atol=1e-3)
+
+
+def test_the_lesion_cross_entropy_weights_lesion_voxels_as_the_recipe_says(composites):
+    labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    lesions = torch.zeros(1, len(LESIONS), 4, 4, 4)
+    lesions[0, 0, :2, :2, :2] = 1
+    logits = torch.zeros(1, 1 + len(LABELS) + len(LESIONS), 4, 4, 4)
+    _, plain = dense_loss(logits, labels, lesions, composites, positive_weight=0.0)
+    _, weighted = dense_loss(logits, labels, lesions, composites, positive_weight=0.2)
+    assert plain['lesion_bce'] == pytest.approx(float(np.log(2)), rel=1e-5)
+    assert weighted['lesion_bce'] == pytest.approx(1.2 * float(np.log(2)), rel=1e-5)
+    # lesion voxels weighted 5 in one mean: 8 of 128 voxels of the two channels
+    _, voxels = dense_loss(logits, labels, lesions, composites, positive_weight=0.0, voxel_weight=5.0)
+    assert voxels['lesion_bce'] == pytest.approx((8 * 5 + 120) / 128 * float(np.log(2)), rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.training
+def test_a_lesion_head_stage_trains_the_head_alone_from_a_run_without_one(tmp_path):
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.errors import BadInputError
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+    torch.set_num_threads(1)
+    recipe = DenseRecipe(name='t', vision_config='dense-tiny', steps=2, batch_size=1,
+                         shape=[16, 16, 16], warmup_steps=1, checkpoint_every=2, log_every=2)
+    first = DenseTrainer.create(recipe)
+    first.train(2, tmp_path / 'checkpoint.pt', log=lambda line: None)
+    with pytest.raises(BadInputError, match='lesion_head_width'):
+        dataclasses.replace(recipe, train='lesion_head')
+    heads = dataclasses.replace(recipe, name='heads', train='lesion_head', lesion_head_width=4,
+                                schedule_start=2, steps=4, lesion_probability=1.0,
+                                lesion_positive_weight=0.0)
+    stage = DenseTrainer.resume(tmp_path / 'checkpoint.pt', recipe=heads)
+    assert stage.network.lesion_head is not None and stage.network.config.lesion_head_width == 4
+    changed = stage.recipe_changes[-1]
+    assert changed['step'] == 2 and changed['changed']['train'] == ['all', 'lesion_head']
+    before = {k: v.clone() for k, v in stage.network.state_dict().items()}
+    assert stage.learning_rate() == pytest.approx(heads.learning_rate)  # its own warm-up
+    stage.train(4, tmp_path / 'heads.pt', log=lambda line: None)
+    after = stage.network.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith('lesion_head.') for k in moved)
+    again = DenseTrainer.resume(tmp_path / 'heads.pt', recipe=heads)  # exact resume, head kept
+    assert all(torch.equal(again.network.state_dict()[k], after[k]) for k in after)
+
+
+@pytest.mark.slow
+def test_synthetic_lesions_follow_their_class_signal_and_tumours_bring_oedema():
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.synth.dense import MR_MODALITIES, DenseSynthesizer, SynthesisSettings
+    from vpcli.synth.vocabulary import load_vocabulary
+    torch.set_num_threads(1)
+    ids = load_vocabulary().ids
+    classes = ('glioma', 'edema')
+    settings = SynthesisSettings(shape=(32, 32, 32), lesion_probability=1.0,
+                                 random_contrast_probability=0.0, template_probability=0.0,
+                                 skull_stripped_probability=0.0, thick_slice_probability=0.0,
+                                 max_bias=0.0, max_noise=0.0, field_of_view_probability=0.0,
+                                 deface_probability=0.0)
+    synthesizer = DenseSynthesizer(ids, classes, 'cpu', settings, ('fsaverage',), seed=3)
+    assert synthesizer.lesion_signals[0][MR_MODALITIES.index('T1w')] == ['hypo']  # iso left out
+    assert synthesizer.lesion_signals[0][MR_MODALITIES.index('FLAIR')] == ['hyper']
+    with_oedema = 0
+    for _ in range(6):
+        batch = synthesizer.sample(2)
+        for b in range(2):
+            glioma, oedema = batch.lesions[b, 0] > 0, batch.lesions[b, 1] > 0
+            if bool(glioma.any()) and bool(oedema.any()):
+                with_oedema += 1
+    assert with_oedema >= 1
+
+
+def test_a_lesion_head_export_keeps_the_calibration_of_the_same_trunk(tmp_path):
+    from vpcli.vision.dense_training import _kept_calibration
+    from vpcli.weights import half_state
+    torch.set_num_threads(1)
+    offsets = [0.0] + [0.1 * (i + 1) for i in range(len(LABELS))]
+    shipped = VisionNetwork(tiny_config(logit_offsets=offsets))
+    torch.save({'config': shipped.config.to_dict(), 'state': half_state(shipped.state_dict())},
+               tmp_path / 'vision.pt')
+    manifest = {'vision_training': {'volume_calibration': {'samples': 20}}}
+    headed = VisionNetwork(tiny_config(lesion_head_width=4))
+    assert _kept_calibration(tmp_path, headed, manifest) == (offsets, {'samples': 20})
+    with torch.no_grad():
+        next(headed.encoder.parameters()).add_(1.0)
+    assert _kept_calibration(tmp_path, headed, manifest) is None

@@ -119,7 +119,13 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
         f'lesion cross-entropy + soft Dice (docs/training.md).'
         + (f' The shipped weights are the average of the run\'s weights at steps '
            f'{", ".join(str(s) for s in dense["averaged_steps"])} '
-           f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else ''),
+           f'(`scripts/average_checkpoints.py`).' if dense.get('averaged_steps') else '')
+        + (f' The lesion channels come from a convolutional lesion head of width '
+           f'{recipe.get("lesion_head_width")} over the top features and the image, trained '
+           f'alone with the trunk frozen from step {recipe.get("schedule_start")} to '
+           f'{dense.get("steps")} (lesion voxels weighted {recipe.get("lesion_voxel_weight")} '
+           f'in the cross-entropy; docs/vision.md "The lesion head").'
+           if recipe.get('train') == 'lesion_head' else ''),
         *_calibration_lines(dense.get('volume_calibration')),
         *(['- Flip averaging (run time, docs/vision.md): each scan is also segmented '
            'mirrored left-right, and the two probability maps are averaged, left and right '

@@ -17,7 +17,14 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
 4. **Lesions**: for half the samples, one or two leaf classes, each with its own count,
    volume range, start tissue and tissues it may grow into (the class tables of
    :mod:`vpcli.synth.lesions`); each lesion a smooth ellipsoid plus smooth noise,
-   thresholded, hyper- or hypointense to its surroundings; one channel per class.
+   thresholded; one channel per class. Their signal follows the class table for the
+   sample's modality (a tissue-mean sample: a glioma hypointense on T1w, hyperintense on
+   FLAIR; the table's isointense choices are left out, a lesion no scan shows cannot be
+   learnt), or is hyper- or hypointense at random (a random-contrast sample); ratios to the
+   surroundings as :data:`vpcli.synth.lesions.SIGNAL_RATIO_RANGES`. As in the evaluation
+   world, tumour-like classes get an oedema in the white matter around them (the oedema
+   channel) with the class's probability, painted first, and ring lesions a darker
+   (fluid-bright modalities: brighter) necrotic core.
 5. **Acquisition**: partial volume (blur), thick slices along a random axis (averaged and
    linearly re-expanded), a smooth multiplicative bias field, a gamma change and Gaussian
    noise; then the 0.5th-99.5th percentile normalisation the network applies to real scans
@@ -366,6 +373,8 @@ class DenseSynthesizer:
         plausible = plausible * self._uniform(0.9, 1.1, batch, classes)
         random = self._uniform(0.0, 1.0, batch, classes)
         use_random = (self._uniform(0, 1, batch) < s.random_contrast_probability).view(batch, 1)
+        #: per sample: the modality index, or -1 for a random-contrast sample (lesion signals)
+        self._modality = torch.where(use_random.view(batch), -1, modality)
         means = torch.where(use_random, random, plausible)
         stds = means * self._uniform(0.01, 0.08, batch, classes)
         index = labels.view(batch, -1)
@@ -381,6 +390,8 @@ class DenseSynthesizer:
             use_template = (self._uniform(0, 1, batch) < s.template_probability).view(batch, 1, 1, 1, 1)
             image = torch.where(use_template, template * self._uniform(0.8, 1.2, batch, 1, 1, 1, 1),
                                 image)
+            self._modality = torch.where(use_template.view(batch), MR_MODALITIES.index('T1w'),
+                                         self._modality)
             head_gain = self._uniform(0.0, 1.5, batch, 1, 1, 1, 1)
             outside = template * head_gain + 0.05 * head_gain * smooth_noise(
                 self.generator, batch, 1, labels.shape[1:], 8, device)
@@ -418,9 +429,22 @@ class DenseSynthesizer:
             'ventricular': {'ventricle', 'csf', 'choroid_plexus'}}
         tissue_names = [tissues[int(i)] for i in self.tissue_of.cpu()]
         starts, occupies, volumes, counts = [], [], [], []
+        #: per channel and modality: the visible signals of the class table ('hyper',
+        #: 'hypo'; empty: either, at random); oedema probability and ring probability
+        self.lesion_signals, self.lesion_oedema, self.lesion_ring = [], [], []
+        synth_names = [ontology.lesion_classes[key].synth for key in self.lesion_classes]
+        self.oedema_channel = synth_names.index('oedema') if 'oedema' in synth_names else None
+        self.cerebral_wm = torch.tensor([name == 'cerebral_wm' for name in tissue_names],
+                                        device=self.device)
         for key in self.lesion_classes:
             spec = table[ontology.lesion_classes[key].synth]
             placement = spec['placement']
+            self.lesion_signals.append([[v for v in spec['signal'].get(m, []) if v != 'iso']
+                                        for m in MR_MODALITIES])
+            self.lesion_oedema.append(float(spec['oedema'][0]) if self.oedema_channel is not None
+                                      and synth_names[len(self.lesion_signals) - 1] != 'oedema'
+                                      else 0.0)
+            self.lesion_ring.append(float(spec['ring']))
 
             def mask(allowed):
                 return torch.tensor([is_parenchyma[k] if allowed is None else name in allowed
@@ -473,13 +497,50 @@ class DenseSynthesizer:
                     if int(blob.sum()) < 1:
                         continue
                     masks[b, channel] = torch.maximum(masks[b, channel], blob.float())
-                    ratio = float(self._uniform(1.4, 2.4, 1)) if float(self._uniform(0, 1, 1)) < 0.6 \
-                        else float(self._uniform(0.35, 0.7, 1))
                     surround = image[b, 0][blob].mean()
-                    texture = 1 + 0.08 * torch.randn(int(blob.sum()), generator=self.generator,
-                                                     device=device)
-                    image[b, 0][blob] = surround * ratio * texture
+                    if float(self._uniform(0, 1, 1)) < self.lesion_oedema[channel]:
+                        # oedema around it: larger, in the white matter (painted first, so
+                        # the lesion is painted relative to it, as in the evaluation world)
+                        scale = float(self._uniform(1.4, 2.2, 1))
+                        wide = (((coordinates - centre.view(3, 1, 1, 1)) / (radii * scale)) ** 2).sum(0)
+                        field_o = 1 - wide + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
+                        oedema = (field_o > 0) & self.cerebral_wm[labels[b]] & ~blob
+                        if int(oedema.sum()) >= 4:
+                            channel_o = self.oedema_channel
+                            masks[b, channel_o] = torch.maximum(masks[b, channel_o], oedema.float())
+                            self._paint(image[b, 0], oedema, channel_o, int(self._modality[b]))
+                            surround = image[b, 0][oedema].mean()
+                    self._paint(image[b, 0], blob, channel, int(self._modality[b]), surround,
+                                field)
         return masks
+
+    def _paint(self, image: torch.Tensor, blob: torch.Tensor, channel: int, modality: int,
+               surround: torch.Tensor | None = None, field: torch.Tensor | None = None) -> None:
+        """Paint one lesion into ``image`` (in place): its class's signal for the
+        modality (``-1``: random contrast) relative to ``surround`` (default: the mean
+        there now), a 6-8 % texture and, for a ring lesion, a necrotic core."""
+        from vpcli.synth.lesions import SIGNAL_RATIO_RANGES
+        options = self.lesion_signals[channel][modality] if modality >= 0 else []
+        if options:
+            signal = options[int(self._uniform(0, len(options), 1).item()) % len(options)]
+        else:
+            signal = 'hyper' if float(self._uniform(0, 1, 1)) < 0.6 else 'hypo'
+        low, high = SIGNAL_RATIO_RANGES[signal]
+        ratio = float(self._uniform(low, high, 1))
+        if surround is None:
+            surround = image[blob].mean()
+        count = int(blob.sum())
+        values = surround * ratio * (1 + 0.08 * torch.randn(count, generator=self.generator,
+                                                             device=self.device))
+        if field is not None and float(self._uniform(0, 1, 1)) < self.lesion_ring[channel]:
+            inside = field[blob]
+            core = inside > torch.quantile(inside, float(self._uniform(0.55, 0.8, 1)))
+            necrotic = float(self._uniform(0.6, 0.85, 1))
+            fluid_bright = modality >= 0 and MR_MODALITIES[modality] in ('T2w', 'FLAIR', 'PD', 'GRE')
+            if fluid_bright or (modality < 0 and float(self._uniform(0, 1, 1)) < 0.5):
+                necrotic = 1 / necrotic
+            values = torch.where(core, values * necrotic, values)
+        image[blob] = values
 
     def _acquire(self, image: torch.Tensor) -> torch.Tensor:
         s = self.settings

@@ -54,6 +54,9 @@ class VisionConfig:
             export, applied among the labels at run time
             (:func:`vpcli.vision.model.calibrated_softmax`). Training never applies
             them.
+        lesion_head_width: Dense networks: 0, the lesion channels are rows of the pointwise
+            head; otherwise the width of their own convolutional head
+            (:class:`~vpcli.vision.layers.LesionHead`) over the top features and the image.
     """
     widths: tuple[int, ...] = (8, 16, 16, 16, 16, 16)
     phi_size: int = 32
@@ -74,6 +77,7 @@ class VisionConfig:
     flip_averaging: bool = False
     intensity_refinement: bool = False
     logit_offsets: tuple[float, ...] = ()
+    lesion_head_width: int = 0
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)

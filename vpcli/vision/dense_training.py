@@ -70,6 +70,17 @@ class DenseRecipe:
             anatomical channel, :mod:`vpcli.vision.calibration`) on this many new synthetic
             samples and ship it in the network's config; 0 ships none. Training is
             unaffected.
+        lesion_positive_weight: Weight of the mean lesion-channel cross-entropy over the
+            lesion voxels, added to the mean over the other voxels (0: one mean over all
+            voxels, each lesion voxel weighted ``lesion_voxel_weight``).
+        lesion_voxel_weight: With ``lesion_positive_weight = 0``: the weight of each lesion
+            voxel in the cross-entropy (``pos_weight``), against 1 for the others.
+        lesion_head_width: Give the network a lesion head of this width
+            (:class:`~vpcli.vision.layers.LesionHead`); 0: none.
+        train: ``all`` (every weight) or ``lesion_head`` (the lesion head alone; the trunk
+            and the anatomical channels stay as they are).
+        schedule_start: Step at which this recipe's warm-up and cosine begin (a stage that
+            resumes a run trained under another recipe).
     """
     name: str = 'dense-cpu'
     stage: str = 'vision'
@@ -93,6 +104,19 @@ class DenseRecipe:
     sources: list = dataclasses.field(default_factory=lambda: ['fsaverage'])
     gca_draws: int = 6
     calibration_samples: int = 0
+    lesion_positive_weight: float = 0.2
+    lesion_voxel_weight: float = 1.0
+    lesion_head_width: int = 0
+    train: str = 'all'
+    schedule_start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.train not in ('all', 'lesion_head'):
+            raise BadInputError(f'recipe {self.name}: train = {self.train!r}; expected "all" '
+                                f'or "lesion_head"')
+        if self.train == 'lesion_head' and not self.lesion_head_width:
+            raise BadInputError(f'recipe {self.name}: train = "lesion_head" needs a '
+                                f'lesion_head_width')
 
     @classmethod
     def load(cls, path: Path | str) -> 'DenseRecipe':
@@ -122,7 +146,8 @@ def dense_config(recipe: DenseRecipe):
     lesions = load_ontology().leaf_classes()
     return dataclasses.replace(named_config(recipe.vision_config), label_ids=tuple(vocabulary.ids),
                                label_names=tuple(names), lesion_classes=tuple(lesions),
-                               min_spacing_mm=recipe.spacing_mm, seed=recipe.seed)
+                               min_spacing_mm=recipe.spacing_mm, seed=recipe.seed,
+                               lesion_head_width=recipe.lesion_head_width)
 
 
 def composite_matrix(config) -> torch.Tensor:
@@ -142,14 +167,17 @@ def composite_matrix(config) -> torch.Tensor:
     return unique
 
 
-#: weight of the mean cross-entropy over lesion voxels, beside the mean over the others
+#: default weight of the mean cross-entropy over lesion voxels, beside the mean over the
+#: others (recipes set it as ``lesion_positive_weight``)
 POSITIVE_LESION_WEIGHT = 0.2
 
 
 def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor,
                composites: torch.Tensor, composite_weight: float = 1.0,
                lesion_weight: float = 0.5,
-               partition_dice_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+               partition_dice_weight: float = 1.0,
+               positive_weight: float = POSITIVE_LESION_WEIGHT,
+               voxel_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
     """Loss of one batch and its parts (see the module docstring).
 
     Args:
@@ -190,11 +218,18 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
         # lesion voxels are a few in ten thousand: a plain mean would let the negatives push
         # every logit so low that the Dice term's gradient vanishes through the sigmoid, so
         # the positives' mean cross-entropy is added with its own weight
-        per_voxel = F.binary_cross_entropy_with_logits(lesion_logits, lesions, reduction='none')
         positive = lesions > 0.5
-        bce = per_voxel[~positive].mean()
-        if bool(positive.any()):
-            bce = bce + POSITIVE_LESION_WEIGHT * per_voxel[positive].mean()
+        if positive_weight:
+            per_voxel = F.binary_cross_entropy_with_logits(lesion_logits, lesions, reduction='none')
+            bce = per_voxel[~positive].mean()
+            if bool(positive.any()):
+                bce = bce + positive_weight * per_voxel[positive].mean()
+        else:
+            # one mean, lesion voxels weighted a fixed few times: where the network cannot
+            # tell, the best answer is about that many times the local lesion rate, far under
+            # 0.5 (the positive-mean term above weighs them hundreds of times and hedges)
+            bce = F.binary_cross_entropy_with_logits(
+                lesion_logits, lesions, pos_weight=lesion_logits.new_tensor(voxel_weight))
         lesion_p = torch.sigmoid(lesion_logits).flatten(2)
         lesion_t = lesions.flatten(2)
         lesion_present = lesion_t.sum(2) > 0
@@ -235,7 +270,13 @@ class DenseTrainer:
         #: generator state to start the synthesiser from (a resumed run's), else None
         self._generator_state: torch.Tensor | None = None
         self.composites = composite_matrix(network.config).to(device)
-        self.optimizer = torch.optim.AdamW(network.parameters(), lr=recipe.learning_rate,
+        if recipe.train == 'lesion_head':
+            if network.lesion_head is None:
+                raise BadInputError(f'recipe {recipe.name}: the network has no lesion head')
+            trained = list(network.lesion_head.parameters())
+        else:
+            trained = list(network.parameters())
+        self.optimizer = torch.optim.AdamW(trained, lr=recipe.learning_rate,
                                            weight_decay=recipe.weight_decay)
         self.step = 0
         self.seconds = 0.0
@@ -282,8 +323,19 @@ class DenseTrainer:
         from vpcli.vision.model import VisionNetwork
         data = torch.load(path, map_location='cpu', weights_only=True)
         saved_recipe = DenseRecipe(**data['recipe'])
-        network = VisionNetwork(VisionConfig.from_dict(data['config']))
-        network.load_state_dict({k: v.float() for k, v in data['state'].items()}, strict=True)
+        config = VisionConfig.from_dict(data['config'])
+        state = {k: v.float() for k, v in data['state'].items()}
+        new_head = recipe is not None and recipe.lesion_head_width != config.lesion_head_width
+        if new_head:
+            # a lesion head added (or resized) for a new stage: it starts fresh, every
+            # other weight as saved
+            config = dataclasses.replace(config, lesion_head_width=recipe.lesion_head_width)
+            state = {k: v for k, v in state.items() if not k.startswith('lesion_head.')}
+        network = VisionNetwork(config)
+        missing, unexpected = network.load_state_dict(state, strict=not new_head)
+        if unexpected or any(not k.startswith('lesion_head.') for k in missing):
+            raise BadInputError(f'{path}: checkpoint does not match the network '
+                                f'(missing {missing[:3]}, unexpected {unexpected[:3]})')
         trainer = cls(recipe or saved_recipe, network, device)
         trainer.step = int(data['step'])
         trainer.recipe_changes = list(data.get('recipe_changes', []))
@@ -296,7 +348,7 @@ class DenseTrainer:
         trainer.averaged_steps = list(data.get('averaged_steps', []))
         trainer.seconds = float(data.get('seconds', 0.0))
         trainer.synthesis_seconds = float(data.get('synthesis_seconds', 0.0))
-        if 'optimizer' in data:
+        if 'optimizer' in data and not new_head and saved_recipe.train == trainer.recipe.train:
             trainer.optimizer.load_state_dict(data['optimizer'])
         if 'generator' in data and torch.device(device).type == 'cpu':
             trainer._generator_state = data['generator']
@@ -329,14 +381,17 @@ class DenseTrainer:
     def learning_rate(self) -> float:
         """Warm-up then cosine decay to a tenth of the peak over the recipe's steps."""
         recipe = self.recipe
-        if self.step < recipe.warmup_steps:
-            return recipe.learning_rate * (self.step + 1) / recipe.warmup_steps
-        progress = min(1.0, (self.step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps))
+        step, steps = self.step - recipe.schedule_start, recipe.steps - recipe.schedule_start
+        if step < recipe.warmup_steps:
+            return recipe.learning_rate * (max(step, 0) + 1) / recipe.warmup_steps
+        progress = min(1.0, (step - recipe.warmup_steps) / max(1, steps - recipe.warmup_steps))
         return recipe.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def train_step(self) -> dict:
         """One step: synthesise a batch, score every voxel and target, update."""
-        self.averaged_steps = []  # the weights move on from any average
+        if self.recipe.train == 'all':
+            self.averaged_steps = []  # the weights move on from any average (a lesion-head
+            # stage leaves the averaged trunk as it is)
         self.network.train()
         started = time.perf_counter()
         batch = self.synthesizer.sample(self.recipe.batch_size)
@@ -347,10 +402,13 @@ class DenseTrainer:
             group['lr'] = self.learning_rate()
         cuda = torch.device(self.device).type == 'cuda'
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=cuda):  # bf16 on a GPU
-            logits = self.network.dense_logits(batch.image)
+            logits = self.network.dense_logits(batch.image,
+                                               trunk_grad=self.recipe.train == 'all')
         loss, parts = dense_loss(logits, batch.labels, batch.lesions, self.composites,
                                  self.recipe.composite_weight, self.recipe.lesion_weight,
-                                 self.recipe.partition_dice_weight)
+                                 self.recipe.partition_dice_weight,
+                                 self.recipe.lesion_positive_weight,
+                                 self.recipe.lesion_voxel_weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
@@ -397,6 +455,23 @@ class DenseTrainer:
                 self.save(checkpoint)
 
 
+def _kept_calibration(folder: Path, network, manifest: dict) -> tuple[list, dict | None] | None:
+    """The logit offsets and calibration record of the folder's ``vision.pt`` when every
+    weight of it but a lesion head's equals ``network``'s (in fp16, as shipped); else None."""
+    path = folder / 'vision.pt'
+    if not path.is_file():
+        return None
+    data = torch.load(path, map_location='cpu', weights_only=True)
+    offsets = data['config'].get('logit_offsets') or []
+    ours = {k: v for k, v in half_state(network.state_dict()).items()
+            if not k.startswith('lesion_head.')}
+    theirs = {k: v for k, v in data['state'].items() if not k.startswith('lesion_head.')}
+    if not offsets or ours.keys() != theirs.keys() or any(
+            not torch.equal(ours[k], theirs[k]) for k in ours):
+        return None
+    return list(offsets), manifest.get('vision_training', {}).get('volume_calibration')
+
+
 def export_vision(trainer: DenseTrainer, folder: Path | str,
                   state_path: Path | str | None = None) -> dict:
     """Ship a dense network into a weights folder: ``vision.pt`` (fp16 weights, which load
@@ -420,7 +495,13 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     from vpcli.vision.config import RUN_TIME_KEYS, named_config
     named = named_config(recipe.vision_config)
     config = dataclasses.replace(config, **{key: getattr(named, key) for key in RUN_TIME_KEYS})
-    if recipe.calibration_samples > 0:
+    kept = _kept_calibration(folder, network, manifest) if recipe.train == 'lesion_head' else None
+    if kept is not None:
+        # a lesion-head stage leaves the anatomical channels as they are: the folder's
+        # network has the same trunk, so its calibration is theirs
+        offsets, calibration = kept
+        config = dataclasses.replace(config, logit_offsets=tuple(offsets))
+    elif recipe.calibration_samples > 0:
         from vpcli.vision.calibration import calibrate
         offsets, calibration = calibrate(network, recipe.calibration_samples,
                                          shape=max(64, *recipe.shape), sources=recipe.sources,

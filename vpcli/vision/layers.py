@@ -241,3 +241,33 @@ class LevelBlock(nn.Module):
         if self.interaction is not None:
             features = features + self.interaction.project(self.interaction.value(features))
         return features
+
+
+class LesionHead(nn.Module):
+    """The lesion channels of a dense network from a head of their own: three 3x3x3
+    convolutions (dilation 1, 2, 4: about 30 voxels of context) over the top-level
+    generator features and the normalised image, then a pointwise layer to one logit per
+    lesion class. Trained with the trunk frozen (``train = "lesion_head"`` recipes), so
+    the anatomical channels stay exactly those of the trunk (docs/vision.md)."""
+
+    def __init__(self, in_channels: int, width: int, out_channels: int, group_size: int) -> None:
+        super().__init__()
+        layers = []
+        channels = in_channels
+        for dilation in (1, 2, 4):
+            layers += [nn.Conv3d(channels, width, 3, padding=dilation, dilation=dilation),
+                       nn.GroupNorm(max(1, width // group_size), width), nn.SiLU()]
+            channels = width
+        self.body = nn.Sequential(*layers)
+        self.out = Pointwise(width, out_channels)
+        with torch.no_grad():  # start near a lesion prior of about 2 %, not 50 % everywhere
+            self.out.bias.fill_(-4.0)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``(B, C, X, Y, Z)`` features and ``(B, 1, X, Y, Z)`` image (or both unbatched)
+        -> lesion logits ``(B, L, X, Y, Z)`` (or ``(L, X, Y, Z)``)."""
+        unbatched = features.dim() == 4
+        if unbatched:
+            features, image = features.unsqueeze(0), image.unsqueeze(0)
+        out = self.out(self.body(torch.cat([features, image.to(features.dtype)], dim=1)))
+        return out[0] if unbatched else out

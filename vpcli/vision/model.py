@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from vpcli.errors import BadInputError, ProgramError
 from vpcli.run_context import FeedbackItem
 from vpcli.vision.config import VisionConfig
-from vpcli.vision.layers import LevelBlock, Pointwise, upsample
+from vpcli.vision.layers import LesionHead, LevelBlock, Pointwise, upsample
 from vpcli.vision.preprocess import PreparedScan, prepare_scan
 from vpcli.vision.targets import target_key
 from vpcli.quality import mask_signals
@@ -210,6 +210,11 @@ class VisionNetwork(nn.Module):
                 block(widths[level + 1] + widths[level], level) for level in range(levels - 1))
             self.head = Pointwise(widths[0], config.output_channels)
             self.embed = nn.Linear(widths[-1], config.embedding_width)
+            #: dense networks with ``lesion_head_width``: the lesion channels' own head
+            #: (the pointwise head's lesion rows are then unused)
+            self.lesion_head = LesionHead(widths[0] + 1, config.lesion_head_width,
+                                          len(config.lesion_classes), config.group_size) \
+                if config.dense and config.lesion_head_width and config.lesion_classes else None
 
     @property
     def device(self) -> torch.device:
@@ -297,12 +302,14 @@ class VisionNetwork(nn.Module):
         φ, so this runs once per encoding and is kept on it."""
         if encoding.dense is None:
             zeros = torch.zeros(len(encoding.scans), self.config.phi_size, device=self.device)
-            probabilities = [self._dense_softmax(self.head(f)) for f in self._decode(encoding, zeros)]
+            probabilities = [self._dense_softmax(self.head_logits(f, p.volume.tensor))
+                             for f, p in zip(self._decode(encoding, zeros), encoding.prepared)]
             if self.config.flip_averaging:
                 mirrored = self.encode_prepared([_mirrored(p) for p in encoding.prepared])
                 swap = self._mirror_channels()
                 for index, features in enumerate(self._decode(mirrored, zeros)):
-                    flipped = self._dense_softmax(self.head(features)).flip(1)[swap]
+                    logits = self.head_logits(features, mirrored.prepared[index].volume.tensor)
+                    flipped = self._dense_softmax(logits).flip(1)[swap]
                     probabilities[index] = 0.5 * (probabilities[index] + flipped)
             encoding.dense = probabilities
         return encoding.dense
@@ -328,11 +335,32 @@ class VisionNetwork(nn.Module):
                     order[index] = position[b + name[len(a):]]
         return order
 
-    def dense_logits(self, images: torch.Tensor) -> torch.Tensor:
+    def head_logits(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Dense networks: all channels' logits from top-level generator features
+        ``([B,] C, X, Y, Z)`` and the normalised image ``([B,] 1, X, Y, Z)`` on that grid:
+        the pointwise head, its lesion rows replaced by the lesion head's where there is one."""
+        logits = self.head(features)
+        if self.lesion_head is None:
+            return logits
+        anatomy = self.config.anatomy_channels
+        lesions = self.lesion_head(features, image.to(features.device))
+        return torch.cat([logits[..., :anatomy, :, :, :], lesions], dim=-4)
+
+    def dense_logits(self, images: torch.Tensor, trunk_grad: bool = True) -> torch.Tensor:
         """Dense training: head logits ``(B, channels, X, Y, Z)`` of a batch of single-scan
         samples ``(B, 1, X, Y, Z)`` on one isotropic grid whose sides are multiples of
         ``2 ** (levels - 1)``. The same function as :meth:`encode` + :meth:`dense_probabilities`
-        (before the softmax) on each sample alone."""
+        (before the softmax) on each sample alone. ``trunk_grad=False`` runs the trunk and the
+        pointwise head without autograd (training the lesion head alone)."""
+        with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
+            features = self._dense_features(images)
+            logits = self.head(features)
+        if self.lesion_head is None:
+            return logits
+        anatomy = self.config.anatomy_channels
+        return torch.cat([logits[:, :anatomy], self.lesion_head(features, images)], dim=1)
+
+    def _dense_features(self, images: torch.Tensor) -> torch.Tensor:
         skips = []
         features = images
         for level, block in enumerate(self.encoder):
@@ -347,7 +375,7 @@ class VisionNetwork(nn.Module):
                                       align_corners=False)[..., :skip.shape[2], :skip.shape[3],
                                                            :skip.shape[4]]
             features = self.decoder[level].forward_batch(torch.cat([upsampled, skip], dim=1))
-        return self.head(features)
+        return features
 
     def refines(self) -> bool:
         """Whether targets come from the intensity-refined labels at the scans' own

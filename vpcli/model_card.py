@@ -124,7 +124,7 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
            f'{recipe.get("lesion_head_width")} over the top features and the image, trained '
            f'alone with the trunk frozen from step {recipe.get("schedule_start")} to '
            f'{dense.get("steps")} (lesion voxels weighted {recipe.get("lesion_voxel_weight")} '
-           f'in the cross-entropy; docs/vision.md "The lesion head").'
+           f'in the cross-entropy; docs/vision.md "A lesion head of its own").'
            if recipe.get('train') == 'lesion_head' else ''),
         *_calibration_lines(dense.get('volume_calibration')),
         *(['- Flip averaging (run time, docs/vision.md): each scan is also segmented '

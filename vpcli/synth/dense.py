@@ -436,14 +436,13 @@ class DenseSynthesizer:
         self.oedema_channel = synth_names.index('oedema') if 'oedema' in synth_names else None
         self.cerebral_wm = torch.tensor([name == 'cerebral_wm' for name in tissue_names],
                                         device=self.device)
-        for key in self.lesion_classes:
-            spec = table[ontology.lesion_classes[key].synth]
+        for synth_name in synth_names:
+            spec = table[synth_name]
             placement = spec['placement']
             self.lesion_signals.append([[v for v in spec['signal'].get(m, []) if v != 'iso']
                                         for m in MR_MODALITIES])
-            self.lesion_oedema.append(float(spec['oedema'][0]) if self.oedema_channel is not None
-                                      and synth_names[len(self.lesion_signals) - 1] != 'oedema'
-                                      else 0.0)
+            brings_oedema = self.oedema_channel is not None and synth_name != 'oedema'
+            self.lesion_oedema.append(float(spec['oedema'][0]) if brings_oedema else 0.0)
             self.lesion_ring.append(float(spec['ring']))
 
             def mask(allowed):
@@ -518,8 +517,8 @@ class DenseSynthesizer:
                surround: torch.Tensor | None = None, field: torch.Tensor | None = None) -> None:
         """Paint one lesion into ``image`` (in place): its class's signal for the
         modality (``-1``: random contrast) relative to ``surround`` (default: the mean
-        there now), a 6-8 % texture and, for a ring lesion, a necrotic core."""
-        from vpcli.synth.lesions import SIGNAL_RATIO_RANGES
+        there now), an 8 % texture and, for a ring lesion, a necrotic core."""
+        from vpcli.synth.lesions import _FLUID_BRIGHT, SIGNAL_RATIO_RANGES
         options = self.lesion_signals[channel][modality] if modality >= 0 else []
         if options:
             signal = options[int(self._uniform(0, len(options), 1).item()) % len(options)]
@@ -536,7 +535,7 @@ class DenseSynthesizer:
             inside = field[blob]
             core = inside > torch.quantile(inside, float(self._uniform(0.55, 0.8, 1)))
             necrotic = float(self._uniform(0.6, 0.85, 1))
-            fluid_bright = modality >= 0 and MR_MODALITIES[modality] in ('T2w', 'FLAIR', 'PD', 'GRE')
+            fluid_bright = modality >= 0 and MR_MODALITIES[modality] in _FLUID_BRIGHT
             if fluid_bright or (modality < 0 and float(self._uniform(0, 1, 1)) < 0.5):
                 necrotic = 1 / necrotic
             values = torch.where(core, values * necrotic, values)

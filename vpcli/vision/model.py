@@ -339,7 +339,12 @@ class VisionNetwork(nn.Module):
         """Dense networks: all channels' logits from top-level generator features
         ``([B,] C, X, Y, Z)`` and the normalised image ``([B,] 1, X, Y, Z)`` on that grid:
         the pointwise head, its lesion rows replaced by the lesion head's where there is one."""
-        logits = self.head(features)
+        return self._with_lesion_head(self.head(features), features, image)
+
+    def _with_lesion_head(self, logits: torch.Tensor, features: torch.Tensor,
+                          image: torch.Tensor) -> torch.Tensor:
+        """``logits`` of the pointwise head with its lesion rows replaced by the lesion
+        head's (unchanged without one)."""
         if self.lesion_head is None:
             return logits
         anatomy = self.config.anatomy_channels
@@ -355,10 +360,7 @@ class VisionNetwork(nn.Module):
         with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
             features = self._dense_features(images)
             logits = self.head(features)
-        if self.lesion_head is None:
-            return logits
-        anatomy = self.config.anatomy_channels
-        return torch.cat([logits[:, :anatomy], self.lesion_head(features, images)], dim=1)
+        return self._with_lesion_head(logits, features, images)
 
     def _dense_features(self, images: torch.Tensor) -> torch.Tensor:
         skips = []

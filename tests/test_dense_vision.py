@@ -349,6 +349,28 @@ def test_logit_offsets_are_checked_saved_and_applied_at_run_time_only(tmp_path):
     assert torch.equal(training, untouched)  # training logits never see the offsets
 
 
+def test_the_in_place_calibrated_softmax_is_the_two_softmax_definition():
+    """``calibrated_softmax`` (written into ``out``, background from a log-sum-exp) equals
+    its definition: the plain softmax's background, the labels' softmax of offset logits
+    sharing the rest; with no offsets, the plain softmax. Extreme logits stay finite."""
+    from vpcli.vision.model import calibrated_softmax
+    generator = torch.Generator().manual_seed(3)
+    logits = 6.0 * torch.randn((9, 7, 8, 5), generator=generator)
+    logits[0, 0] += 80.0    # background certain
+    logits[4, 1] += 80.0    # one label certain
+    offsets = torch.randn(9, generator=generator)
+    plain = logits.softmax(0)
+    labels = (logits[1:] + offsets[1:].view(-1, 1, 1, 1)).softmax(0) * (1 - plain[:1])
+    out = torch.full_like(logits, float('nan'))
+    made = calibrated_softmax(logits, offsets, out=out)
+    assert made.data_ptr() == out.data_ptr() and torch.isfinite(made).all()
+    assert torch.allclose(made[0], plain[0], atol=1e-6)
+    assert torch.allclose(made[1:], labels, atol=1e-6)
+    assert torch.allclose(made.sum(0), torch.ones(7, 8, 5), atol=1e-5)
+    assert torch.allclose(calibrated_softmax(logits, offsets), made, atol=1e-6)  # no out
+    assert torch.equal(calibrated_softmax(logits, torch.zeros(9)), plain)
+
+
 def test_fitted_offsets_match_volumes_and_share_one_offset_per_structure():
     """Logits that make channel 1 (and its mirror 2) too large and channel 3 too small:
     the fit brings thresholded volumes back to the true ones, one offset per side pair."""

@@ -38,17 +38,32 @@ if TYPE_CHECKING:
     from vpcli.volumes import Scan
 
 
-def calibrated_softmax(logits: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def calibrated_softmax(logits: torch.Tensor, offsets: torch.Tensor,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """The anatomical softmax of ``logits`` (``(K, ...)``, background first) with the label
     channels' ``offsets`` (``offsets[0]`` is ignored): the background keeps its probability,
     so the brain's outer edge never moves, and the labels share the rest as a softmax of
-    their offset logits."""
-    probabilities = logits.softmax(0)
+    their offset logits.
+
+    With ``out`` (``(K, ...)``, the dtype of ``logits``; not for logits that need a
+    gradient) the result is written there and the labels' softmax is computed in place, so
+    a run holds one copy of the probabilities, not three; the background then comes from a
+    log-sum-exp, ``p0 = 1 - sigmoid(logsumexp(l1..) - l0)``."""
     if not bool(offsets[1:].any()):
-        return probabilities
+        probabilities = logits.softmax(0)
+        return probabilities if out is None else out.copy_(probabilities)
     shape = (-1,) + (1,) * (logits.dim() - 1)
-    labels = (logits[1:] + offsets[1:].to(logits).view(shape)).softmax(0) * (1 - probabilities[:1])
-    return torch.cat([probabilities[:1], labels])
+    offsets = offsets[1:].to(logits).view(shape)
+    if out is None:
+        probabilities = logits.softmax(0)
+        labels = (logits[1:] + offsets).softmax(0) * (1 - probabilities[:1])
+        return torch.cat([probabilities[:1], labels])
+    rest = torch.sigmoid(torch.logsumexp(logits[1:], 0) - logits[0])   # 1 - p0
+    torch.sub(1.0, rest, out=out[0])
+    labels = torch.add(logits[1:], offsets, out=out[1:])
+    labels.sub_(labels.amax(0, keepdim=True)).exp_()
+    labels.mul_((rest / labels.sum(0)).unsqueeze(0))
+    return out
 
 
 def phi_matrix(phi: Any, count: int, size: int, device: torch.device | str = 'cpu') -> torch.Tensor:
@@ -309,19 +324,23 @@ class VisionNetwork(nn.Module):
                 swap = self._mirror_channels()
                 for index, features in enumerate(self._decode(mirrored, zeros)):
                     logits = self.head_logits(features, mirrored.prepared[index].volume.tensor)
-                    flipped = self._dense_softmax(logits).flip(1)[swap]
-                    probabilities[index] = 0.5 * (probabilities[index] + flipped)
+                    flipped = self._dense_softmax(logits)[swap].flip(1)
+                    probabilities[index].add_(flipped).mul_(0.5)
             encoding.dense = probabilities
         return encoding.dense
 
     def _dense_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per channel the probability: the (calibrated) anatomical softmax, then the lesion
+        sigmoids; written into one new tensor when no gradient is needed."""
         anatomy = self.config.anatomy_channels
-        if self.config.logit_offsets:  # the volume calibration (vpcli.vision.calibration)
-            offsets = torch.tensor(self.config.logit_offsets, device=logits.device)
-            anatomical = calibrated_softmax(logits[:anatomy], offsets)
-        else:
-            anatomical = logits[:anatomy].softmax(0)
-        return torch.cat([anatomical, torch.sigmoid(logits[anatomy:])])
+        offsets = torch.tensor(self.config.logit_offsets or [0.0], device=logits.device)
+        if logits.requires_grad:
+            return torch.cat([calibrated_softmax(logits[:anatomy], offsets),
+                              torch.sigmoid(logits[anatomy:])])
+        out = torch.empty_like(logits)
+        calibrated_softmax(logits[:anatomy], offsets, out=out[:anatomy])
+        torch.sigmoid(logits[anatomy:], out=out[anatomy:])
+        return out
 
     def _mirror_channels(self) -> list[int]:
         """Channel order that swaps every left label with its right partner."""

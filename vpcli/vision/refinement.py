@@ -90,7 +90,11 @@ class _Interpolator:
             prior = F.pad(prior[None], pad, mode='replicate')[0]
         self.prior = prior.reshape(prior.shape[0], -1)
         self.sizes = torch.tensor(prior.shape[1:], device=prior.device)
-        cells = F.avg_pool3d(prior[None, 1:], 2, stride=1)[0]
+        # each cell's labels summed over its 8 corners (avg_pool3d's sum, one axis at a time:
+        # a third of its time on CPU for a 107-channel prior)
+        cells = prior[1:, 1:] + prior[1:, :-1]
+        cells = cells[:, :, 1:] + cells[:, :, :-1]
+        cells = cells[:, :, :, 1:] + cells[:, :, :, :-1]
         self.cell_sizes = torch.tensor(cells.shape[1:], device=prior.device)
         self.candidates = (cells.reshape(cells.shape[0], -1).topk(keep, dim=0).indices + 1)
         mapping = torch.linalg.inv(working.tensor.double().cpu()) @ output.tensor.double().cpu()

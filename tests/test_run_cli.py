@@ -161,6 +161,7 @@ def test_provenance_in_metrics(first, scan, tiny_weights):
         assert metrics['timings'][key] >= 0, key
     agent = metrics['agent']
     assert agent['stopped'] is True and agent['phi_calls'] == 2
+    assert agent['prompt_read'] is None    # no typing slip to read back in this prompt
     assert [s['index'] for s in agent['steps']] == [1, 2, 3]
     assert all(s['generate_s'] >= 0 and s['run_s'] >= 0 and s['tokens'] > 0
                for s in agent['steps'])

@@ -82,6 +82,8 @@ class AgentRun:
         stopped: True when the model emitted ``<STOP>``; False when the step limit ended it.
         refused: True when the prompt was refused.
         refusal_reason: Why, when refused.
+        read_as: The prompt as the model read it, when typing slips were read back
+            (:mod:`vpcli.agent.spelling`); None when it read the prompt as typed.
     """
     prompt: str
     scan_lines: list[str]
@@ -90,6 +92,7 @@ class AgentRun:
     stopped: bool = False
     refused: bool = False
     refusal_reason: str = ''
+    read_as: str | None = None
 
     @property
     def answer(self) -> str | None:
@@ -217,10 +220,13 @@ class Agent:
             The run record.
         """
         from vpcli.agent.refusal import gate_decision, refusal_message
+        from vpcli.agent.spelling import read_prompt
 
         record = AgentRun(prompt=prompt, scan_lines=list(scan_lines))
         decision = gate_decision(prompt) if gate else None
         if decision is None:
+            read = read_prompt(prompt)
+            record.read_as = read if read != prompt else None
             self._generate(record, scan_names, executor, max_steps, max_step_tokens)
         else:
             record.refused, record.refusal_reason = True, decision.rule
@@ -235,7 +241,8 @@ class Agent:
         from transformers import DynamicCache
 
         scope = library_scope(scan_names)
-        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(header_text(record.prompt, record.scan_lines)) \
+        ids = [self.tokenizer.bos_id] + self.tokenizer.encode(header_text(record.read_as or record.prompt,
+                                                                          record.scan_lines)) \
             + [self.special[CODE_START]]
         cache = DynamicCache()
         logits, _ = self._feed(ids, None, cache)

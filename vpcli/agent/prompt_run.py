@@ -88,6 +88,7 @@ def run_prompt(prompt: str, scans: Sequence, bundle, settings, *, max_steps: int
     if record.phi:
         program_run.preamble = [phi_step(record.phi)]
     program_run.extra_metrics[AGENT_KEY] = {
+        'prompt_read': record.read_as,
         'stopped': record.stopped,
         'steps': [{'index': s.index, 'model_text': s.model_text, 'tokens': s.tokens,
                    'generate_s': round(s.generate_seconds, 4), 'run_s': round(s.run_seconds, 4),

@@ -55,8 +55,10 @@ def _teacher_forced(bundle, prompt: str, program: str, scans, executor):
     model, tokenizer, special, device = agent.model, agent.tokenizer, agent.special, agent.device
     width = model.config.encoding_width
     lines = [scan.describe() for scan in scans]
+    from vpcli.agent.spelling import read_prompt
     record = AgentRun(prompt=prompt, scan_lines=lines)
-    ids = [tokenizer.bos_id] + tokenizer.encode(header_text(prompt, lines)) + [special[CODE_START]]
+    ids = [tokenizer.bos_id] + tokenizer.encode(header_text(read_prompt(prompt), lines)) \
+        + [special[CODE_START]]
     rows: list[torch.Tensor] = []
     streams: dict[str, int | None] = {scan.name: None for scan in scans}
     for index, code in enumerate(split_steps(program), start=1):

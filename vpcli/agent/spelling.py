@@ -4,7 +4,9 @@ A word of five or more letters that no training text holds, and that one keyboar
 (a letter dropped, doubled or added, two neighbours swapped, one letter replaced) turns
 into a word the training texts do hold (its last letter kept), is read as that word: ``chorooid plexus`` as
 ``choroid plexus``, ``tniiest`` as ``tiniest``. Where two known words are one slip away,
-the one the training texts use more often wins; an even tie leaves the word as typed.
+the one with the larger count in the vocabulary wins (a word of the training texts counts
+its uses there, a word taken from training prompts its uses in them); an even tie leaves
+the word as typed.
 Shorter words, numbers, scan names (``img0``) and known words are never changed.
 
 The vocabulary (``data/vocabulary.tsv``, written by :func:`write_vocabulary`) is what
@@ -106,7 +108,8 @@ def write_vocabulary(path=None) -> int:
 
 @functools.lru_cache(maxsize=1)
 def vocabulary() -> dict[str, int]:
-    """The shipped vocabulary: lower-case word -> how often training shows it."""
+    """The shipped vocabulary: lower-case word -> its count (uses in the training texts, or
+    for a word taken from the training prompts, uses in them; see :func:`build_vocabulary`)."""
     rows = (line.split('\t') for line in _vocabulary_file().read_text(encoding='utf-8').splitlines())
     return {word: int(count) for word, count in rows}
 

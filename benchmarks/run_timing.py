@@ -3,9 +3,9 @@
 2 CPU cores with the default weights).
 
 Each repeat starts ``voxelprompt run`` as a new process and times it from start to exit.
-With ``--without KEY`` (``flip_averaging``, ``intensity_refinement``; repeatable;
-``--no-flip`` is ``--without flip_averaging``) the same weights run with that run-time
-feature off (a temporary copy whose vision config sets it false), to show what it costs;
+With ``--without KEY`` (``flip_averaging``, ``intensity_refinement``, ``edge_refinement``;
+repeatable; ``--no-flip`` is ``--without flip_averaging``) the same weights run with that
+run-time feature off (a temporary copy whose vision config sets it false), to show what it costs;
 ``--paired`` times the weights as they are and that copy alternately, in one run, and
 prints the ratio of their medians. ``--against DIR`` times another weights folder
 alternately with ``--weights`` instead (say, the shipped weights against a new export).

@@ -78,7 +78,7 @@ def test_refinement_draws_the_edge_the_image_shows():
     assert abs(float(refined.means[1]) - 0.8) < 0.02 and abs(float(refined.means[2]) - 0.4) < 0.02
 
 
-def test_refinement_never_moves_the_background_and_keeps_the_prior_without_contrast():
+def test_without_edge_the_background_never_moves_and_the_prior_holds_without_contrast():
     prior, working, image, output, truth = _two_labels(edge=13.5, shift_mm=3.5)
     refined = refine_labels(prior, working, image, output)
     share = refined.probabilities.sum(0)
@@ -151,3 +151,83 @@ def test_refinement_holds_the_calibrated_structures_but_not_csf_or_tissue():
              'CSF', 'ctx-lh-insula', 'Left-Cerebellum-Cortex', 'Brain-Stem', '4th-Ventricle')
     assert refinement_held_labels(names) == [False, False, True, False, False, False, False,
                                              True, False]
+
+
+def _brain_edge(edge: float, shift_mm: float, outside: float = 0.15, noise: float = 0.02,
+                seed: int = 0):
+    """A 1 mm image whose brain (label 1 at 0.75, label 2 at 0.45 in a slab inside it)
+    fills x < edge and whose background (``outside``; a bright 0.8 layer 6-8 mm out, as
+    scalp fat) the rest, and a 2 mm prior that blurs the brain's edge over 8 mm and puts
+    it ``shift_mm`` too far out."""
+    shape = (40, 10, 10)
+    output = make_geometry(shape, (1.0, 1.0, 1.0), 'RAS')
+    working = make_geometry((20, 5, 5), (2.0, 2.0, 2.0), 'RAS')
+    x = torch.arange(40, dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    truth = x < edge
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.where(truth, 0.75, outside)
+    image = torch.where(truth & (x < 6), 0.45, image)
+    image = torch.where((x >= edge + 6) & (x < edge + 8), 0.8, image)
+    image = image + noise * torch.randn(shape, generator=generator)
+    centres = torch.arange(20, dtype=torch.float32) * 2 + 0.5
+    brain = torch.sigmoid((edge + shift_mm - centres) / 2.0).view(-1, 1, 1).expand(20, 5, 5)
+    inner = torch.sigmoid((6 - centres) / 2.0).view(-1, 1, 1).expand(20, 5, 5)
+    prior = torch.stack([1 - brain, brain * (1 - inner), brain * inner])
+    return prior, working, image, output, truth
+
+
+@pytest.mark.parametrize('shift_mm, outside', [(3.0, 0.15), (-2.5, 0.15), (3.0, 0.0)])
+def test_with_edge_the_brain_ends_where_the_scan_shows_it(shift_mm, outside):
+    """The prior's brain edge is blurred and 2.5-3 mm off (too far out, too far in, and into
+    the exact zeros of a skull-stripped scan); with ``edge`` the brain mask follows the image
+    (the bright layer beyond the edge stays background), without it the prior's edge holds."""
+    prior, working, image, output, truth = _brain_edge(22.5, shift_mm, outside=outside)
+    plain = refine_labels(prior, working, image, output)
+    moved = refine_labels(prior, working, image, output, edge=True)
+    assert dice((plain.background < 0.5).numpy(), truth.numpy()) < 0.95
+    assert dice((moved.background < 0.5).numpy(), truth.numpy()) > 0.99
+    # (a voxel whose background exceeds 1 - BRAIN_FLOOR keeps no labels)
+    assert torch.allclose(moved.probabilities.sum(0), 1 - moved.background, atol=1e-3)
+    # the labels inside keep their own edge
+    inner = moved.total([2])[0] > 0.5
+    x = torch.arange(40).view(-1, 1, 1).expand(truth.shape)
+    assert dice(inner.numpy(), (x < 6).numpy()) > 0.95
+
+
+def test_the_edge_moves_only_where_the_prior_is_uncertain_and_held_labels_keep_theirs():
+    prior, working, image, output, truth = _brain_edge(22.5, 3.0)
+    prior = torch.cat([prior, 0.2 * prior[1:2]])   # a held label, present where label 1 is
+    prior = prior / prior.sum(0, keepdim=True)
+    held = torch.tensor([False, False, False, True])
+    moved = refine_labels(prior, working, image, output, fixed=held, edge=True)
+    interpolator = _Interpolator(prior, working, output, keep=3)
+    voxels = torch.arange(truth.numel())
+    background, _, labels, values = interpolator.at(voxels, below=2.0)
+    background = background.reshape(truth.shape)
+    sure = (background < 1e-3) | (background > 1 - 1e-3)
+    assert int(sure.sum()) > 0 and int((~sure).sum()) > 0
+    assert torch.equal(moved.background[sure], background[sure].clamp(0, 1))
+    expected = (values * (labels == 3)).sum(0).reshape(truth.shape)
+    assert torch.allclose(moved.total([3])[0], expected, atol=1e-5)
+
+
+def test_with_edge_and_no_contrast_the_prior_holds():
+    prior, working, image, output, truth = _brain_edge(22.5, 3.0)
+    flat = refine_labels(prior, working, torch.full_like(image, 0.5), output, edge=True)
+    interpolator = _Interpolator(prior, working, output, keep=2)
+    background = interpolator.at(torch.arange(truth.numel()))[0].reshape(truth.shape)
+    assert torch.allclose(flat.background, background.clamp(0, 1), atol=1e-3)
+
+
+def test_a_network_with_edge_refinement_moves_its_brain_edge_on_fine_scans_only():
+    torch.set_num_threads(1)
+    config = dataclasses.replace(tiny_config(), intensity_refinement=True)
+    plain = VisionNetwork(config).eval()
+    edged = VisionNetwork(dataclasses.replace(config, edge_refinement=True)).eval()
+    scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
+    coarse_scan = scan_on(shape=(10, 9, 8), spacing=2.0, seed=2)
+    with torch.no_grad():
+        brain = edged.select(edged.encode([scan]), 'whole brain')[0]
+        assert not torch.equal(brain, plain.select(plain.encode([scan]), 'whole brain')[0])
+        assert torch.equal(edged.select(edged.encode([coarse_scan]), 'whole brain')[0],
+                           plain.select(plain.encode([coarse_scan]), 'whole brain')[0])

@@ -132,8 +132,11 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
            'labels swapped back.'] if vision.get('flip_averaging') else []),
         *(['- Intensity refinement (run time, docs/vision.md): the label probabilities, '
            'resampled to the scan\'s own grid, are a prior combined with one Gaussian of '
-           'intensity per label fitted to the scan by expectation-maximisation; the '
-           'background never moves.'] if vision.get('intensity_refinement') else []),
+           'intensity per label fitted to the scan by expectation-maximisation'
+           + ('; along the brain\'s edge the background competes with a two-Gaussian '
+              'intensity mixture of its own, so the brain ends where the scan shows it.'
+              if vision.get('edge_refinement') else '; the background never moves.')]
+          if vision.get('intensity_refinement') else []),
         '- Language model training: token cross-entropy on target programs '
         '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']
 

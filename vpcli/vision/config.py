@@ -49,6 +49,9 @@ class VisionConfig:
         intensity_refinement: Dense networks: at run time, redraw the edges between labels
             at the scan's own resolution with an intensity model fitted to the scan
             (:mod:`vpcli.vision.refinement`); training never refines.
+        edge_refinement: With ``intensity_refinement``: the background competes too along
+            the brain's edge (its own intensity mixture), so the brain's outer edge follows
+            the scan rather than the working grid's blur.
         logit_offsets: Dense networks: empty, or one number per anatomical channel
             (background first; its own is ignored): the volume calibration fitted at
             export, applied among the labels at run time
@@ -76,6 +79,7 @@ class VisionConfig:
     phi_mixing: bool = True
     flip_averaging: bool = False
     intensity_refinement: bool = False
+    edge_refinement: bool = False
     logit_offsets: tuple[float, ...] = ()
     lesion_head_width: int = 0
 
@@ -144,7 +148,7 @@ class VisionConfig:
 
 #: config keys that change what a trained dense network does at run time only (training
 #: never uses them): an export takes them from the recipe's named config
-RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement')
+RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement', 'edge_refinement')
 
 
 #: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
@@ -158,10 +162,10 @@ CONFIGS = {
                                min_spacing_mm=2.0),
     'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
                               phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True,
-                              intensity_refinement=True),
+                              intensity_refinement=True, edge_refinement=True),
     'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
                               phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True,
-                              intensity_refinement=True),
+                              intensity_refinement=True, edge_refinement=True),
 }
 
 

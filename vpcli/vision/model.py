@@ -417,7 +417,8 @@ class VisionNetwork(nn.Module):
                 None if prepared.fine_volume is None else
                 refine_labels(probabilities[:anatomy], prepared.volume.geometry.to(self.device),
                               prepared.fine_volume.tensor.to(self.device),
-                              prepared.fine_volume.geometry.to(self.device), fixed=fixed)
+                              prepared.fine_volume.geometry.to(self.device), fixed=fixed,
+                              edge=self.config.edge_refinement)
                 for probabilities, prepared in zip(self.dense_probabilities(encoding),
                                                    encoding.prepared)]
         return encoding.refined

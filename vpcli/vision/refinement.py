@@ -11,9 +11,14 @@ SAMSEG, Puonti et al. 2016), with the network in the atlas's place:
 - every label *l* gets one Gaussian of the normalised intensity, N(μ_l, σ_l), fitted by
   expectation-maximisation on this scan (weights: the current posterior), so the model
   follows the scan's contrast, whatever it is (T1, T2, FLAIR, CT);
-- the posterior at a voxel is ``prior_l · N(I; μ_l, σ_l)``, normalised over the labels,
-  and shares the mass the network gives to non-background, so the background (the brain's
-  outer edge) never moves: refinement redraws edges between labels only;
+- the posterior at a voxel is ``prior_l · N(I; μ_l, σ_l)``, normalised over the labels;
+- with ``edge`` (the ``edge_refinement`` config key) the background competes too, where
+  the prior leaves it between ``BRAIN_FLOOR`` and ``1 - BRAIN_FLOOR`` (the band the 2 mm
+  prior blurs the brain's outer edge over): it gets a mixture of ``BACKGROUND_COMPONENTS``
+  Gaussians (CSF, dura, skull, fat, the zeros of a stripped scan) fitted over that band,
+  so the brain ends where the scan shows it ending, as SAMSEG's background class does.
+  Without it the labels share the mass the network gives to non-background and the edge
+  never moves;
 - where labels do not differ in intensity (thalamus and white matter on CT) the Gaussians
   overlap, the likelihood ratio is near one and the prior decides.
 
@@ -42,6 +47,10 @@ MIN_SD = 0.02
 MIN_VOXELS = 20.0
 #: fine-grid voxels per slab while resampling the prior (bounds the memory of the pass)
 SLAB_VOXELS = 1 << 19
+#: Gaussians of the background's intensity model along the brain's edge (``edge``)
+BACKGROUND_COMPONENTS = 2
+#: at most this many band voxels set the background model's starting means (quantiles)
+QUANTILE_SAMPLE = 1 << 20
 
 
 @dataclasses.dataclass(eq=False)
@@ -143,7 +152,7 @@ class _Interpolator:
 def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
                   image: torch.Tensor, output: 'vx.AcquisitionGeometry',
                   iterations: int = ITERATIONS,
-                  fixed: torch.Tensor | None = None) -> RefinedLabels:
+                  fixed: torch.Tensor | None = None, edge: bool = False) -> RefinedLabels:
     """Refine a stream's anatomical softmax with its own intensities.
 
     Args:
@@ -155,6 +164,9 @@ def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
         iterations: Expectation-maximisation rounds.
         fixed: ``(channels,)`` booleans: labels that keep their prior probability (the
             others share the rest by prior and intensity); None: none.
+        edge: Let the background compete along the brain's edge (its own intensity
+            mixture, fitted over the band where the prior leaves it uncertain); False: the
+            background keeps its prior everywhere.
 
     Returns:
         The posterior, :class:`RefinedLabels`.
@@ -180,39 +192,93 @@ def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
     values = values.reshape(keep, *shape)
 
     brain = (1.0 - background) > BRAIN_FLOOR
-    share = (1.0 - background)[brain]                      # (N,)
+    prior_background = background[brain]                   # (N,)
     channel = labels[:, brain].long()                      # (K, N)
     weight = values[:, brain]
     weight = weight / weight.sum(0, keepdim=True).clamp_min(1e-12)
-    log_prior = weight.clamp_min(1e-12).log()
     intensity = image[brain]
-    posterior = weight
-    held = None if fixed is None else fixed.to(prior.device)[channel]   # (K, N)
-    free_share = 1.0 if held is None else 1.0 - (weight * held).sum(0, keepdim=True)
+    # rows: the background, then the K kept labels; their prior sums to one per voxel
+    joint = torch.cat([prior_background[None], (1.0 - prior_background)[None] * weight])
+    log_prior = joint.clamp_min(1e-12).log()
+    band = prior_background > BRAIN_FLOOR                  # where the edge may move
+    band_intensity = intensity[band]
+    competes = edge and float(band.sum()) >= MIN_VOXELS
+    held = torch.zeros_like(joint, dtype=torch.bool)
+    held[0] = ~band if competes else True
+    if fixed is not None:
+        held[1:] = fixed.to(prior.device)[channel]
+    free_share = 1.0 - (joint * held).sum(0, keepdim=True)
+    background_model = _BackgroundModel(band_intensity) if competes else None
+    posterior = joint
     means = torch.zeros(channels, device=prior.device)
     sds = torch.ones(channels, device=prior.device)
     for _ in range(max(1, iterations)):
-        w = (posterior * share).flatten()
-        flat = channel.flatten()
-        seen = intensity.repeat(channel.shape[0])
-        mass = torch.zeros(channels, device=prior.device).index_add_(0, flat, w)
-        first = torch.zeros(channels, device=prior.device).index_add_(0, flat, w * seen)
-        second = torch.zeros(channels, device=prior.device).index_add_(0, flat, w * seen * seen)
-        total = mass[1:].sum().clamp_min(1e-12)
-        pooled_mean = first[1:].sum() / total
-        pooled_sd = (second[1:].sum() / total - pooled_mean ** 2).clamp_min(MIN_SD ** 2).sqrt()
-        means = torch.where(mass >= MIN_VOXELS, first / mass.clamp_min(1e-12), pooled_mean)
-        variance = second / mass.clamp_min(1e-12) - means ** 2
-        sds = torch.where(mass >= MIN_VOXELS, variance.clamp_min(MIN_SD ** 2).sqrt(), pooled_sd)
-        log_likelihood = -0.5 * ((intensity[None] - means[channel]) / sds[channel]) ** 2 \
+        means, sds = _label_model(posterior[1:], channel, intensity, channels)
+        log_likelihood = torch.empty_like(joint)
+        log_likelihood[1:] = -0.5 * ((intensity[None] - means[channel]) / sds[channel]) ** 2 \
             - sds[channel].log()
-        if held is None:
-            posterior = torch.softmax(log_prior + log_likelihood, dim=0)
-        else:
-            free = torch.softmax((log_prior + log_likelihood).masked_fill(held, -torch.inf), 0)
-            posterior = torch.where(held, weight, free.nan_to_num(0.0) * free_share)
+        log_likelihood[0] = 0.0
+        if background_model is not None:
+            background_model.fit(band_intensity, posterior[0, band])
+            log_likelihood[0, band] = background_model.log_likelihood(band_intensity)
+        free = torch.softmax((log_prior + log_likelihood).masked_fill(held, -torch.inf), 0)
+        posterior = torch.where(held, joint, free.nan_to_num(0.0) * free_share)
+    background[brain] = posterior[0]
     refined = torch.zeros_like(values)
-    refined[:, brain] = posterior * share
+    refined[:, brain] = posterior[1:]
     labels[:, ~brain] = 0
     return RefinedLabels(background=background, labels=labels, probabilities=refined,
                          means=means, sds=sds)
+
+
+def _label_model(posterior: torch.Tensor, channel: torch.Tensor, intensity: torch.Tensor,
+                 channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Gaussian of intensity per channel, weighted by the labels' posterior ``(K, N)``:
+    ``(means, sds)``; a channel with under ``MIN_VOXELS`` of mass takes the pooled model."""
+    device = posterior.device
+    w = posterior.flatten()
+    flat = channel.flatten()
+    seen = intensity.repeat(channel.shape[0])
+    mass = torch.zeros(channels, device=device).index_add_(0, flat, w)
+    first = torch.zeros(channels, device=device).index_add_(0, flat, w * seen)
+    second = torch.zeros(channels, device=device).index_add_(0, flat, w * seen * seen)
+    total = mass[1:].sum().clamp_min(1e-12)
+    pooled_mean = first[1:].sum() / total
+    pooled_sd = (second[1:].sum() / total - pooled_mean ** 2).clamp_min(MIN_SD ** 2).sqrt()
+    means = torch.where(mass >= MIN_VOXELS, first / mass.clamp_min(1e-12), pooled_mean)
+    variance = second / mass.clamp_min(1e-12) - means ** 2
+    sds = torch.where(mass >= MIN_VOXELS, variance.clamp_min(MIN_SD ** 2).sqrt(), pooled_sd)
+    return means, sds
+
+
+class _BackgroundModel:
+    """The background's intensity along the brain's edge: a mixture of
+    ``BACKGROUND_COMPONENTS`` Gaussians (what lies outside a brain is many tissues, or the
+    zeros of a stripped scan), refitted by one EM step per refinement round, weighted by
+    the background's posterior. Starting means: evenly spaced quantiles of the band."""
+
+    def __init__(self, band: torch.Tensor) -> None:
+        stride = max(1, band.numel() // QUANTILE_SAMPLE)
+        levels = (torch.arange(BACKGROUND_COMPONENTS, device=band.device) + 0.5) \
+            / BACKGROUND_COMPONENTS
+        self.means = torch.quantile(band[::stride], levels)
+        self.sds = torch.full_like(self.means, 0.1)
+        self.weights = torch.full_like(self.means, 1.0 / BACKGROUND_COMPONENTS)
+
+    def _components(self, intensity: torch.Tensor) -> torch.Tensor:
+        return self.weights.log()[:, None] - self.sds.log()[:, None] \
+            - 0.5 * ((intensity[None] - self.means[:, None]) / self.sds[:, None]) ** 2
+
+    def fit(self, intensity: torch.Tensor, weight: torch.Tensor) -> None:
+        responsibility = torch.softmax(self._components(intensity), 0) * weight[None]
+        mass = responsibility.sum(1)
+        if float(mass.sum()) < MIN_VOXELS:
+            return
+        mass = mass.clamp_min(1e-9)
+        self.means = (responsibility * intensity[None]).sum(1) / mass
+        variance = (responsibility * (intensity[None] - self.means[:, None]) ** 2).sum(1) / mass
+        self.sds = variance.clamp_min(MIN_SD ** 2).sqrt()
+        self.weights = (mass / mass.sum()).clamp_min(1e-6)
+
+    def log_likelihood(self, intensity: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(self._components(intensity), 0)

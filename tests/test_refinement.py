@@ -46,13 +46,20 @@ def test_the_prior_is_interpolated_as_voxel_resamples_it(rotation):
     assert torch.allclose(dense[:, inside], expected[:, inside].float(), atol=1e-5)
 
 
+def _phantom_grids(shape):
+    """A 1 mm output grid of ``shape`` (even sides), the 2 mm working grid over it, and each
+    output voxel's x index (a float tensor of ``shape``)."""
+    output = make_geometry(shape, (1.0, 1.0, 1.0), 'RAS')
+    working = make_geometry(tuple(n // 2 for n in shape), (2.0, 2.0, 2.0), 'RAS')
+    x = torch.arange(shape[0], dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    return output, working, x
+
+
 def _two_labels(edge: float, shift_mm: float, noise: float = 0.03, seed: int = 0):
     """A 1 mm image whose label 1 (bright) fills x < edge and label 2 (dark) the rest,
     and a 2 mm prior that blurs that edge over 8 mm and puts it ``shift_mm`` too far."""
-    shape = (32, 12, 12)
-    output = make_geometry(shape, (1.0, 1.0, 1.0), 'RAS')
-    working = make_geometry((16, 6, 6), (2.0, 2.0, 2.0), 'RAS')
-    x = torch.arange(32, dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    output, working, x = _phantom_grids((32, 12, 12))
+    shape = x.shape
     truth = x < edge
     generator = torch.Generator().manual_seed(seed)
     image = torch.where(truth, 0.8, 0.4) + noise * torch.randn(shape, generator=generator)
@@ -159,10 +166,8 @@ def _brain_edge(edge: float, shift_mm: float, outside: float = 0.15, noise: floa
     fills x < edge and whose background (``outside``; a bright 0.8 layer 6-8 mm out, as
     scalp fat) the rest, and a 2 mm prior that blurs the brain's edge over 8 mm and puts
     it ``shift_mm`` too far out."""
-    shape = (40, 10, 10)
-    output = make_geometry(shape, (1.0, 1.0, 1.0), 'RAS')
-    working = make_geometry((20, 5, 5), (2.0, 2.0, 2.0), 'RAS')
-    x = torch.arange(40, dtype=torch.float32).view(-1, 1, 1).expand(shape)
+    output, working, x = _phantom_grids((40, 10, 10))
+    shape = x.shape
     truth = x < edge
     generator = torch.Generator().manual_seed(seed)
     image = torch.where(truth, 0.75, outside)

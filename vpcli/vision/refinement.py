@@ -210,8 +210,6 @@ def refine_labels(prior: torch.Tensor, working: 'vx.AcquisitionGeometry',
     free_share = 1.0 - (joint * held).sum(0, keepdim=True)
     background_model = _BackgroundModel(band_intensity) if competes else None
     posterior = joint
-    means = torch.zeros(channels, device=prior.device)
-    sds = torch.ones(channels, device=prior.device)
     for _ in range(max(1, iterations)):
         means, sds = _label_model(posterior[1:], channel, intensity, channels)
         log_likelihood = torch.empty_like(joint)

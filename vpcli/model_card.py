@@ -135,7 +135,11 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
            'intensity per label fitted to the scan by expectation-maximisation'
            + ('; along the brain\'s edge the background competes with a two-Gaussian '
               'intensity mixture of its own, so the brain ends where the scan shows it.'
-              if vision.get('edge_refinement') else '; the background never moves.')]
+              if vision.get('edge_refinement') else '; the background never moves.')
+           + (f' A scan no finer than the working grid is refined on a '
+              f'{vision["refinement_spacing_mm"]:g} mm grid interpolated from it and the '
+              f'result averaged back onto its own grid.'
+              if vision.get('refinement_spacing_mm') else '')]
           if vision.get('intensity_refinement') else []),
         '- Language model training: token cross-entropy on target programs '
         '(docs/training.md); the joint stage\'s vision network was replaced by the dense one.']

@@ -52,6 +52,11 @@ class VisionConfig:
         edge_refinement: With ``intensity_refinement``: the background competes too along
             the brain's edge (its own intensity mixture), so the brain's outer edge follows
             the scan rather than the working grid's blur.
+        refinement_spacing_mm: With ``intensity_refinement``: 0, a scan no finer than the
+            working grid on any axis is not refined; otherwise such a scan is refined on a
+            grid of this spacing (its own, finer along the axes coarser than this) from its
+            linearly interpolated intensities, and the posterior is averaged back onto its
+            own grid (docs/vision.md "Coarse scans").
         logit_offsets: Dense networks: empty, or one number per anatomical channel
             (background first; its own is ignored): the volume calibration fitted at
             export, applied among the labels at run time
@@ -80,6 +85,7 @@ class VisionConfig:
     flip_averaging: bool = False
     intensity_refinement: bool = False
     edge_refinement: bool = False
+    refinement_spacing_mm: float = 0.0
     logit_offsets: tuple[float, ...] = ()
     lesion_head_width: int = 0
 
@@ -94,6 +100,9 @@ class VisionConfig:
         if self.logit_offsets and len(self.logit_offsets) != 1 + len(self.label_ids):
             raise ValueError(f'{len(self.logit_offsets)} logit offsets for '
                              f'{1 + len(self.label_ids)} anatomical channels')
+        object.__setattr__(self, 'refinement_spacing_mm', float(self.refinement_spacing_mm))
+        if self.refinement_spacing_mm < 0:
+            raise ValueError(f'refinement_spacing_mm {self.refinement_spacing_mm} is negative')
         object.__setattr__(self, 'intensity_percentiles',
                            tuple(float(p) for p in self.intensity_percentiles))
         if not widths:
@@ -148,7 +157,8 @@ class VisionConfig:
 
 #: config keys that change what a trained dense network does at run time only (training
 #: never uses them): an export takes them from the recipe's named config
-RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement', 'edge_refinement')
+RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement', 'edge_refinement',
+                 'refinement_spacing_mm')
 
 
 #: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
@@ -162,10 +172,12 @@ CONFIGS = {
                                min_spacing_mm=2.0),
     'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
                               phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True,
-                              intensity_refinement=True, edge_refinement=True),
+                              intensity_refinement=True, edge_refinement=True,
+                              refinement_spacing_mm=0.0),
     'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
                               phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True,
-                              intensity_refinement=True, edge_refinement=True),
+                              intensity_refinement=True, edge_refinement=True,
+                              refinement_spacing_mm=0.0),
 }
 
 

@@ -250,7 +250,8 @@ class VisionNetwork(nn.Module):
         """
         if not scans:
             raise ProgramError('encode needs at least one scan')
-        prepared = [prepare_scan(scan, self.config, self.device) for scan in scans]
+        prepared = [prepare_scan(scan, self.config, self.device, refinement=self.refines())
+                    for scan in scans]
         return self.encode_prepared(prepared, phi)
 
     def encode_prepared(self, prepared: Sequence[PreparedScan], phi: Any = None) -> Encoding:
@@ -405,9 +406,10 @@ class VisionNetwork(nn.Module):
 
     def refined_labels(self, encoding: Encoding) -> list:
         """Per stream the :class:`~vpcli.vision.refinement.RefinedLabels` (made once, on the
-        first anatomical target), or None for a scan no finer than the working grid: the
-        network saw all of it, and there a one-Gaussian-per-label model of partial-volume
-        voxels grows grey structures (docs/vision.md)."""
+        first anatomical target) on the stream's refinement grid, or None for a stream
+        without one (a scan no finer than the working grid, with ``refinement_spacing_mm``
+        0: a one-Gaussian-per-label model of the working grid's partial-volume voxels grows
+        grey structures; on a grid interpolated finer it does not, docs/vision.md)."""
         from vpcli.vision.refinement import refine_labels
         if encoding.refined is None:
             from vpcli.vision.targets import refinement_held_labels
@@ -454,7 +456,7 @@ class VisionNetwork(nn.Module):
                     white = probabilities[self._white_channels(parts)].sum(0, keepdim=True)
                     chosen = chosen + self._lobe_white_matter(white, nearest, parts)
             else:
-                grid = prepared.output_volume.tensor if fine else probabilities
+                grid = prepared.fine_volume.tensor if fine else probabilities
                 chosen = torch.zeros((1, *grid.shape[1:]), dtype=probabilities.dtype,
                                      device=probabilities.device)
             if parts.lesions:
@@ -523,7 +525,8 @@ class VisionNetwork(nn.Module):
             target = first.scan.volume.geometry.to(self.device)
             for index in group[1:]:
                 prepared = encoding.prepared[index]
-                grid = prepared.output_volume if fine else prepared.volume
+                grid = prepared.fine_volume if fine and prepared.fine_volume is not None \
+                    else prepared.volume
                 other = vx.Volume(probabilities[index], grid.geometry.to(self.device))
                 session = torch.maximum(session, other.resample_like(target).tensor)
             merged.append(vx.Volume(session, target))

@@ -37,8 +37,13 @@ class PreparedScan:
         ras_geometry: Geometry of the whole scan after RAS reordering (before cropping).
         crop_start: First kept voxel index along each RAS-ordered axis.
         intensity_range: Input intensities (the image's own units) mapped to 0 and 1.
-        fine_volume: The normalised intensities on the cropped grid before coarsening to
-            the config's ``min_spacing_mm`` (None when the scan was not coarsened).
+        fine_volume: The normalised intensities on the grid intensity refinement works on:
+            the cropped grid before coarsening to the config's ``min_spacing_mm``, or, with
+            ``refined_upsampled``, that grid interpolated finer; None when the scan was
+            neither coarsened nor upsampled.
+        refined_upsampled: ``fine_volume`` is a finer grid than the scan's own, made for
+            refinement only (a scan no finer than the working grid, the config's
+            ``refinement_spacing_mm``); the scan's own grid is then :attr:`volume`'s.
     """
     scan: 'Scan'
     volume: 'vx.Volume'
@@ -46,21 +51,23 @@ class PreparedScan:
     crop_start: tuple[int, int, int]
     intensity_range: tuple[float, float]
     fine_volume: 'vx.Volume | None' = None
+    refined_upsampled: bool = False
 
     @property
     def fine_geometry(self) -> 'vx.AcquisitionGeometry | None':
-        """The grid of :attr:`fine_volume` (None when the scan was not coarsened)."""
+        """The grid of :attr:`fine_volume` (None without one)."""
         return None if self.fine_volume is None else self.fine_volume.geometry
 
     @property
     def output_volume(self) -> 'vx.Volume':
         """The normalised scan at its own resolution (head crop, RAS): the grid that
-        :meth:`restore` pads and un-permutes, and intensity refinement works on."""
-        return self.volume if self.fine_volume is None else self.fine_volume
+        :meth:`restore` pads and un-permutes."""
+        return self.volume if self.fine_volume is None or self.refined_upsampled \
+            else self.fine_volume
 
     def upsample(self, tensor: 'torch.Tensor', mode: str = 'linear') -> 'torch.Tensor':
-        """A ``(C, X, Y, Z)`` tensor on the working grid, resampled to :attr:`output_volume`'s
-        grid (unchanged when the scan was not coarsened). Differentiable."""
+        """A ``(C, X, Y, Z)`` tensor on the working grid, resampled to :attr:`fine_volume`'s
+        grid (unchanged without one). Differentiable."""
         import voxel as vx
         if self.fine_volume is None:
             return tensor
@@ -76,9 +83,11 @@ class PreparedScan:
 
         Args:
             tensor: ``(C, X, Y, Z)`` tensor on the grid of :attr:`volume` (with ``fine``:
-                on the grid of :attr:`output_volume`).
+                on the grid of :attr:`fine_volume`).
             fill: Value outside the head crop.
-            fine: The tensor is already at the scan's own resolution.
+            fine: The tensor is on :attr:`fine_volume`'s grid (the scan's own resolution,
+                or, with :attr:`refined_upsampled`, finer: then it is averaged back onto
+                the scan's grid, antialiased, and is no longer differentiable-exact).
 
         Returns:
             A volume with the input's exact shape and geometry (voxel -> scanner RAS mm).
@@ -86,7 +95,10 @@ class PreparedScan:
         import torch
         import voxel as vx
 
-        if not fine:  # back from the working grid
+        if fine and self.refined_upsampled:  # from the refinement grid down to the scan's
+            tensor = vx.Volume(tensor, self.fine_volume.geometry.to(tensor.device)).resample_like(
+                self.volume.geometry.to(tensor.device), mode='linear', antialias=True).tensor
+        elif not fine and not self.refined_upsampled:  # back from the working grid
             tensor = self.upsample(tensor)
         full = tuple(int(n) for n in self.ras_geometry.baseshape)
         padding = []
@@ -117,14 +129,17 @@ def robust_range(tensor: 'torch.Tensor', percentiles: tuple[float, float]) -> tu
     return float(low), float(high)
 
 
-def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str' = 'cpu') \
-        -> PreparedScan:
+def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str' = 'cpu',
+                 refinement: bool = False) -> PreparedScan:
     """Normalise one scan for the network: RAS voxel order, head crop, intensities to [0, 1].
 
     Args:
         scan: An input scan (any voxel order, any spacing; integer or float voxels).
         config: Supplies the percentiles, head threshold and head margin (mm).
         device: Where the prepared volume lives.
+        refinement: The scan's labels will be refined (:meth:`VoxelNet.refines`): a scan
+            no finer than the working grid gets its refinement grid (the config's
+            ``refinement_spacing_mm``).
 
     Returns:
         The prepared scan; :meth:`PreparedScan.restore` undoes the geometry changes.
@@ -170,6 +185,14 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
             own = normalised.geometry.spacing
             target = own.double().cpu() * (torch.clamp(spacing, min=floor) / spacing)
             normalised = normalised.resample(target.to(own), antialias=True)
+    upsampled = False
+    finest = float(getattr(config, 'refinement_spacing_mm', 0.0) or 0.0)
+    if refinement and fine_volume is None and finest > 0:
+        spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
+        if bool((spacing > finest + 1e-6).any()):
+            own = normalised.geometry.spacing
+            target = own.double().cpu() * (torch.clamp(spacing, max=finest) / spacing)
+            fine_volume, upsampled = normalised.resample(target.to(own), mode='linear'), True
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
-                        fine_volume=fine_volume)
+                        fine_volume=fine_volume, refined_upsampled=upsampled)

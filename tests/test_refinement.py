@@ -310,3 +310,38 @@ def test_a_refined_session_merges_fine_and_coarse_scans(refinement_spacing_mm):
             assert len(encoding.sessions) == 1
             mask = network.segment(encoding, 'left hippocampus')
             assert tuple(mask.volume.baseshape) == shape
+
+
+def test_a_thick_slice_scan_is_segmented_on_the_isotropic_working_grid():
+    """With ``isotropic_working_grid`` a 5 x 2 x 2 mm scan reaches the network on a 2 mm
+    grid on every axis (the grid the dense stage trains on), is not refined (nothing finer
+    than 2 mm to recover) and gets its masks on its own grid; without the key, or in
+    training mode, the thick axis is kept; a 1 mm scan is coarsened to 2 mm either way."""
+    torch.set_num_threads(1)
+    config = dataclasses.replace(tiny_config(), intensity_refinement=True)
+    kept = VisionNetwork(config).eval()
+    isotropic = VisionNetwork(dataclasses.replace(config, isotropic_working_grid=True)).eval()
+    geometry = make_geometry((6, 12, 10), (5.0, 2.0, 2.0), 'RAS')
+    values = torch.rand((1, 6, 12, 10), generator=torch.Generator().manual_seed(4)) * 100 + 10
+    thick = dataclasses.replace(scan_on(), volume=vx.Volume(values, geometry))
+    with torch.no_grad():
+        encoding = isotropic.encode([thick])
+        prepared = encoding.prepared[0]
+        spacing = prepared.volume.geometry.spacing.tolist()
+        assert all(abs(s - 2.0) < 1e-5 for s in spacing)
+        assert prepared.fine_volume is not None and not prepared.refinable
+        assert tuple(prepared.output_volume.baseshape) == (6, 12, 10)
+        mask = isotropic.segment(encoding, 'left hippocampus')
+        assert tuple(mask.volume.baseshape) == (6, 12, 10)
+        assert encoding.refined is None  # the working grid's probabilities, resampled
+        glioma = isotropic.segment(encoding, 'glioma')
+        assert tuple(glioma.volume.baseshape) == (6, 12, 10)
+        assert prepared.restore(prepared.volume.tensor).tensor.shape[1:] == (6, 12, 10)
+        plain = kept.encode([thick]).prepared[0]
+        assert plain.fine_volume is None
+        assert abs(float(plain.volume.geometry.spacing[0]) - 5.0) < 1e-5
+        fine_scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
+        assert torch.equal(isotropic.encode([fine_scan]).prepared[0].volume.tensor,
+                           kept.encode([fine_scan]).prepared[0].volume.tensor)
+    isotropic.train()
+    assert isotropic.encode([thick]).prepared[0].fine_volume is None

@@ -130,6 +130,11 @@ def _vision_lines(manifest: dict, vision: dict, settings: dict) -> list[str]:
         *(['- Flip averaging (run time, docs/vision.md): each scan is also segmented '
            'mirrored left-right, and the two probability maps are averaged, left and right '
            'labels swapped back.'] if vision.get('flip_averaging') else []),
+        *([f'- Working grid (run time, docs/vision.md "Thick slices"): every scan is '
+           f'resampled onto a {vision.get("min_spacing_mm", 0):g} mm grid on every axis (the '
+           f'grid the dense stage trains on; thick slices are interpolated, not kept) and '
+           f'the masks are resampled back onto its own grid.']
+          if vision.get('isotropic_working_grid') and vision.get('min_spacing_mm') else []),
         *(['- Intensity refinement (run time, docs/vision.md): the label probabilities, '
            'resampled to the scan\'s own grid, are a prior combined with one Gaussian of '
            'intensity per label fitted to the scan by expectation-maximisation'

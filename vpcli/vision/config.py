@@ -52,6 +52,12 @@ class VisionConfig:
         edge_refinement: With ``intensity_refinement``: the background competes too along
             the brain's edge (its own intensity mixture), so the brain's outer edge follows
             the scan rather than the working grid's blur.
+        isotropic_working_grid: Dense networks (with ``min_spacing_mm``): at run time
+            every scan is resampled onto a working grid of exactly ``min_spacing_mm`` on
+            every axis, the grid the dense stage trains on (a thick-slice axis is
+            interpolated finer, not kept), and the masks are resampled back onto its own
+            grid; False: only axes finer than it are coarsened (docs/vision.md "Thick
+            slices").
         refinement_spacing_mm: With ``intensity_refinement``: 0, a scan no finer than the
             working grid on any axis is not refined; otherwise such a scan is refined on a
             grid of this spacing (its own, finer along the axes coarser than this) from its
@@ -85,6 +91,7 @@ class VisionConfig:
     flip_averaging: bool = False
     intensity_refinement: bool = False
     edge_refinement: bool = False
+    isotropic_working_grid: bool = False
     refinement_spacing_mm: float = 0.0
     logit_offsets: tuple[float, ...] = ()
     lesion_head_width: int = 0
@@ -158,7 +165,7 @@ class VisionConfig:
 #: config keys that change what a trained dense network does at run time only (training
 #: never uses them): an export takes them from the recipe's named config
 RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement', 'edge_refinement',
-                 'refinement_spacing_mm')
+                 'refinement_spacing_mm', 'isotropic_working_grid')
 
 
 #: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,
@@ -173,11 +180,11 @@ CONFIGS = {
     'dense-cpu': VisionConfig(widths=(16, 32, 48, 64, 64), embedding_width=256,
                               phi_mixing=False, min_spacing_mm=2.0, flip_averaging=True,
                               intensity_refinement=True, edge_refinement=True,
-                              refinement_spacing_mm=0.0),
+                              refinement_spacing_mm=0.0, isotropic_working_grid=True),
     'dense-gpu': VisionConfig(widths=(32, 64, 96, 128, 160), embedding_width=512,
                               phi_mixing=False, min_spacing_mm=1.0, flip_averaging=True,
                               intensity_refinement=True, edge_refinement=True,
-                              refinement_spacing_mm=0.0),
+                              refinement_spacing_mm=0.0, isotropic_working_grid=True),
 }
 
 

@@ -250,8 +250,9 @@ class VisionNetwork(nn.Module):
         """
         if not scans:
             raise ProgramError('encode needs at least one scan')
-        prepared = [prepare_scan(scan, self.config, self.device, refinement=self.refines())
-                    for scan in scans]
+        isotropic = self.config.dense and self.config.isotropic_working_grid and not self.training
+        prepared = [prepare_scan(scan, self.config, self.device, refinement=self.refines(),
+                                 isotropic=isotropic) for scan in scans]
         return self.encode_prepared(prepared, phi)
 
     def encode_prepared(self, prepared: Sequence[PreparedScan], phi: Any = None) -> Encoding:
@@ -438,7 +439,8 @@ class VisionNetwork(nn.Module):
         for index, probabilities in enumerate(self.dense_probabilities(encoding)):
             prepared = encoding.prepared[index]
             fine = refining and prepared.fine_volume is not None
-            if fine and parts.labels:
+            refine = fine and prepared.refinable
+            if refine and parts.labels:
                 refined = self.refined_labels(encoding)[index]
                 chosen = refined.total(parts.labels)
                 if parts.white_matter_sides:
@@ -456,12 +458,14 @@ class VisionNetwork(nn.Module):
                     white = probabilities[self._white_channels(parts)].sum(0, keepdim=True)
                     chosen = chosen + self._lobe_white_matter(white, nearest, parts)
             else:
-                grid = prepared.fine_volume.tensor if fine else probabilities
+                grid = prepared.fine_volume.tensor if refine else probabilities
                 chosen = torch.zeros((1, *grid.shape[1:]), dtype=probabilities.dtype,
                                      device=probabilities.device)
             if parts.lesions:
                 lesions = probabilities[[anatomy + i for i in parts.lesions]].amax(0, keepdim=True)
-                chosen = torch.maximum(chosen, prepared.upsample(lesions) if fine else lesions)
+                chosen = torch.maximum(chosen, prepared.upsample(lesions) if refine else lesions)
+            if fine and not refine:  # a thick-slice scan: the working grid's target on its own
+                chosen = prepared.upsample(chosen, antialias=True)
             out.append(chosen.clamp(0, 1))
         return out
 

@@ -44,6 +44,11 @@ class PreparedScan:
         refined_upsampled: ``fine_volume`` is a finer grid than the scan's own, made for
             refinement only (a scan no finer than the working grid, the config's
             ``refinement_spacing_mm``); the scan's own grid is then :attr:`volume`'s.
+        refinable: Intensity refinement applies on :attr:`fine_volume` (the scan has an
+            axis finer than the working grid, or ``refined_upsampled``); False for a scan
+            resampled onto the working grid only to match training
+            (``isotropic_working_grid``, a thick-slice axis), whose masks are the working
+            grid's probabilities resampled onto its own grid.
     """
     scan: 'Scan'
     volume: 'vx.Volume'
@@ -52,6 +57,7 @@ class PreparedScan:
     intensity_range: tuple[float, float]
     fine_volume: 'vx.Volume | None' = None
     refined_upsampled: bool = False
+    refinable: bool = False
 
     @property
     def fine_geometry(self) -> 'vx.AcquisitionGeometry | None':
@@ -65,14 +71,16 @@ class PreparedScan:
         return self.volume if self.fine_volume is None or self.refined_upsampled \
             else self.fine_volume
 
-    def upsample(self, tensor: 'torch.Tensor', mode: str = 'linear') -> 'torch.Tensor':
+    def upsample(self, tensor: 'torch.Tensor', mode: str = 'linear',
+                 antialias: bool = False) -> 'torch.Tensor':
         """A ``(C, X, Y, Z)`` tensor on the working grid, resampled to :attr:`fine_volume`'s
-        grid (unchanged without one). Differentiable."""
+        grid (unchanged without one; ``antialias``: smoothed first along axes where that
+        grid is coarser, ``isotropic_working_grid``). Differentiable."""
         import voxel as vx
         if self.fine_volume is None:
             return tensor
         return vx.Volume(tensor, self.volume.geometry.to(tensor.device)).resample_like(
-            self.fine_volume.geometry.to(tensor.device), mode=mode).tensor
+            self.fine_volume.geometry.to(tensor.device), mode=mode, antialias=antialias).tensor
 
     def restore(self, tensor: 'torch.Tensor', fill: float = 0.0,
                 fine: bool = False) -> 'vx.Volume':
@@ -99,7 +107,7 @@ class PreparedScan:
             tensor = vx.Volume(tensor, self.fine_volume.geometry.to(tensor.device)).resample_like(
                 self.volume.geometry.to(tensor.device), mode='linear', antialias=True).tensor
         elif not fine and not self.refined_upsampled:  # back from the working grid
-            tensor = self.upsample(tensor)
+            tensor = self.upsample(tensor, antialias=not self.refinable)
         full = tuple(int(n) for n in self.ras_geometry.baseshape)
         padding = []
         for start, size, total in reversed(list(zip(self.crop_start, tensor.shape[1:], full))):
@@ -130,7 +138,7 @@ def robust_range(tensor: 'torch.Tensor', percentiles: tuple[float, float]) -> tu
 
 
 def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str' = 'cpu',
-                 refinement: bool = False) -> PreparedScan:
+                 refinement: bool = False, isotropic: bool = False) -> PreparedScan:
     """Normalise one scan for the network: RAS voxel order, head crop, intensities to [0, 1].
 
     Args:
@@ -140,6 +148,9 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
         refinement: The scan's labels will be refined (:meth:`VoxelNet.refines`): a scan
             no finer than the working grid gets its refinement grid (the config's
             ``refinement_spacing_mm``).
+        isotropic: Resample onto a working grid of ``min_spacing_mm`` on every axis (the
+            config's ``isotropic_working_grid`` at run time), not only coarsen the axes
+            finer than it.
 
     Returns:
         The prepared scan; :meth:`PreparedScan.restore` undoes the geometry changes.
@@ -175,19 +186,25 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
     scale = high - low if high > low else 1.0
     normalised = ras.new(((ras.tensor - low) / scale).clamp(0, 1))
     fine_volume = None
+    refinable = False
     floor = float(getattr(config, 'min_spacing_mm', 0.0) or 0.0)
     if floor > 0:
         spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
-        if bool((spacing < floor - 1e-6).any()):
+        refinable = bool((spacing < floor - 1e-6).any())
+        if refinable or (isotropic and bool(((spacing - floor).abs() > 1e-6).any())):
             fine_volume = normalised
             # voxel's resample reads a target in its own (QR) spacing, so scale that by how much
-            # each axis must grow; on grids without shear this is exactly clamp(spacing, floor)
+            # each axis must change; on grids without shear this is exactly clamp(spacing, floor)
+            # (or floor on every axis when isotropic)
             own = normalised.geometry.spacing
-            target = own.double().cpu() * (torch.clamp(spacing, min=floor) / spacing)
+            wanted = torch.full_like(spacing, floor) if isotropic else \
+                torch.clamp(spacing, min=floor)
+            target = own.double().cpu() * (wanted / spacing)
             normalised = normalised.resample(target.to(own), antialias=True)
     upsampled = False
     finest = float(getattr(config, 'refinement_spacing_mm', 0.0) or 0.0)
     if refinement and fine_volume is None and finest > 0:
+        spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         if bool((spacing > finest + 1e-6).any()):
             own = normalised.geometry.spacing
@@ -195,4 +212,5 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
             fine_volume, upsampled = normalised.resample(target.to(own), mode='linear'), True
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
-                        fine_volume=fine_volume, refined_upsampled=upsampled)
+                        fine_volume=fine_volume, refined_upsampled=upsampled,
+                        refinable=refinable or upsampled)

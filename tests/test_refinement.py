@@ -250,7 +250,7 @@ def test_a_coarse_scan_is_refined_on_a_finer_grid_and_answered_on_its_own():
     with torch.no_grad():
         encoding = finer.encode([coarse_scan])
         prepared = encoding.prepared[0]
-        assert prepared.refined_upsampled and prepared.output_volume is prepared.volume
+        assert prepared.refined_upsampled and prepared.refinable
         spacing = prepared.fine_volume.geometry.spacing.tolist()
         assert all(abs(s - 1.0) < 1e-5 for s in spacing)
         fine = finer.select(encoding, 'left hippocampus')[0]
@@ -330,17 +330,21 @@ def test_a_thick_slice_scan_is_segmented_on_the_isotropic_working_grid():
         spacing = prepared.volume.geometry.spacing.tolist()
         assert all(abs(s - 2.0) < 1e-5 for s in spacing)
         assert prepared.fine_volume is not None and not prepared.refinable
-        assert tuple(prepared.output_volume.baseshape) == (6, 12, 10)
+        assert tuple(prepared.fine_volume.baseshape) == (6, 12, 10)
         mask = isotropic.segment(encoding, 'left hippocampus')
         assert tuple(mask.volume.baseshape) == (6, 12, 10)
         assert encoding.refined is None  # the working grid's probabilities, resampled
         glioma = isotropic.segment(encoding, 'glioma')
         assert tuple(glioma.volume.baseshape) == (6, 12, 10)
         assert prepared.restore(prepared.volume.tensor).tensor.shape[1:] == (6, 12, 10)
+        # in a session with a 1 mm scan, only the 1 mm scan is refined
+        fine_scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
+        session = isotropic.encode([fine_scan, thick])
+        isotropic.segment(session, 'left hippocampus')
+        assert session.refined[0] is not None and session.refined[1] is None
         plain = kept.encode([thick]).prepared[0]
         assert plain.fine_volume is None
         assert abs(float(plain.volume.geometry.spacing[0]) - 5.0) < 1e-5
-        fine_scan = scan_on(shape=(20, 18, 16), spacing=1.0, seed=2)
         assert torch.equal(isotropic.encode([fine_scan]).prepared[0].volume.tensor,
                            kept.encode([fine_scan]).prepared[0].volume.tensor)
     isotropic.train()

@@ -407,17 +407,17 @@ class VisionNetwork(nn.Module):
 
     def refined_labels(self, encoding: Encoding) -> list:
         """Per stream the :class:`~vpcli.vision.refinement.RefinedLabels` (made once, on the
-        first anatomical target) on the stream's refinement grid, or None for a stream
-        without one (a scan no finer than the working grid, with ``refinement_spacing_mm``
-        0: a one-Gaussian-per-label model of the working grid's partial-volume voxels grows
-        grey structures; on a grid interpolated finer it does not, docs/vision.md)."""
+        first anatomical target) on the stream's refinement grid, or None for a stream the
+        network does not refine (:attr:`PreparedScan.refinable`: a scan no finer than the
+        working grid, unless ``refinement_spacing_mm`` gives it a finer grid; docs/vision.md
+        "Coarse scans")."""
         from vpcli.vision.refinement import refine_labels
         if encoding.refined is None:
             from vpcli.vision.targets import refinement_held_labels
             anatomy = self.config.anatomy_channels
             fixed = torch.tensor(refinement_held_labels(self.config.label_names))
             encoding.refined = [
-                None if prepared.fine_volume is None else
+                None if not prepared.refinable else
                 refine_labels(probabilities[:anatomy], prepared.volume.geometry.to(self.device),
                               prepared.fine_volume.tensor.to(self.device),
                               prepared.fine_volume.geometry.to(self.device), fixed=fixed,

@@ -64,13 +64,6 @@ class PreparedScan:
         """The grid of :attr:`fine_volume` (None without one)."""
         return None if self.fine_volume is None else self.fine_volume.geometry
 
-    @property
-    def output_volume(self) -> 'vx.Volume':
-        """The normalised scan at its own resolution (head crop, RAS): the grid that
-        :meth:`restore` pads and un-permutes."""
-        return self.volume if self.fine_volume is None or self.refined_upsampled \
-            else self.fine_volume
-
     def upsample(self, tensor: 'torch.Tensor', mode: str = 'linear',
                  antialias: bool = False) -> 'torch.Tensor':
         """A ``(C, X, Y, Z)`` tensor on the working grid, resampled to :attr:`fine_volume`'s
@@ -193,24 +186,29 @@ def prepare_scan(scan: 'Scan', config: VisionConfig, device: 'torch.device | str
         refinable = bool((spacing < floor - 1e-6).any())
         if refinable or (isotropic and bool(((spacing - floor).abs() > 1e-6).any())):
             fine_volume = normalised
-            # voxel's resample reads a target in its own (QR) spacing, so scale that by how much
-            # each axis must change; on grids without shear this is exactly clamp(spacing, floor)
-            # (or floor on every axis when isotropic)
-            own = normalised.geometry.spacing
             wanted = torch.full_like(spacing, floor) if isotropic else \
                 torch.clamp(spacing, min=floor)
-            target = own.double().cpu() * (wanted / spacing)
-            normalised = normalised.resample(target.to(own), antialias=True)
+            normalised = _resampled(normalised, spacing, wanted, antialias=True)
     upsampled = False
     finest = float(getattr(config, 'refinement_spacing_mm', 0.0) or 0.0)
     if refinement and fine_volume is None and finest > 0:
         spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
-        spacing = torch.from_numpy(voxel_spacing_mm(normalised.geometry))
         if bool((spacing > finest + 1e-6).any()):
-            own = normalised.geometry.spacing
-            target = own.double().cpu() * (torch.clamp(spacing, max=finest) / spacing)
-            fine_volume, upsampled = normalised.resample(target.to(own), mode='linear'), True
+            fine_volume = _resampled(normalised, spacing, torch.clamp(spacing, max=finest),
+                                     mode='linear')
+            upsampled = True
     return PreparedScan(scan=scan, volume=normalised, ras_geometry=ras_geometry,
                         crop_start=tuple(start), intensity_range=(low, high),
                         fine_volume=fine_volume, refined_upsampled=upsampled,
                         refinable=refinable or upsampled)
+
+
+def _resampled(volume: 'vx.Volume', spacing: 'torch.Tensor', wanted: 'torch.Tensor',
+               **options) -> 'vx.Volume':
+    """``volume`` resampled so that its voxel spacing (``spacing``, mm per axis, as
+    :func:`vpcli.volumes.voxel_spacing_mm` measures it) becomes ``wanted``. voxel's resample
+    reads a target in its own (QR) spacing, so that is scaled by how much each axis must
+    change; on grids without shear this is exactly ``wanted``."""
+    own = volume.geometry.spacing
+    target = own.double().cpu() * (wanted / spacing)
+    return volume.resample(target.to(own), **options)

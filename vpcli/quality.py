@@ -194,6 +194,9 @@ def assess(description: str, volume_ml: float | None, signals: dict | None,
         if signals.get('side') == 'wrong':
             flags.append('the mask lies on the other side of the brain')
         score = signals.get('score')
+        if signals.get('unmatched_descriptors'):
+            flags.append(f'no lesion found matches: {", ".join(signals["unmatched_descriptors"])}; '
+                         f'the closest are kept')
         if score is not None and volume_ml and score < SCORE_THRESHOLD:
             flags.append(f'QC score {score:.2f} is below {SCORE_THRESHOLD:.2f} (an uncertain '
                          f'or fragmented mask)')

@@ -66,7 +66,11 @@ def segment(context: RunContext, enc, target: str, phi: Any = None):
         enc: An encoding from ``encode``.
         target: What is segmented, in words (``"left hippocampus"``; ``voxelprompt info
             --json`` lists the names); names the mask, and chooses the target of a dense
-            network.
+            network. A lesion description's descriptors (``largest left parietal
+            hyperintense infarct``) choose among the lesions of its class the network
+            finds: those whose side, lobe, territory, signal, enhancement and diffusion,
+            measured on the session's scans, match (else those that match the most, noted
+            in the mask's QC block), the largest or smallest of them for a size.
         phi: Latent instruction for the generator: None, one vector, or one vector per
             encoded scan (written by the model as ``PHI[i]``); conditions a one-channel
             network, recorded but unused by a dense one.
@@ -85,8 +89,12 @@ def segment(context: RunContext, enc, target: str, phi: Any = None):
                            f'encoding from encode(...)')
     if not isinstance(target, str) or not target.strip():
         raise ProgramError('segment: target must be a non-empty text, e.g. "left hippocampus"')
+    options = {}
+    if getattr(getattr(network, 'config', None), 'dense', False) and not network.training:
+        from vpcli.library.lesion_choice import lesion_chooser
+        options['choose'] = lesion_chooser(network, enc, target.strip())
     with torch.set_grad_enabled(network.training and torch.is_grad_enabled()):
-        result = network.segment(enc, target.strip(), phi=phi)
+        result = network.segment(enc, target.strip(), phi=phi, **options)
     masks = result if isinstance(result, tuple) else (result,)
     for mask in masks:
         name = mask.description if len(masks) == 1 else \

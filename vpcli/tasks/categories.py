@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vpcli.tasks.characterization_tasks import (LOCATION_REGIONS, REGION_LOBE, TERRITORY_REGIONS,
-                                                plan_diffusion, plan_enhancement, plan_location,
+from vpcli.library.lesion_choice import LOCATION_REGIONS, REGION_LOBE, TERRITORY_REGIONS
+from vpcli.tasks.characterization_tasks import (plan_diffusion, plan_enhancement, plan_location,
                                                 plan_signal_intensity, write_diffusion,
                                                 write_enhancement, write_location,
                                                 write_signal_intensity)

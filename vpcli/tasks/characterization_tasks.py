@@ -7,25 +7,13 @@ way a radiologist would justify it. Each category has a planner (``plan_X``) and
 
 from __future__ import annotations
 
+from vpcli.library.lesion_choice import LOCATION_REGIONS, TERRITORY_REGIONS
 from vpcli.tasks.drafts import TaskDraft, TaskPlan
 from vpcli.tasks.roi import RoiPhrase
 from vpcli.tasks.world import CaseRequest
 from vpcli.tasks.writer import (LIB, Writer, _expected, _lesion_count, _mask_on, _measured_scan,
                                 _mri_session, _scan_variable, _true_mask_on)
 from vpcli.volumes import POST_CONTRAST
-
-#: regions a lesion's lobe-level location is chosen among, in program order
-LOCATION_REGIONS = tuple(f'{side} {key}' for side in ('left', 'right')
-                         for key in ('frontal lobe', 'parietal lobe', 'temporal lobe',
-                                     'occipital lobe', 'insular lobe', 'deep grey matter',
-                                     'cerebellum')) + ('brainstem',)
-#: region key -> the lesion's ``lobe`` descriptor value
-REGION_LOBE = {'frontal lobe': 'frontal', 'parietal lobe': 'parietal', 'temporal lobe': 'temporal',
-               'occipital lobe': 'occipital', 'insular lobe': 'insular',
-               'deep grey matter': 'deep grey', 'cerebellum': 'cerebellar', 'brainstem': 'brainstem'}
-#: regions a lesion's vascular territory is chosen among
-TERRITORY_REGIONS = tuple(f'{side} {artery} territory' for side in ('left', 'right')
-                          for artery in ('ACA', 'MCA', 'PCA'))
 
 
 def plan_location(rng):

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from vpcli.tasks.categories import LOCATION_REGIONS, REGION_LOBE, TERRITORY_REGIONS, TaskPlan
+from vpcli.library.lesion_choice import (LOCATION_REGIONS, TERRITORY_REGIONS, position_tags,
+                                         signal_tags)
+from vpcli.tasks.categories import TaskPlan
 from vpcli.tasks.ontology import AnatomyTarget, LesionQuery, load_ontology, parse_target
 from vpcli.tasks.roi import matching_lesions
 from vpcli.tasks.world import CaseInfo, CaseRequest, LesionInfo, ScanInfo
@@ -165,10 +167,8 @@ class SynthWorld:
     def _measure_lesions(self) -> tuple[LesionInfo, ...]:
         import torch
 
-        from vpcli.errors import VoxelPromptError
-        from vpcli.library.registry import registry
+        from vpcli.library.morphometry import volume
         from vpcli.volumes import Mask
-        lib = {name: entry.func for name, entry in registry().items()}
         first = [self.scan_index[self.first_scan(s).name] for s in range(len(self.session_labels))]
         infos = []
         for info in self.case.lesions_in(self.session_labels[0]):
@@ -178,37 +178,12 @@ class SynthWorld:
             scan0 = self.case.scans[first[0]]
             mask = Mask(scan0.volume.new(torch.from_numpy(maps[0][None].copy()), keep_labels=False),
                         scan0.sources, 'lesion')
-            tags = {}
-            where = self._largest_overlap(maps[0], LOCATION_REGIONS, first[0])
-            if where is not None:
-                key = where.split(' ', 1)
-                if key[0] in ('left', 'right'):
-                    tags['side'] = key[0]
-                    tags['lobe'] = REGION_LOBE[key[1]]
-                else:
-                    tags['lobe'] = REGION_LOBE[where]
-            territory = self._largest_overlap(maps[0], TERRITORY_REGIONS, first[0])
-            if territory is not None:
-                tags['territory'] = territory.split(' ')[1]
+            tags = position_tags(self._largest_overlap(maps[0], LOCATION_REGIONS, first[0]),
+                                 self._largest_overlap(maps[0], TERRITORY_REGIONS, first[0]))
             session_scans = [self.case.scans[i] for i in self.case.scan_indices(self.session_labels[0])]
-            try:
-                tags['signal'] = lib['signal_class'](lib['signal_ratio'](scan0, mask))
-                pre = next((s for s in session_scans if s.modality == 'T1w' and not s.contrast), None)
-                post = next((s for s in session_scans if s.modality == 'T1w' and s.contrast), None)
-                if pre is not None and post is not None and pre is scan0:
-                    ratio = lib['enhancement_ratio'](post, pre, mask)
-                    tags['enhancement'] = lib['enhancement_class'](ratio)
-                dwi = next((s for s in session_scans if s.modality == 'DWI'), None)
-                adc = next((s for s in session_scans if s.modality == 'ADC'), None)
-                if dwi is scan0 and adc is not None:
-                    verdict = lib['diffusion_class'](lib['signal_ratio'](dwi, mask),
-                                                     lib['signal_ratio'](adc, mask))
-                    tags['diffusion'] = ('diffusion-restricting' if verdict == 'restricted diffusion'
-                                         else 'non-restricting')
-            except VoxelPromptError:
-                pass  # a lesion touching the edge of the field of view has no full shell
+            tags.update(signal_tags(mask, [scan0] + [s for s in session_scans if s is not scan0]))
             infos.append(LesionInfo(info.instance, self.ontology.class_of_synth(info.lesion_class),
-                                    tags, lib['volume'](mask)))
+                                    tags, volume(mask)))
         return tuple(infos)
 
     def _region_arrays(self, regions: tuple[str, ...], index: int) -> tuple[np.ndarray, ...]:

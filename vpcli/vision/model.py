@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import voxel as vx
@@ -536,7 +536,8 @@ class VisionNetwork(nn.Module):
             merged.append(vx.Volume(session, target))
         return merged
 
-    def segment(self, encoding: Encoding, target: str, phi: Any = None) -> Mask | tuple[Mask, ...]:
+    def segment(self, encoding: Encoding, target: str, phi: Any = None,
+                choose: Callable | None = None) -> Mask | tuple[Mask, ...]:
         """Segment ``target``.
 
         The paper's one-channel networks are conditioned by φ alone (the text is for the
@@ -544,6 +545,12 @@ class VisionNetwork(nn.Module):
         channels (:meth:`select`; an unknown name is a :class:`ProgramError`); φ is kept in
         the program for the record but does not choose the target (docs/vision.md gives
         the measurement behind that choice).
+
+        ``choose(session, probability) -> (keep, unmatched)``, where given (not while
+        training), keeps only part of a session's mask: ``keep`` a boolean array on the
+        session's first-scan grid (None keeps all), ``unmatched`` what the kept part does
+        not match, recorded in the mask's QC signals (:mod:`vpcli.library.lesion_choice`
+        picks the lesions a description names this way).
 
         Returns:
             A boolean :class:`Mask` per session on the grid of the session's first scan
@@ -568,6 +575,12 @@ class VisionNetwork(nn.Module):
                                                 fine=self.refines())
         for index, (group, probability) in enumerate(zip(encoding.sessions, probabilities)):
             first = encoding.scans[group[0]]
+            unmatched = None
+            if choose is not None and not self.training:
+                keep, unmatched = choose(index, probability)
+                if keep is not None:
+                    probability = probability.new(probability.tensor * torch.as_tensor(
+                        keep, device=probability.tensor.device)[None])
             binary = (probability.tensor.detach() > 0.5).cpu()
             sources = union_sources(*(encoding.scans[i].sources for i in group))
             quality = None
@@ -576,6 +589,8 @@ class VisionNetwork(nn.Module):
                                        None if brains is None else brains[index].tensor[0].float(),
                                        str(target),
                                        probability.geometry.tensor.double().cpu().numpy())
+                if unmatched:
+                    quality['unmatched_descriptors'] = list(unmatched)
             masks.append(Mask(volume=first.volume.new(binary, keep_labels=False),
                               sources=sources, description=str(target), quality=quality))
         masks = tuple(masks)

@@ -60,7 +60,7 @@ MEASURED_LESIONS = 8
 def _regions(network, encoding, names: tuple[str, ...], session: int) -> list[np.ndarray]:
     """The network's masks of ``names`` on the session's first-scan grid (cached on the
     encoding, so a program's later lesion targets reuse them)."""
-    cache = encoding.__dict__.setdefault('_region_masks', {})
+    cache = encoding.region_masks
     arrays = []
     for name in names:
         if name not in cache:

@@ -154,6 +154,10 @@ class Encoding:
             cortical parcel of every voxel (made once, for lobes and territories).
         refined: Dense networks with intensity refinement: per stream the anatomical
             posterior at the scan's own resolution (made once, on first use).
+        brains: Dense networks: per session the whole brain's probabilities, for the
+            side check of ``left``/``right`` targets' QC (made once, on first use).
+        region_masks: Masks of regions that lesion descriptions are placed in, by region
+            name, per session (:mod:`vpcli.library.lesion_choice`; made once each).
     """
     scans: tuple['Scan', ...]
     prepared: tuple[PreparedScan, ...]
@@ -165,6 +169,8 @@ class Encoding:
     dense: list[torch.Tensor] | None = None
     nearest_parcels: dict | None = None
     refined: list | None = None
+    brains: list | None = None
+    region_masks: dict = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -570,9 +576,11 @@ class VisionNetwork(nn.Module):
         brains = None
         if self.config.dense and not self.training and str(target).lower().split()[:1] in \
                 (['left'], ['right']):
-            brains = self.session_probabilities(encoding,
-                                                probabilities=self.select(encoding, 'whole brain'),
-                                                fine=self.refines())
+            if encoding.brains is None:
+                encoding.brains = self.session_probabilities(
+                    encoding, probabilities=self.select(encoding, 'whole brain'),
+                    fine=self.refines())
+            brains = encoding.brains
         for index, (group, probability) in enumerate(zip(encoding.sessions, probabilities)):
             first = encoding.scans[group[0]]
             unmatched = None

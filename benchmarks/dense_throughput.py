@@ -8,11 +8,17 @@ seconds, samples per second, synthesis share, the device and the thread count.
 
     .venv/bin/python benchmarks/dense_throughput.py --recipe dense-cpu --device cpu --threads 2
     .venv/bin/python benchmarks/dense_throughput.py --recipe dense-gpu --device cuda
+    .venv/bin/python benchmarks/dense_throughput.py --recipe dense-cpu --paired
+
+``--paired`` times bf16 autocast against fp32 on one trainer, in alternating blocks of
+``--steps`` steps (``--rounds`` of each), and prints both medians and their ratio: a
+ratio measured in one run, which a noisy machine moves far less than two runs' times.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -28,6 +34,11 @@ def main() -> None:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=2)
+    parser.add_argument('--precision', choices=['recipe', 'auto', 'fp32'], default='recipe',
+                        help="override the recipe's precision (bf16 autocast where it helps)")
+    parser.add_argument('--paired', action='store_true',
+                        help='alternate bf16 autocast and fp32 blocks on one trainer')
+    parser.add_argument('--rounds', type=int, default=4, help='--paired: blocks of each')
     parser.add_argument('--json', type=Path, default=None, help='also write the result here')
     args = parser.parse_args()
 
@@ -40,10 +51,15 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     recipe = DenseRecipe.load(find_recipe(args.recipe))
+    if args.precision != 'recipe':
+        recipe = dataclasses.replace(recipe, precision=args.precision)
     device = resolve_device(args.device)
     trainer = DenseTrainer.create(recipe, device)
     for _ in range(args.warmup):
         trainer.train_step()
+    if args.paired:
+        paired(trainer, recipe, args)
+        return
     entries = [trainer.train_step() for _ in range(args.steps)]
     seconds = [e['seconds'] for e in entries]
     synthesis = [e['synthesis_seconds'] for e in entries]
@@ -56,7 +72,39 @@ def main() -> None:
         'samples_per_second': round(recipe.batch_size * len(seconds) / sum(seconds), 3),
         'synthesis_share': round(sum(synthesis) / sum(seconds), 4),
         'synthesis_seconds_median': round(statistics.median(synthesis), 4),
+        'precision': recipe.precision, 'bf16_autocast': trainer.autocast,
         'parameters': sum(p.numel() for p in trainer.network.parameters()),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + '\n')
+
+
+def paired(trainer, recipe, args) -> None:
+    """bf16 autocast against fp32, alternating blocks on one trainer (same weights, same
+    synthesis stream, same machine load)."""
+    from vpcli.model_card import machine_description
+    seconds = {'auto': [], 'fp32': []}
+    for _ in range(args.rounds):
+        for precision in ('auto', 'fp32'):
+            trainer.recipe = dataclasses.replace(recipe, precision=precision)
+            seconds[precision] += [trainer.train_step()['seconds'] for _ in range(args.steps)]
+    trainer.recipe = dataclasses.replace(recipe, precision='auto')
+    medians = {k: statistics.median(v) for k, v in seconds.items()}
+    result = {
+        'recipe': recipe.name, 'device': trainer.device, 'threads': args.threads,
+        'machine': machine_description(), 'batch_size': recipe.batch_size,
+        'shape': recipe.shape, 'bf16_autocast_on_this_machine': trainer.autocast,
+        'steps_each': len(seconds['auto']),
+        'bf16_step_seconds': {'median': round(medians['auto'], 3),
+                              'min': round(min(seconds['auto']), 3),
+                              'max': round(max(seconds['auto']), 3)},
+        'fp32_step_seconds': {'median': round(medians['fp32'], 3),
+                              'min': round(min(seconds['fp32']), 3),
+                              'max': round(max(seconds['fp32']), 3)},
+        'ratio_bf16_over_fp32': round(medians['auto'] / medians['fp32'], 3),
     }
     text = json.dumps(result, indent=2)
     print(text)

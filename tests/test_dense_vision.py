@@ -81,6 +81,56 @@ def test_a_batch_is_the_same_as_its_samples_alone(network):
     assert torch.allclose(together, alone, atol=1e-5)
 
 
+@pytest.mark.parametrize('lesion_head_width', [0, 4])
+def test_the_split_training_logits_are_the_full_logits_sliced(lesion_head_width):
+    torch.set_num_threads(1)
+    network = VisionNetwork(tiny_config(lesion_head_width=lesion_head_width)).eval()
+    images = torch.rand(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = network.dense_logits(images)
+        anatomy, lesions = network.dense_logits_split(images)
+    classes = 1 + len(LABELS)
+    assert anatomy.shape == full[:, :classes].shape and lesions.shape == full[:, classes:].shape
+    assert torch.allclose(anatomy, full[:, :classes], atol=1e-5)
+    assert torch.allclose(lesions, full[:, classes:], atol=1e-5)
+    # the loss takes either form, and its gradient reaches the weights the same way
+    composites = composite_matrix(tiny_config())
+    labels = torch.randint(classes, (2, 8, 8, 8), generator=torch.Generator().manual_seed(4))
+    truth = torch.zeros(2, len(LESIONS), 8, 8, 8)
+    truth[:, 0, 2:5, 2:5, 2:5] = 1
+    grads = []
+    for split in (False, True):
+        network.zero_grad()
+        logits = network.dense_logits_split(images) if split else network.dense_logits(images)
+        loss, _ = dense_loss(logits, labels, truth, composites)
+        loss.backward()
+        grads.append(network.head.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_the_split_logits_stay_fp32_under_bf16_autocast(network):
+    images = torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        anatomy, lesions = network.dense_logits_split(images)
+    assert anatomy.dtype == torch.float32 and lesions.dtype == torch.float32
+    with torch.no_grad():
+        exact, _ = network.dense_logits_split(images)
+    # bf16 convolutions: close to fp32, not equal
+    assert (anatomy - exact).abs().max() < 0.1
+
+
+def test_bf16_autocast_is_used_only_where_it_is_fast(monkeypatch):
+    from vpcli.errors import BadInputError
+    from vpcli.vision.dense_training import DenseRecipe, bf16_autocast_helps
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False)
+    assert not bf16_autocast_helps('cpu')
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: True)
+    assert bf16_autocast_helps('cpu')
+    assert bf16_autocast_helps('cuda:0')
+    with pytest.raises(BadInputError, match='precision'):
+        DenseRecipe(name='t', precision='fp16')
+
+
 def test_targets_are_made_of_their_parts():
     names = [name for _, name in LABELS]
     white = parts_of('bilateral cerebral white matter', names, LESIONS)

@@ -81,6 +81,10 @@ class DenseRecipe:
             and the anatomical channels stay as they are).
         schedule_start: Step at which this recipe's warm-up and cosine begin (a stage that
             resumes a run trained under another recipe).
+        precision: ``auto``: the network's forward pass under bf16 autocast on CUDA and on
+            CPUs with bf16 matrix units (Intel AMX), where oneDNN's bf16 convolutions are
+            about twice as fast as fp32 (docs/benchmarks/dense_training_precision.md); the
+            loss is always fp32. ``fp32``: never.
     """
     name: str = 'dense-cpu'
     stage: str = 'vision'
@@ -109,8 +113,12 @@ class DenseRecipe:
     lesion_head_width: int = 0
     train: str = 'all'
     schedule_start: int = 0
+    precision: str = 'auto'
 
     def __post_init__(self) -> None:
+        if self.precision not in ('auto', 'fp32'):
+            raise BadInputError(f'recipe {self.name}: precision = {self.precision!r}; expected '
+                                f'"auto" or "fp32"')
         if self.train not in ('all', 'lesion_head'):
             raise BadInputError(f'recipe {self.name}: train = {self.train!r}; expected "all" '
                                 f'or "lesion_head"')
@@ -150,6 +158,19 @@ def dense_config(recipe: DenseRecipe):
                                lesion_head_width=recipe.lesion_head_width)
 
 
+def bf16_autocast_helps(device: str) -> bool:
+    """Whether bf16 autocast speeds up the dense network on ``device``: on CUDA, and on
+    CPUs with bf16 matrix units (Intel AMX tiles), where oneDNN runs bf16 convolutions on
+    them; elsewhere bf16 convolutions are emulated and slower than fp32."""
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        return True
+    if kind == 'cpu':
+        check = getattr(torch.cpu, '_is_amx_tile_supported', None)
+        return bool(check is not None and check())
+    return False
+
+
 def composite_matrix(config) -> torch.Tensor:
     """``(K, T)`` membership of the finest classes (background first) in every anatomical
     target with at least two parts (single-label targets are scored by the partition)."""
@@ -181,20 +202,27 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
     """Loss of one batch and its parts (see the module docstring).
 
     Args:
-        logits: ``(B, K + L, X, Y, Z)`` head output (K anatomical classes incl. background).
+        logits: ``(B, K + L, X, Y, Z)`` head output (K anatomical classes incl. background),
+            or the pair ``(anatomy, lesions)`` of :meth:`VisionNetwork.dense_logits_split`.
         labels: ``(B, X, Y, Z)`` true class indices.
         lesions: ``(B, L, X, Y, Z)`` true lesion masks.
         composites: ``(K, T)`` membership matrix of composite targets.
     """
     classes = composites.shape[0]
-    anatomy, lesion_logits = logits[:, :classes].float(), logits[:, classes:].float()
-    cross_entropy = F.cross_entropy(anatomy, labels)
-    probabilities = anatomy.softmax(1)
+    if isinstance(logits, tuple):  # VisionNetwork.dense_logits_split
+        anatomy, lesion_logits = logits[0].float(), logits[1].float()
+    else:
+        anatomy, lesion_logits = logits[:, :classes].float(), logits[:, classes:].float()
+    # one log-softmax serves both terms (a separate softmax and its backward cost about a
+    # tenth of a CPU step at 48^3 voxels and 107 classes)
+    log_probabilities = anatomy.log_softmax(1)
+    cross_entropy = F.nll_loss(log_probabilities, labels)
+    probabilities = log_probabilities.exp()
     batch = labels.shape[0]
     flat_p = probabilities.flatten(2)  # (B, K, N)
     flat_t = labels.flatten(1)  # (B, N)
     # soft confusion: C[b, k, j] = sum of p_k over the voxels whose truth is j
-    confusion = torch.zeros(batch, classes, classes, device=logits.device, dtype=flat_p.dtype)
+    confusion = torch.zeros(batch, classes, classes, device=anatomy.device, dtype=flat_p.dtype)
     confusion.scatter_add_(2, flat_t.unsqueeze(1).expand(-1, classes, -1), flat_p)
     predicted = flat_p.sum(2)  # (B, K)
     true = confusion.sum(1)  # (B, K): voxel count per true class
@@ -210,7 +238,7 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
     union_present = union_true > 0
     union_dice = (2 * union_overlap + 1) / (union_predicted + union_true + 1)
     composite_dice = 1 - union_dice[union_present].mean() if bool(union_present.any()) \
-        else logits.new_zeros(())
+        else anatomy.new_zeros(())
     loss = cross_entropy + partition_dice_weight * partition_dice + composite_weight * composite_dice
     parts = {'ce': float(cross_entropy.detach()), 'dice': float(1 - partition_dice.detach()),
              'composite_dice': float(1 - composite_dice.detach())}
@@ -235,7 +263,7 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
         lesion_present = lesion_t.sum(2) > 0
         lesion_dice = (2 * (lesion_p * lesion_t).sum(2) + 1) / (lesion_p.sum(2) + lesion_t.sum(2) + 1)
         lesion_dice_loss = 1 - lesion_dice[lesion_present].mean() if bool(lesion_present.any()) \
-            else logits.new_zeros(())
+            else anatomy.new_zeros(())
         loss = loss + lesion_weight * (bce + lesion_dice_loss)
         parts['lesion_bce'] = float(bce.detach())
         if bool(lesion_present.any()):
@@ -378,6 +406,11 @@ class DenseTrainer:
         os.replace(temporary, path)
         return path
 
+    @property
+    def autocast(self) -> bool:
+        """Whether the forward pass runs under bf16 autocast (the recipe's ``precision``)."""
+        return self.recipe.precision == 'auto' and bf16_autocast_helps(self.device)
+
     def learning_rate(self) -> float:
         """Warm-up then cosine decay to a tenth of the peak over the recipe's steps."""
         recipe = self.recipe
@@ -400,10 +433,11 @@ class DenseTrainer:
         synthesised = time.perf_counter()
         for group in self.optimizer.param_groups:
             group['lr'] = self.learning_rate()
-        cuda = torch.device(self.device).type == 'cuda'
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=cuda):  # bf16 on a GPU
-            logits = self.network.dense_logits(batch.image,
-                                               trunk_grad=self.recipe.train == 'all')
+        device_type = torch.device(self.device).type
+        with torch.autocast(device_type, dtype=torch.bfloat16,
+                            enabled=self.autocast):
+            logits = self.network.dense_logits_split(batch.image,
+                                                     trunk_grad=self.recipe.train == 'all')
         loss, parts = dense_loss(logits, batch.labels, batch.lesions, self.composites,
                                  self.recipe.composite_weight, self.recipe.lesion_weight,
                                  self.recipe.partition_dice_weight,

@@ -141,6 +141,20 @@ class Pointwise(nn.Module):
             out = out + self.bias.unsqueeze(-1)
         return out.unflatten(-1, spatial)
 
+    def rows(self, features: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+        """Output channels ``start:stop`` of :meth:`forward` on a batch ``(B, C_in, X, Y,
+        Z)``, computed alone (no full output to slice: its backward would fill and copy
+        every channel), with the bias added inside the matrix product."""
+        spatial = features.shape[-3:]
+        flat = features.flatten(-3)
+        weight = self.weight[start:stop]
+        if self.bias is None:
+            out = torch.matmul(weight, flat)
+        else:
+            out = torch.baddbmm(self.bias[start:stop, None].unsqueeze(0),
+                                weight.unsqueeze(0).expand(flat.shape[0], -1, -1), flat)
+        return out.unflatten(-1, spatial)
+
 
 class StreamInteraction(nn.Module):
     """Attention across streams at each voxel of a shared grid (paper v1 Eq. 1).

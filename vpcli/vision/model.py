@@ -378,7 +378,7 @@ class VisionNetwork(nn.Module):
         lesions = self.lesion_head(features, image.to(features.device))
         return torch.cat([logits[..., :anatomy, :, :, :], lesions], dim=-4)
 
-    def dense_logits(self, images: torch.Tensor, trunk_grad: bool = True) -> torch.Tensor:
+    def dense_logits(self, images: torch.Tensor, trunk_grad: bool = True):
         """Dense training: head logits ``(B, channels, X, Y, Z)`` of a batch of single-scan
         samples ``(B, 1, X, Y, Z)`` on one isotropic grid whose sides are multiples of
         ``2 ** (levels - 1)``. The same function as :meth:`encode` + :meth:`dense_probabilities`
@@ -388,6 +388,25 @@ class VisionNetwork(nn.Module):
             features = self._dense_features(images)
             logits = self.head(features)
         return self._with_lesion_head(logits, features, images)
+
+    def dense_logits_split(self, images: torch.Tensor,
+                           trunk_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`dense_logits` as ``(anatomy, lesions)``: the anatomical channels
+        ``(B, K, X, Y, Z)`` and the lesion channels ``(B, L, X, Y, Z)``, each computed alone
+        and in fp32 whatever autocast the trunk runs under (the training loss's inputs; the
+        same values as slicing :meth:`dense_logits`, without a full output whose backward
+        would fill and copy every channel)."""
+        anatomy = self.config.anatomy_channels
+        with torch.set_grad_enabled(trunk_grad and torch.is_grad_enabled()):
+            features = self._dense_features(images)
+            with torch.autocast(features.device.type, enabled=False):
+                top = features.float()
+                anatomy_logits = self.head.rows(top, 0, anatomy)
+                lesion_logits = None if self.lesion_head is not None \
+                    else self.head.rows(top, anatomy)
+        if lesion_logits is None:
+            lesion_logits = self.lesion_head(features, images.to(features.device)).float()
+        return anatomy_logits, lesion_logits
 
     def _dense_features(self, images: torch.Tensor) -> torch.Tensor:
         skips = []

@@ -131,6 +131,20 @@ def test_bf16_autocast_is_used_only_where_it_is_fast(monkeypatch):
         DenseRecipe(name='t', precision='fp16')
 
 
+def test_a_checkpoint_from_before_precision_resumes_as_a_recorded_change(tmp_path):
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+    torch.set_num_threads(1)
+    recipe = DenseRecipe(name='t', vision_config='dense-tiny', batch_size=1, shape=[16, 16, 16])
+    path = DenseTrainer(recipe, VisionNetwork(tiny_config())).save(tmp_path / 'c.pt', compact=True)
+    data = torch.load(path, weights_only=True)
+    del data['recipe']['precision']  # as written before the key existed (fp32 training)
+    torch.save(data, path)
+    resumed = DenseTrainer.resume(path, recipe=recipe)
+    assert resumed.recipe_changes[-1]['changed'] == {'precision': ['fp32', 'auto']}
+    same = DenseTrainer.resume(path, recipe=dataclasses.replace(recipe, precision='fp32'))
+    assert not same.recipe_changes
+
+
 def test_targets_are_made_of_their_parts():
     names = [name for _, name in LABELS]
     white = parts_of('bilateral cerebral white matter', names, LESIONS)

@@ -350,7 +350,8 @@ class DenseTrainer:
         from vpcli.vision.config import VisionConfig
         from vpcli.vision.model import VisionNetwork
         data = torch.load(path, map_location='cpu', weights_only=True)
-        saved_recipe = DenseRecipe(**data['recipe'])
+        # checkpoints written before the recipe had ``precision`` trained in fp32
+        saved_recipe = DenseRecipe(**{'precision': 'fp32', **data['recipe']})
         config = VisionConfig.from_dict(data['config'])
         state = {k: v.float() for k, v in data['state'].items()}
         new_head = recipe is not None and recipe.lesion_head_width != config.lesion_head_width

@@ -67,19 +67,29 @@ def main() -> None:
         'recipe': recipe.name, 'device': device, 'threads': args.threads,
         'machine': machine_description(), 'batch_size': recipe.batch_size,
         'shape': recipe.shape, 'spacing_mm': recipe.spacing_mm, 'steps': args.steps,
-        'step_seconds': {'median': round(statistics.median(seconds), 3),
-                         'min': round(min(seconds), 3), 'max': round(max(seconds), 3)},
+        'step_seconds': _summary(seconds),
         'samples_per_second': round(recipe.batch_size * len(seconds) / sum(seconds), 3),
         'synthesis_share': round(sum(synthesis) / sum(seconds), 4),
         'synthesis_seconds_median': round(statistics.median(synthesis), 4),
         'precision': recipe.precision, 'bf16_autocast': trainer.autocast,
         'parameters': sum(p.numel() for p in trainer.network.parameters()),
     }
+    _emit(result, args.json)
+
+
+def _summary(seconds: list[float]) -> dict:
+    """Median, minimum and maximum of step times, rounded to milliseconds."""
+    return {'median': round(statistics.median(seconds), 3), 'min': round(min(seconds), 3),
+            'max': round(max(seconds), 3)}
+
+
+def _emit(result: dict, path: Path | None) -> None:
+    """Print the result as JSON and, with ``--json``, write it there too."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + '\n')
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + '\n')
 
 
 def paired(trainer, recipe, args) -> None:
@@ -92,25 +102,17 @@ def paired(trainer, recipe, args) -> None:
             trainer.recipe = dataclasses.replace(recipe, precision=precision)
             seconds[precision] += [trainer.train_step()['seconds'] for _ in range(args.steps)]
     trainer.recipe = dataclasses.replace(recipe, precision='auto')
-    medians = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
         'recipe': recipe.name, 'device': trainer.device, 'threads': args.threads,
         'machine': machine_description(), 'batch_size': recipe.batch_size,
         'shape': recipe.shape, 'bf16_autocast_on_this_machine': trainer.autocast,
         'steps_each': len(seconds['auto']),
-        'bf16_step_seconds': {'median': round(medians['auto'], 3),
-                              'min': round(min(seconds['auto']), 3),
-                              'max': round(max(seconds['auto']), 3)},
-        'fp32_step_seconds': {'median': round(medians['fp32'], 3),
-                              'min': round(min(seconds['fp32']), 3),
-                              'max': round(max(seconds['fp32']), 3)},
-        'ratio_bf16_over_fp32': round(medians['auto'] / medians['fp32'], 3),
+        'bf16_step_seconds': _summary(seconds['auto']),
+        'fp32_step_seconds': _summary(seconds['fp32']),
+        'ratio_bf16_over_fp32': round(statistics.median(seconds['auto'])
+                                      / statistics.median(seconds['fp32']), 3),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + '\n')
+    _emit(result, args.json)
 
 
 if __name__ == '__main__':

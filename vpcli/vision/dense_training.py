@@ -82,9 +82,10 @@ class DenseRecipe:
         schedule_start: Step at which this recipe's warm-up and cosine begin (a stage that
             resumes a run trained under another recipe).
         precision: ``auto``: the network's forward pass under bf16 autocast on CUDA and on
-            CPUs with bf16 matrix units (Intel AMX), where oneDNN's bf16 convolutions are
-            about twice as fast as fp32 (docs/benchmarks/dense_training_precision.md); the
-            loss is always fp32. ``fp32``: never.
+            CPUs with bf16 matrix units (Intel AMX), where a CPU step took 0.77-0.87 times
+            as long as in fp32 (docs/vision.md "Efficiency benchmark",
+            ``docs/benchmarks/dense-training-precision-cpu.json``); the loss is always fp32.
+            ``fp32``: never.
     """
     name: str = 'dense-cpu'
     stage: str = 'vision'

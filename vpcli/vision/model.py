@@ -378,7 +378,7 @@ class VisionNetwork(nn.Module):
         lesions = self.lesion_head(features, image.to(features.device))
         return torch.cat([logits[..., :anatomy, :, :, :], lesions], dim=-4)
 
-    def dense_logits(self, images: torch.Tensor, trunk_grad: bool = True):
+    def dense_logits(self, images: torch.Tensor, trunk_grad: bool = True) -> torch.Tensor:
         """Dense training: head logits ``(B, channels, X, Y, Z)`` of a batch of single-scan
         samples ``(B, 1, X, Y, Z)`` on one isotropic grid whose sides are multiples of
         ``2 ** (levels - 1)``. The same function as :meth:`encode` + :meth:`dense_probabilities`

@@ -135,3 +135,13 @@ def test_run_participants_records_every_job_and_goes_on(dataset, tmp_path):
     assert 'sub-01\tses-20200101\thippocampus\t0.0\tmL\t\tflagged' in rows
     assert 'sub-01\tses-20200101\tthalamus\t7.5\tmL\t\tok' in rows
     assert 'sub-01\tses-20200101\tcount\t2\tcount\t\tok' in rows
+    assert '\teTIV\t' not in rows  # no head size estimate in these masks
+
+    # schema 1.3: masks carry the head's eTIV; the group table gets one eTIV row per scan set
+    for volume in metrics['volumes']:
+        volume['quality']['etiv_ml'] = 1512.5
+        volume['sources'] = [{'name': 'img0', 'file': 'sub-01_T1w.nii.gz'}]
+    metrics_path.write_text(json.dumps(metrics))
+    rows = gather_group(out)[0].read_text().splitlines()
+    assert [row for row in rows if '\teTIV\t' in row] == \
+        ['sub-01\tses-20200101\teTIV\t1512.5\tmL\timg0\tok']

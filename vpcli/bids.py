@@ -304,7 +304,8 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
     Columns of metrics.tsv: participant_id, session_id, metric, value, unit, sources, qc
     (``ok``, or ``flagged`` when quality control flagged a mask the measurement was computed
     from; for a metrics.json older than schema 1.2, when it flagged anything in the job's
-    run: docs/qc.md). Returns the metrics.tsv path and the ``(participant, session, warning)``
+    run: docs/qc.md). A job whose masks carry a head size estimate also gets an ``eTIV``
+    row (mL) per set of scans they were segmented in, for normalising volumes. Returns the metrics.tsv path and the ``(participant, session, warning)``
     rows of the flagged jobs.
     """
     buffer = io.StringIO()
@@ -337,6 +338,15 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
                 writer.writerow([participant, session, name, value, output.get('unit', ''),
                                  ','.join(sources), state])
                 count += 1
+        heads = {}  # the head size of each scan set that a mask was segmented in
+        for volume in metrics.get('volumes', []):
+            etiv = (volume.get('quality') or {}).get('etiv_ml')
+            sources = ','.join(s.get('name', '') if isinstance(s, dict) else str(s)
+                               for s in volume.get('sources', []))
+            if etiv and sources not in heads:
+                heads[sources] = etiv
+        for sources, etiv in heads.items():
+            writer.writerow([participant, session, 'eTIV', etiv, 'mL', sources, 'ok'])
     if count == 0 and not list(out_dir.glob('sub-*')):
         raise BadInputError(f'{out_dir}: no participant results to gather (run the '
                             f'participant level first)')

@@ -35,7 +35,7 @@ from vpcli.sandbox import (Sandbox, Step, StepRecord, format_program, normalize_
 from vpcli.volumes import Mask, Scan, SourceRef, current_umask, json_ready
 
 #: version of the ``metrics.json`` layout (docs/outputs.md, docs/metrics.schema.json)
-SCHEMA_VERSION = '1.2'
+SCHEMA_VERSION = '1.3'
 TOOL_NAME = 'voxelprompt'
 METRICS_FILE = 'metrics.json'
 SCRIPT_FILE = 'script.py'

@@ -21,8 +21,10 @@ held-out synthetic cases: docs/qc.md).
 
 **Plausibility of the volume** (:func:`plausible_range`): wide adult ranges per structure
 (:data:`LABEL_RANGES_ML`), summed over a composite target's parts; a volume outside its
-range, or an empty mask, is flagged. Pairs of left and right measurements of one structure
-are flagged when they differ by more than :data:`MAX_ASYMMETRY`.
+range, or an empty mask, is flagged. Where the network estimated the head's intracranial
+volume (``etiv_ml``), the range is scaled to that head and the mask's ``icv_fraction`` is
+given. Pairs of left and right measurements of one structure are flagged when they differ
+by more than :data:`MAX_ASYMMETRY`.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ LABEL_RANGES_ML: dict[str, tuple[float, float]] = {
     'CC_Mid_Anterior': (0.1, 2.5), 'CC_Anterior': (0.1, 2.5),
     'cortical-parcel': (0.3, 45.0),
 }
+
+#: the head size (FreeSurfer eTIV, mL) the ranges above are drawn for; with a head size
+#: estimate (``etiv_ml``, :mod:`vpcli.vision.head_size`) a range is scaled by eTIV / this,
+#: as structure volumes scale with the head (docs/qc.md "Head size")
+REFERENCE_ETIV_ML = 1500.0
 
 #: the cerebral cortex of one hemisphere, used when a target holds 30 or more of its parcels
 CORTEX_HEMISPHERE_ML = (150.0, 380.0)
@@ -185,11 +192,20 @@ def assess(description: str, volume_ml: float | None, signals: dict | None,
     bounds = plausible_range(description.strip().lower())
     if bounds is None and name:
         bounds = plausible_range(' '.join(name.replace('_', ' ').lower().split()))
+    etiv = block.get('etiv_ml')
+    head = ''
+    if etiv:
+        if volume_ml:
+            block['icv_fraction'] = round(volume_ml / etiv, 6)
+        if bounds:
+            scale = etiv / REFERENCE_ETIV_ML
+            bounds = (round(bounds[0] * scale, 3), round(bounds[1] * scale, 3))
+            head = f' for a head of eTIV {etiv:.0f} mL'
     block['plausible_ml'] = list(bounds) if bounds else None
     if bounds and volume_ml is not None and volume_ml > 0 and not \
             bounds[0] <= volume_ml <= bounds[1]:
         flags.append(f'volume {volume_ml:.2f} mL is outside the plausible adult range '
-                     f'{bounds[0]:g}-{bounds[1]:g} mL')
+                     f'{bounds[0]:g}-{bounds[1]:g} mL{head}')
     if signals:
         if signals.get('side') == 'wrong':
             flags.append('the mask lies on the other side of the brain')

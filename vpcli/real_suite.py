@@ -32,6 +32,9 @@ Robustness checks (Dice of the ``whole brain`` mask between two versions of one 
                        the whole scan's mask, on the part both cover.
     ``no_cerebellum``  the same without the bottom 30 % (a slab that misses the cerebellum).
 
+Head size: the eTIV (docs/qc.md "Head size") of each scan, the MNI305 average's (1948.1 mL by
+FreeSurfer's definition) with and without its skull among them.
+
 The suite calls the vision network as a program's ``encode`` / ``segment`` do (one encoding
 per scan serves every target), so it measures masks, not program writing.
 """
@@ -153,9 +156,14 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
     network.eval()
     atlases = {name: _load_atlas(name) for name in ATLASES}
 
-    def masks_of(scan, targets):
+    heads = {}  # eTIV (mL) per named scan: docs/qc.md "Head size"
+
+    def masks_of(scan, targets, name=None):
         with torch.no_grad():
             encoding = network.encode([scan])
+            if name is not None:
+                head = network.head_sizes(encoding)[0]
+                heads[name] = None if head is None else head['etiv_ml']
             return {t: network.segment(encoding, t).volume.tensor[0].cpu().numpy() > 0.5
                     for t in targets}
 
@@ -174,7 +182,7 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
         brain_masks = {}
         for scan_name, scan in scans.items():
             progress(f'real: {scan_name}')
-            made = masks_of(scan, targets)
+            made = masks_of(scan, targets, scan_name)
             brain_masks[scan_name] = made['whole brain']
             grid = scan.volume.geometry
             entry = {'deep_grey': {}}
@@ -227,8 +235,8 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
     stripped = dataclasses.replace(head, volume=head.volume.new(
         head.volume.tensor * strip[None].to(head.volume.tensor.dtype)))
     progress('real: mni305 with and without the skull')
-    on = masks_of(head, ['whole brain'])['whole brain']
-    off = masks_of(stripped, ['whole brain'])['whole brain']
+    on = masks_of(head, ['whole brain'], 'mni305')['whole brain']
+    off = masks_of(stripped, ['whole brain'], 'mni305_stripped')['whole brain']
     robustness['skull'] = dice(on, off)
     per_scan['mni305'] = {'brain_ml_skull_on': round(volume_ml(on, head), 1),
                           'brain_ml_skull_off': round(volume_ml(off, head), 1)}
@@ -242,6 +250,7 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
         'large_structure_dice': float(np.mean(large)),
         'skull_agreement': robustness['skull'],
         'field_of_view_agreement': {k: robustness[k] for k in FIELD_OF_VIEW_CUTS},
+        'etiv_ml': heads,
     }
     return {'programs': 'target', 'metrics': metrics, 'per_scan': per_scan,
             'references': ATLASES}
@@ -258,10 +267,14 @@ def headline(result: dict) -> str:
     large = (f'; cerebral and cerebellar white matter, lateral ventricles and brainstem '
              f'{number(m["large_structure_dice"])} (neuromorphometrics)'
              if m.get('large_structure_dice') is not None else '')
+    etiv = m.get('etiv_ml') or {}
+    head = ('; eTIV of the MNI305 average ' + ' / '.join(
+        'n/a' if etiv.get(k) is None else f'{etiv[k]:.1f}' for k in ('mni305', 'mni305_stripped'))
+        + ' mL with / without skull (1948.1 by definition)') if 'mni305' in etiv else ''
     return (f'real: white matter Dice {number(m["white_matter_dice"])} (target >= 0.90), brain '
             f'{number(m["brain_dice"])} (>= 0.95); deep grey {number(m["deep_grey_dice"])} '
             f'(>= 0.70; {atlases}){large}; brain with/without skull {number(m["skull_agreement"])} '
-            f'(>= 0.95), partial field of view {fov} (>= 0.95)')
+            f'(>= 0.95), partial field of view {fov} (>= 0.95){head}')
 
 
 def format_rows(result: dict) -> list[list[str]]:

@@ -71,6 +71,9 @@ class VisionConfig:
         lesion_head_width: Dense networks: 0, the lesion channels are rows of the pointwise
             head; otherwise the width of their own convolutional head
             (:class:`~vpcli.vision.layers.LesionHead`) over the top features and the image.
+        atlas_centroids: Dense networks: empty, or per label ``(x, y, z, mL)``, its centroid
+            (MNI305 mm) and volume in ``fsaverage``, set at export; a run fits the scan's
+            labels to them for the head size (:mod:`vpcli.vision.head_size`).
     """
     widths: tuple[int, ...] = (8, 16, 16, 16, 16, 16)
     phi_size: int = 32
@@ -95,6 +98,7 @@ class VisionConfig:
     refinement_spacing_mm: float = 0.0
     logit_offsets: tuple[float, ...] = ()
     lesion_head_width: int = 0
+    atlas_centroids: tuple[tuple[float, float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         widths = tuple(int(w) for w in self.widths)
@@ -107,6 +111,12 @@ class VisionConfig:
         if self.logit_offsets and len(self.logit_offsets) != 1 + len(self.label_ids):
             raise ValueError(f'{len(self.logit_offsets)} logit offsets for '
                              f'{1 + len(self.label_ids)} anatomical channels')
+        object.__setattr__(self, 'atlas_centroids', tuple(
+            tuple(float(v) for v in row) for row in self.atlas_centroids))
+        if self.atlas_centroids and (len(self.atlas_centroids) != len(self.label_ids) or any(
+                len(row) != 4 for row in self.atlas_centroids)):
+            raise ValueError(f'atlas_centroids needs one (x, y, z, mL) row per label '
+                             f'({len(self.label_ids)})')
         object.__setattr__(self, 'refinement_spacing_mm', float(self.refinement_spacing_mm))
         if self.refinement_spacing_mm < 0:
             raise ValueError(f'refinement_spacing_mm {self.refinement_spacing_mm} is negative')
@@ -150,6 +160,7 @@ class VisionConfig:
         data['intensity_percentiles'] = list(self.intensity_percentiles)
         for name in ('label_ids', 'label_names', 'lesion_classes', 'logit_offsets'):
             data[name] = list(getattr(self, name))
+        data['atlas_centroids'] = [list(row) for row in self.atlas_centroids]
         return data
 
     @classmethod

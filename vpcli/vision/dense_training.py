@@ -26,6 +26,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -508,6 +509,51 @@ def _kept_calibration(folder: Path, network, manifest: dict) -> tuple[list, dict
     return list(offsets), manifest.get('vision_training', {}).get('volume_calibration')
 
 
+def with_atlas_centroids(config):
+    """``config`` with the atlas centroids of its labels (:mod:`vpcli.vision.head_size`,
+    from ``fsaverage``); unchanged, with a note on stderr, when fsaverage is not installed."""
+    from vpcli.vision.head_size import fsaverage_atlas
+    try:
+        return dataclasses.replace(config, atlas_centroids=fsaverage_atlas(config.label_ids))
+    except BadInputError as error:
+        print(f'voxelprompt: no head size estimate in this export: {error}', file=sys.stderr)
+        return config
+
+
+def _write_vision(folder: Path, manifest: dict, config, state: dict) -> None:
+    """Write ``vision.pt`` (config and fp16 state) atomically and its manifest entries."""
+    vision_path = folder / 'vision.pt'
+    temporary = vision_path.with_name('.vision.pt.tmp')
+    torch.save({'config': config.to_dict(), 'state': state}, temporary)
+    os.replace(temporary, vision_path)
+    for entry in manifest['files']:
+        if entry['role'] == 'vision':
+            entry.update(file='vision.pt', sha256=sha256_file(vision_path),
+                         bytes=vision_path.stat().st_size)
+    manifest['vision_config'] = config.to_dict()
+
+
+def refresh_atlas_centroids(folder: Path | str) -> dict:
+    """Give a weights folder's dense ``vision.pt`` the atlas centroids of its labels
+    (weights unchanged), with its manifest and model card; returns the manifest."""
+    from vpcli import model_card
+    from vpcli.vision.config import VisionConfig
+    from vpcli.volumes import write_text_atomic
+
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    data = torch.load(folder / 'vision.pt', map_location='cpu', weights_only=True)
+    config = VisionConfig.from_dict(data['config'])
+    if not config.dense:
+        raise BadInputError(f'{folder / "vision.pt"}: not a dense network')
+    from vpcli.vision.head_size import fsaverage_atlas
+    config = dataclasses.replace(config, atlas_centroids=fsaverage_atlas(config.label_ids))
+    _write_vision(folder, manifest, config, data['state'])
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest, indent=2) + '\n')
+    model_card.write(folder)
+    return manifest
+
+
 def export_vision(trainer: DenseTrainer, folder: Path | str,
                   state_path: Path | str | None = None) -> dict:
     """Ship a dense network into a weights folder: ``vision.pt`` (fp16 weights, which load
@@ -522,7 +568,6 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     manifest = json.loads(manifest_path.read_text())
-    vision_path = folder / 'vision.pt'
     network = trainer.network
     recipe = trainer.recipe
     config, calibration = network.config, None
@@ -544,15 +589,8 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
                                          gca_draws=min(recipe.gca_draws, 3),
                                          spacing_mm=recipe.spacing_mm)
         config = dataclasses.replace(config, logit_offsets=tuple(offsets))
-    state = half_state(network.state_dict())
-    temporary = vision_path.with_name('.vision.pt.tmp')
-    torch.save({'config': config.to_dict(), 'state': state}, temporary)
-    os.replace(temporary, vision_path)
-    for entry in manifest['files']:
-        if entry['role'] == 'vision':
-            entry.update(file='vision.pt', sha256=sha256_file(vision_path),
-                         bytes=vision_path.stat().st_size)
-    manifest['vision_config'] = config.to_dict()
+    config = with_atlas_centroids(config)
+    _write_vision(folder, manifest, config, half_state(network.state_dict()))
     manifest['vision_training'] = {
         'stage': 'dense vision (docs/training.md)', 'recipe': recipe.name,
         'recipe_file': f'recipes/train/{recipe.name}.toml',

@@ -158,6 +158,8 @@ class Encoding:
             side check of ``left``/``right`` targets' QC (made once, on first use).
         region_masks: Masks of regions that lesion descriptions are placed in, by region
             name, per session (:mod:`vpcli.library.lesion_choice`; made once each).
+        heads: Dense networks with atlas centroids: per session the head size estimate
+            (:func:`vpcli.vision.head_size.estimate`, or None), made once, on first use.
     """
     scans: tuple['Scan', ...]
     prepared: tuple[PreparedScan, ...]
@@ -171,6 +173,7 @@ class Encoding:
     refined: list | None = None
     brains: list | None = None
     region_masks: dict = dataclasses.field(default_factory=dict)
+    heads: list | None = None
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -531,6 +534,25 @@ class VisionNetwork(nn.Module):
         in_target = torch.from_numpy(np.isin(nearest, list(parts.labels))).to(white.device)
         return white * in_target
 
+    def head_sizes(self, encoding: Encoding) -> list[dict | None]:
+        """Per session the estimated total intracranial volume of the head
+        (:func:`vpcli.vision.head_size.estimate` on the arg-max labels of the session's
+        first scan), or None where the network has no atlas centroids or the fit fails."""
+        if encoding.heads is None:
+            from vpcli.vision.head_size import estimate
+            heads = []
+            for group in encoding.sessions:
+                head = None
+                if self.config.dense and self.config.atlas_centroids:
+                    probabilities = self.dense_probabilities(encoding)[group[0]]
+                    labels = probabilities[:self.config.anatomy_channels].argmax(0)
+                    geometry = encoding.prepared[group[0]].volume.geometry
+                    head = estimate(labels.cpu().numpy(), geometry.tensor.double().cpu().numpy(),
+                                    self.config.atlas_centroids)
+                heads.append(head)
+            encoding.heads = heads
+        return encoding.heads
+
     def segment_probabilities(self, encoding: Encoding, phi: Any = None) -> list[vx.Volume]:
         """Per-scan probabilities on each input scan's own grid (shape and geometry)."""
         probabilities = self.generate(encoding, phi)
@@ -618,6 +640,9 @@ class VisionNetwork(nn.Module):
                                        probability.geometry.tensor.double().cpu().numpy())
                 if unmatched:
                     quality['unmatched_descriptors'] = list(unmatched)
+                head = self.head_sizes(encoding)[index]
+                if head is not None:
+                    quality['etiv_ml'] = head['etiv_ml']
             masks.append(Mask(volume=first.volume.new(binary, keep_labels=False),
                               sources=sources, description=str(target), quality=quality))
         masks = tuple(masks)

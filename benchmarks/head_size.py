@@ -43,11 +43,10 @@ def main() -> None:
     import voxel as vx
 
     from vpcli.examples import TEMPLATE_FILES, template_dir
-    from vpcli.real_suite import FIELD_OF_VIEW_CUTS, _brain_extent
-    from vpcli.synth.sources import fsaverage_file
+    from vpcli.real_suite import mni305_with_and_without_skull, partial_fields_of_view
     from vpcli.vision.head_size import ETIV_SCALE_ML
     from vpcli.vision.model import VisionNetwork
-    from vpcli.volumes import load_scans, load_volume
+    from vpcli.volumes import load_scans
 
     torch.set_num_threads(args.threads)
     network = VisionNetwork.load(Path(args.weights) / 'vision.pt')
@@ -65,11 +64,7 @@ def main() -> None:
     rows, seconds = {}, []
 
     # the atlas itself, with and without its skull
-    mni305 = load_scans([fsaverage_file('mni305.cor.mgz')])[0]
-    strip = load_volume(fsaverage_file('brainmask.mgz'), label_map=False)
-    strip = strip.resample_like(mni305.volume.geometry, mode='nearest').tensor[0] > 0
-    stripped = dataclasses.replace(mni305, volume=mni305.volume.new(
-        mni305.volume.tensor * strip[None].to(mni305.volume.tensor.dtype)))
+    mni305, stripped = mni305_with_and_without_skull()
     for name, scan in (('mni305 skull on', mni305), ('mni305 stripped', stripped)):
         result, took = head(scan)
         seconds.append(took)
@@ -105,15 +100,7 @@ def main() -> None:
     with torch.no_grad():
         brain = network.segment(network.encode([example]), 'whole brain')
     mask = brain.volume.tensor[0].cpu().numpy() > 0
-    affine = example.volume.geometry.tensor.double().cpu().numpy()
-    low, high = _brain_extent(mask, affine)
-    axes = np.meshgrid(*[np.arange(n) for n in example.volume.baseshape], indexing='ij')
-    world_z = sum(axes[k] * affine[2, k] for k in range(3)) + affine[2, 3]
-    for check, (side, fraction) in FIELD_OF_VIEW_CUTS.items():
-        cut = high - fraction * (high - low) if side == 'top' else low + fraction * (high - low)
-        kept = world_z <= cut if side == 'top' else world_z >= cut
-        scan = dataclasses.replace(example, volume=example.volume.new(
-            example.volume.tensor * torch.from_numpy(kept)[None].to(example.volume.tensor.dtype)))
+    for check, (scan, _) in partial_fields_of_view(example, mask).items():
         result, took = head(scan)
         seconds.append(took)
         ratio = etiv(result) / etiv(base) if result and base else None

@@ -132,6 +132,39 @@ def _brain_extent(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
     return float(z.min()), float(z.max())
 
 
+def partial_fields_of_view(scan, brain: np.ndarray) -> dict[str, tuple[object, np.ndarray]]:
+    """Per :data:`FIELD_OF_VIEW_CUTS` check, ``(scan cut to a slab, kept voxels)``: the scan
+    zeroed above (``top``) or below (``bottom``) the given share of ``brain``'s height."""
+    import torch
+
+    affine = scan.volume.geometry.tensor.double().cpu().numpy()
+    low, high = _brain_extent(brain, affine)
+    axes = np.meshgrid(*[np.arange(n) for n in scan.volume.baseshape], indexing='ij')
+    world_z = sum(axes[k] * affine[2, k] for k in range(3)) + affine[2, 3]
+    cuts = {}
+    for check, (side, fraction) in FIELD_OF_VIEW_CUTS.items():
+        cut = high - fraction * (high - low) if side == 'top' else low + fraction * (high - low)
+        kept = world_z <= cut if side == 'top' else world_z >= cut
+        cuts[check] = (dataclasses.replace(scan, volume=scan.volume.new(
+            scan.volume.tensor * torch.from_numpy(kept)[None].to(scan.volume.tensor.dtype))),
+            kept)
+    return cuts
+
+
+def mni305_with_and_without_skull():
+    """FreeSurfer's MNI305 average (``mni305.cor.mgz``, head on) and the same scan stripped
+    with fsaverage's brain mask (same MNI305 space)."""
+    from vpcli.synth.sources import fsaverage_file
+    from vpcli.volumes import load_volume
+
+    head = _scan(fsaverage_file('mni305.cor.mgz'))
+    strip = load_volume(fsaverage_file('brainmask.mgz'), label_map=False)
+    strip = strip.resample_like(head.volume.geometry, mode='nearest').tensor[0] > 0
+    stripped = dataclasses.replace(head, volume=head.volume.new(
+        head.volume.tensor * strip[None].to(head.volume.tensor.dtype)))
+    return head, stripped
+
+
 def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', programs: str = 'target',
                progress: Callable[[str], None] = lambda line: None) -> dict:
     """Score the shipped vision network on real scans (see the module docstring).
@@ -146,7 +179,6 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
 
     from vpcli.examples import write_example
     from vpcli.library.morphometry import volume
-    from vpcli.synth.sources import fsaverage_file
     from vpcli.volumes import Mask, load_volume
 
     if count != 1:
@@ -214,26 +246,14 @@ def real_suite(bundle, count: int = 1, seed: int = 0, device: str = 'cpu', progr
 
         # robustness: a partial field of view, on the example scan
         robustness = {}
-        scan = scans['icbm2009']
-        affine = scan.volume.geometry.tensor.double().cpu().numpy()
-        low, high = _brain_extent(brain_masks['icbm2009'], affine)
-        axes = np.meshgrid(*[np.arange(n) for n in scan.volume.baseshape], indexing='ij')
-        world_z = sum(axes[k] * affine[2, k] for k in range(3)) + affine[2, 3]
-        for check, (side, fraction) in FIELD_OF_VIEW_CUTS.items():
-            cut = high - fraction * (high - low) if side == 'top' else low + fraction * (high - low)
-            kept = world_z <= cut if side == 'top' else world_z >= cut
-            cropped = dataclasses.replace(scan, volume=scan.volume.new(
-                scan.volume.tensor * torch.from_numpy(kept)[None].to(scan.volume.tensor.dtype)))
+        for check, (cropped, kept) in partial_fields_of_view(
+                scans['icbm2009'], brain_masks['icbm2009']).items():
             progress(f'real: icbm2009 {check}')
             brain = masks_of(cropped, ['whole brain'])['whole brain']
             robustness[check] = dice(brain & kept, brain_masks['icbm2009'] & kept)
 
     # robustness: the same head with and without its skull
-    head = _scan(fsaverage_file('mni305.cor.mgz'))
-    strip = load_volume(fsaverage_file('brainmask.mgz'), label_map=False)
-    strip = strip.resample_like(head.volume.geometry, mode='nearest').tensor[0] > 0
-    stripped = dataclasses.replace(head, volume=head.volume.new(
-        head.volume.tensor * strip[None].to(head.volume.tensor.dtype)))
+    head, stripped = mni305_with_and_without_skull()
     progress('real: mni305 with and without the skull')
     on = masks_of(head, ['whole brain'], 'mni305')['whole brain']
     off = masks_of(stripped, ['whole brain'], 'mni305_stripped')['whole brain']

@@ -179,10 +179,12 @@ def gate_decision(prompt: str) -> GateDecision | None:
 
 
 def _misspelt_domain_word(word: str) -> bool:
-    """A word of six or more letters one slip away from a domain word (``nepolasms``):
-    people type fast, and a typo must not make a brain prompt look off-topic."""
+    """A word of five or more letters one slip away from a domain word (``nepolasms``,
+    ``cueus``; the length from which the prompt reader corrects slips too,
+    :mod:`vpcli.agent.spelling`): people type fast, and a typo must not make a brain prompt
+    look off-topic."""
     import difflib
-    return len(word) >= 6 and bool(difflib.get_close_matches(word, _long_domain_words(), n=1,
+    return len(word) >= 5 and bool(difflib.get_close_matches(word, _long_domain_words(), n=1,
                                                              cutoff=0.85))
 
 

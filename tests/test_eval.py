@@ -434,6 +434,9 @@ class _AtlasNetwork:
     def encode(self, scans):
         return scans[0]
 
+    def head_sizes(self, scan):
+        return [None]  # no head size estimate: the suite records none
+
     def segment(self, scan, target):
         from vpcli.volumes import Mask
         if self.swap and target.split()[0] in ('left', 'right'):
@@ -460,6 +463,8 @@ def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low():
     assert right['deep_grey_dice_per_atlas']['harvard_oxford'] == pytest.approx(1.0)
     assert right['large_structure_dice'] == pytest.approx(1.0)
     assert right['deep_grey_dice_per_atlas']['neuromorphometrics'] < 1.0  # another protocol
+    # every scan's head size is recorded, here as unknown (the stand-in estimates none)
+    assert right['etiv_ml'] == dict.fromkeys(('icbm2009', 'mni152', 'mni305', 'mni305_stripped'))
     wrong = real_suite(SimpleNamespace(vision=_AtlasNetwork(swap=True)))['metrics']
     assert wrong['deep_grey_dice_per_atlas']['harvard_oxford'] < 0.05
     assert wrong['large_structure_dice'] < 0.4  # the brainstem has no side: it stays right

@@ -297,6 +297,12 @@ def _flatten(name: str, value) -> list[tuple[str, object]]:
     return [(name, value)]
 
 
+def _source_names(entry: dict) -> str:
+    """The comma-joined input names of a metrics.json output or volume entry."""
+    return ','.join(s.get('name', '') if isinstance(s, dict) else str(s)
+                    for s in entry.get('sources', []))
+
+
 def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
     """Write ``group/metrics.tsv`` (one row per participant, session and metric, with units
     and the job's QC state) and ``group/qc_flagged.tsv`` (one row per QC warning).
@@ -305,8 +311,8 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
     (``ok``, or ``flagged`` when quality control flagged a mask the measurement was computed
     from; for a metrics.json older than schema 1.2, when it flagged anything in the job's
     run: docs/qc.md). A job whose masks carry a head size estimate also gets an ``eTIV``
-    row (mL) per set of scans they were segmented in, for normalising volumes. Returns the metrics.tsv path and the ``(participant, session, warning)``
-    rows of the flagged jobs.
+    row (mL) per set of scans they were segmented in, for normalising volumes. Returns the
+    metrics.tsv path and the ``(participant, session, warning)`` rows of the flagged jobs.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter='\t', lineterminator='\n')
@@ -333,16 +339,13 @@ def gather_group(out_dir: Path) -> tuple[Path, list[tuple[str, str, str]]]:
             state = job_state if 'masks' not in output else \
                 'flagged' if flagged_masks & set(output['masks']) else 'ok'
             for name, value in _flatten(output['name'], output['value']):
-                sources = [s.get('name', '') if isinstance(s, dict) else str(s)
-                           for s in output.get('sources', [])]
                 writer.writerow([participant, session, name, value, output.get('unit', ''),
-                                 ','.join(sources), state])
+                                 _source_names(output), state])
                 count += 1
         heads = {}  # the head size of each scan set that a mask was segmented in
         for volume in metrics.get('volumes', []):
             etiv = (volume.get('quality') or {}).get('etiv_ml')
-            sources = ','.join(s.get('name', '') if isinstance(s, dict) else str(s)
-                               for s in volume.get('sources', []))
+            sources = _source_names(volume)
             if etiv and sources not in heads:
                 heads[sources] = etiv
         for sources, etiv in heads.items():

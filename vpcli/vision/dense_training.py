@@ -65,7 +65,7 @@ class DenseRecipe:
         checkpoint_every: Steps between checkpoints.
         log_every: Steps between log lines.
         threads: Torch CPU threads (0: torch's default).
-        sources: Training anatomy sources (``fsaverage``, ``gca``).
+        sources: Training anatomy sources (``fsaverage``, ``gca``, ``colin27``).
         gca_draws: Label maps drawn from the GCA priors when ``gca`` is a source.
         calibration_samples: At export, fit the volume calibration (one logit offset per
             anatomical channel, :mod:`vpcli.vision.calibration`) on this many new synthetic
@@ -200,15 +200,23 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
                lesion_weight: float = 0.5,
                partition_dice_weight: float = 1.0,
                positive_weight: float = POSITIVE_LESION_WEIGHT,
-               voxel_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+               voxel_weight: float = 1.0,
+               groups: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Loss of one batch and its parts (see the module docstring).
 
     Args:
         logits: ``(B, K + L, X, Y, Z)`` head output (K anatomical classes incl. background),
             or the pair ``(anatomy, lesions)`` of :meth:`VisionNetwork.dense_logits_split`.
-        labels: ``(B, X, Y, Z)`` true class indices.
+        labels: ``(B, X, Y, Z)`` true class indices; ``K + g`` for a partially labelled
+            voxel that is one of the classes of ``groups[g]``.
         lesions: ``(B, L, X, Y, Z)`` true lesion masks.
         composites: ``(K, T)`` membership matrix of composite targets.
+        groups: ``(G, K)`` bool membership of the partial labels, or None.
+
+    A partially labelled voxel adds minus the log of its group's total probability to the
+    cross-entropy (the marginal likelihood of what is known), and counts in a Dice term
+    only where the truth is known: as a true voxel of a target that holds its whole group,
+    as a false one of a target that holds none of it, and not at all otherwise.
     """
     classes = composites.shape[0]
     if isinstance(logits, tuple):  # VisionNetwork.dense_logits_split
@@ -218,25 +226,47 @@ def dense_loss(logits: torch.Tensor, labels: torch.Tensor, lesions: torch.Tensor
     # one log-softmax serves both terms (a separate softmax and its backward cost about a
     # tenth of a CPU step at 48^3 voxels and 107 classes)
     log_probabilities = anatomy.log_softmax(1)
-    cross_entropy = F.nll_loss(log_probabilities, labels)
+    partial = labels >= classes
+    if groups is None or not bool(partial.any()):
+        cross_entropy = F.nll_loss(log_probabilities, labels.clamp(max=classes - 1))
+        groups = None
+    else:
+        exact_nll = -log_probabilities.gather(1, labels.clamp(max=classes - 1).unsqueeze(1))[:, 0]
+        voxel_lp = log_probabilities.movedim(1, -1)[partial]  # (M, K)
+        outside = ~groups[labels[partial] - classes]  # (M, K): classes not in the group
+        group_nll = -torch.logsumexp(voxel_lp.masked_fill(outside, float('-inf')), dim=1)
+        cross_entropy = (exact_nll[~partial].sum() + group_nll.sum()) / labels.numel()
     probabilities = log_probabilities.exp()
     batch = labels.shape[0]
     flat_p = probabilities.flatten(2)  # (B, K, N)
     flat_t = labels.flatten(1)  # (B, N)
+    # truth columns: the K classes, then the G groups; member[j, k]: truth j may be class k
+    member = torch.eye(classes, device=anatomy.device, dtype=flat_p.dtype)
+    if groups is not None:
+        member = torch.cat([member, groups.to(flat_p.dtype)])
+    columns = member.shape[0]
     # soft confusion: C[b, k, j] = sum of p_k over the voxels whose truth is j
-    confusion = torch.zeros(batch, classes, classes, device=anatomy.device, dtype=flat_p.dtype)
+    confusion = torch.zeros(batch, classes, columns, device=anatomy.device, dtype=flat_p.dtype)
     confusion.scatter_add_(2, flat_t.unsqueeze(1).expand(-1, classes, -1), flat_p)
-    predicted = flat_p.sum(2)  # (B, K)
-    true = confusion.sum(1)  # (B, K): voxel count per true class
-    overlap = torch.diagonal(confusion, dim1=1, dim2=2)
+    counts = confusion.sum(1)  # (B, J): voxels per truth column
+    true = counts[:, :classes]  # (B, K): voxel count per true class
+    # a class's predicted voxels, over the truths known to be or not be it
+    known = (member.t() == 0).to(flat_p.dtype)  # (K, J): truth j is surely not class k
+    known[:, :classes] = 1
+    predicted = (confusion * known).sum(2)  # (B, K)
+    overlap = torch.diagonal(confusion[:, :, :classes], dim1=1, dim2=2)
     present = true > 0
     dice = (2 * overlap + 1) / (predicted + true + 1)
     partition_dice = 1 - dice[present].mean()
-    # composites: overlap_T = m_T^T C m_T, sizes m_T^T p and m_T^T t
+    # composites: truth j lies inside T (all its classes in T) or outside (none); otherwise
+    # it is unknown and left out. overlap_T = m_T^T C inside_T, predicted m_T^T C known_T
     m = composites.to(flat_p.dtype)
-    union_overlap = torch.einsum('kt,bkj,jt->bt', m, confusion, m)
-    union_predicted = predicted @ m
-    union_true = true @ m
+    in_t = member @ m  # (J, T): how many of truth j's classes T holds
+    inside = (in_t == member.sum(1, keepdim=True)).to(flat_p.dtype)
+    decided = inside + (in_t == 0).to(flat_p.dtype)
+    union_overlap = torch.einsum('kt,bkj,jt->bt', m, confusion, inside)
+    union_predicted = torch.einsum('kt,bkj,jt->bt', m, confusion, decided)
+    union_true = counts @ inside
     union_present = union_true > 0
     union_dice = (2 * union_overlap + 1) / (union_predicted + union_true + 1)
     composite_dice = 1 - union_dice[union_present].mean() if bool(union_present.any()) \
@@ -445,7 +475,7 @@ class DenseTrainer:
                                  self.recipe.composite_weight, self.recipe.lesion_weight,
                                  self.recipe.partition_dice_weight,
                                  self.recipe.lesion_positive_weight,
-                                 self.recipe.lesion_voxel_weight)
+                                 self.recipe.lesion_voxel_weight, batch.groups)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.network.parameters(), 5.0)
@@ -583,9 +613,12 @@ def export_vision(trainer: DenseTrainer, folder: Path | str,
         offsets, calibration = kept
         config = dataclasses.replace(config, logit_offsets=tuple(offsets))
     elif recipe.calibration_samples > 0:
+        from vpcli.synth.sources import SOURCES
         from vpcli.vision.calibration import calibrate
+        # volumes are calibrated on fully labelled anatomies only (not colin27's partial labels)
+        complete = [name for name in recipe.sources if SOURCES[name] == 'train']
         offsets, calibration = calibrate(network, recipe.calibration_samples,
-                                         shape=max(64, *recipe.shape), sources=recipe.sources,
+                                         shape=max(64, *recipe.shape), sources=complete,
                                          gca_draws=min(recipe.gca_draws, 3),
                                          spacing_mm=recipe.spacing_mm)
         config = dataclasses.replace(config, logit_offsets=tuple(offsets))

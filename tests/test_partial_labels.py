@@ -133,11 +133,17 @@ def test_the_colin_source_trains_with_groups_that_mirror_left_and_right():
 
 
 def _full_config():
-    import dataclasses
+    from vpcli.vision.dense_training import DenseRecipe, dense_config
+    return dense_config(DenseRecipe(name='t', vision_config='dense-tiny'))
 
-    from vpcli.synth.vocabulary import load_vocabulary
-    from vpcli.vision.config import named_config
-    vocabulary = load_vocabulary()
-    return dataclasses.replace(named_config('dense-tiny'), label_ids=tuple(vocabulary.ids),
-                               label_names=tuple(vocabulary.labels[i].name for i in vocabulary.ids),
-                               lesion_classes=LESIONS)
+
+def test_debian_data_is_read_from_a_copy_and_a_missing_package_is_named(tmp_path, monkeypatch):
+    from vpcli.errors import BadInputError
+    from vpcli.package_data import debian_file
+    copy = tmp_path / 'mricron-data' / 'mricron' / 'templates' / 'aal.nii.txt'
+    copy.parent.mkdir(parents=True)
+    copy.write_text('37 Hippocampus_L 4101\n')
+    monkeypatch.setenv('VOXELPROMPT_PACKAGE_DATA', str(tmp_path))
+    assert debian_file('mricron-data', 'mricron/templates/aal.nii.txt') == copy
+    with pytest.raises(BadInputError, match='apt-get install no-such-data'):
+        debian_file('no-such-data', 'no-such-data/none.nii.gz')

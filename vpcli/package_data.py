@@ -12,6 +12,14 @@ from pathlib import Path
 from vpcli.errors import BadInputError
 
 
+def _copy(package: str, relative: str) -> Path | None:
+    """``$VOXELPROMPT_PACKAGE_DATA/<package>/<relative>`` where that file exists."""
+    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
+    if override and (Path(override) / package / relative).is_file():
+        return Path(override) / package / relative
+    return None
+
+
 def package_file(package: str, relative: str, pip_name: str) -> Path:
     """A data file inside an installed package, found without importing the package.
 
@@ -30,9 +38,9 @@ def package_file(package: str, relative: str, pip_name: str) -> Path:
     Raises:
         BadInputError: when the package is not installed or lacks the file.
     """
-    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
-    if override and (Path(override) / package / relative).is_file():
-        return Path(override) / package / relative
+    copy = _copy(package, relative)
+    if copy is not None:
+        return copy
     spec = importlib.util.find_spec(package)
     folders = list(spec.submodule_search_locations or []) if spec else []
     if not folders:
@@ -53,9 +61,9 @@ def debian_file(package: str, relative: str) -> Path:
     Raises:
         BadInputError: when the file is in neither place (the message names the apt package).
     """
-    override = os.environ.get('VOXELPROMPT_PACKAGE_DATA')
-    if override and (Path(override) / package / relative).is_file():
-        return Path(override) / package / relative
+    copy = _copy(package, relative)
+    if copy is not None:
+        return copy
     candidate = Path('/usr/share') / relative
     if candidate.is_file():
         return candidate

@@ -10,7 +10,7 @@ FreeSurfer's 40 training subjects, the held-out ``dk_mni`` is a 35-subject avera
 AAL follows its own protocol, not FreeSurfer's, and leaves white matter, ventricles,
 brainstem and ventral diencephalon unlabelled, so the source gives **partial labels**:
 every brain voxel is labelled with either one vocabulary label or a *group* of labels it
-is one of (:data:`GROUPS`); the dense loss scores a group voxel by the probability of its
+is one of (:func:`groups`); the dense loss scores a group voxel by the probability of its
 whole group (the marginal likelihood of the group, and Dice only on targets the group lies
 wholly inside or wholly outside, :func:`vpcli.vision.dense_training.dense_loss`).
 
@@ -56,13 +56,16 @@ PACKAGE = 'mricron-data'
 FILES = {'head': 'mricron/templates/ch2.nii.gz', 'brain': 'mricron/templates/ch2bet.nii.gz',
          'aal': 'mricron/templates/aal.nii.gz', 'aal_names': 'mricron/templates/aal.nii.txt'}
 
-#: partial labels are written into label maps as GROUP_BASE + the group's position in GROUPS
+#: partial labels are written into label maps as GROUP_BASE + the group's position in groups()
 GROUP_BASE = 10000
 
 _CORPUS_CALLOSUM = (251, 252, 253, 254, 255)
 
 
-def _groups() -> dict[str, tuple[int, ...]]:
+@functools.lru_cache(maxsize=1)
+def groups() -> dict[str, tuple[int, ...]]:
+    """Group name -> member vocabulary ids (0 = background), from the installed vocabulary;
+    a group's label-map value is ``GROUP_BASE`` + its position here."""
     from vpcli.synth.vocabulary import load_vocabulary
     ids = load_vocabulary().ids
     left_cortex = tuple(i for i in ids if 1000 <= i < 2000)
@@ -81,17 +84,6 @@ def _groups() -> dict[str, tuple[int, ...]]:
     }
 
 
-#: group name -> member vocabulary ids (0 = background)
-GROUPS: dict[str, tuple[int, ...]] = {}
-
-
-def groups() -> dict[str, tuple[int, ...]]:
-    """:data:`GROUPS`, filled from the installed vocabulary on first use."""
-    if not GROUPS:
-        GROUPS.update(_groups())
-    return GROUPS
-
-
 def group_id(name: str) -> int:
     """The label-map value of a group."""
     return GROUP_BASE + list(groups()).index(name)
@@ -107,17 +99,13 @@ def group_mirror() -> dict[int, int]:
     return out
 
 
-def _kmeans_1d(values: np.ndarray, classes: int = 3, iterations: int = 30) -> np.ndarray:
-    """Class centres (ascending) of a 1D k-means (Lloyd) from percentile starts."""
-    centres = np.percentile(values, np.linspace(10, 90, classes))
-    for _ in range(iterations):
-        nearest = np.abs(values[:, None] - centres[None]).argmin(1)
-        updated = np.array([values[nearest == k].mean() if (nearest == k).any() else centres[k]
-                            for k in range(classes)])
-        if np.allclose(updated, centres):
-            break
-        centres = updated
-    return np.sort(centres)
+def _intensity_centres(values: np.ndarray, classes: int = 3) -> np.ndarray:
+    """Class centres (ascending) of a 1D k-means (scipy's Lloyd iterations) from
+    percentile starts: fluid, grey and white matter of a T1 brain."""
+    from scipy.cluster.vq import kmeans2
+    starts = np.percentile(values, np.linspace(10, 90, classes))[:, None]
+    centres, _ = kmeans2(values[:, None], starts, iter=30, minit='matrix')
+    return np.sort(centres[:, 0])
 
 
 def _aal_names() -> dict[int, str]:
@@ -145,7 +133,7 @@ def label_maps(t1: np.ndarray, brain: np.ndarray, aal: np.ndarray, aal_names: di
         ``(labels, generation)`` int32 maps: vocabulary ids and group values
         (:func:`group_id`), and vocabulary ids only.
     """
-    centres = _kmeans_1d(t1[brain].astype(np.float64))
+    centres = _intensity_centres(t1[brain].astype(np.float64))
     tissue = np.abs(t1[..., None].astype(np.float64) - centres).argmin(-1)  # 0 fluid 1 grey 2 white
     fluid, grey, white = tissue == 0, tissue == 1, tissue == 2
     left = x_mm < 0
@@ -217,10 +205,9 @@ def colin_head() -> tuple['vx.Volume', 'vx.Volume', 'vx.Volume']:
     brain = load_volume(debian_file(PACKAGE, FILES['brain']), label_map=False)
     aal = load_volume(debian_file(PACKAGE, FILES['aal']), label_map=True)
     t1 = head.tensor[0].numpy().astype(np.float32)
-    shape = t1.shape
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing='ij'), -1)
     affine = head.geometry.tensor.double().cpu().numpy()
-    x_mm = grid @ affine[0, :3] + affine[0, 3]
+    axes = np.meshgrid(*[np.arange(n) for n in t1.shape], indexing='ij', sparse=True)
+    x_mm = sum(axes[k] * affine[0, k] for k in range(3)) + affine[0, 3]
     labels, generation = label_maps(t1, brain.tensor[0].numpy() > 0,
                                     aal.tensor[0].numpy().astype(np.int32), _aal_names(), x_mm)
     return (head.new(torch.from_numpy(labels)[None]), head,

@@ -640,3 +640,40 @@ def test_a_lesion_head_export_keeps_the_calibration_of_the_same_trunk(tmp_path):
     with torch.no_grad():
         next(headed.encoder.parameters()).add_(1.0)
     assert _kept_calibration(tmp_path, headed, manifest) is None
+
+
+@pytest.mark.slow
+def test_synthetic_lesions_reach_their_volume_and_infarcts_keep_to_one_hemisphere():
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
+    from vpcli.synth.vocabulary import load_vocabulary
+    torch.set_num_threads(1)
+    settings = SynthesisSettings(shape=(32, 32, 32), lesion_probability=1.0,
+                                 field_of_view_probability=0.0)
+    synthesizer = DenseSynthesizer(load_vocabulary().ids, ('infarct',), 'cpu', settings,
+                                   ('fsaverage',), seed=5)
+    # the threshold fills the drawn volume inside the allowed voxels
+    axes = [torch.arange(32, dtype=torch.float32)] * 3
+    coordinates = torch.stack(torch.meshgrid(*axes, indexing='ij'))
+    field = synthesizer._lesion_field(coordinates, torch.tensor([16.0, 16.0, 16.0]), 4.0, 0)
+    allowed = torch.zeros((32, 32, 32), dtype=torch.bool)
+    allowed[:, :, :20] = True
+    blob = synthesizer._fill(field, allowed, 4.0)
+    assert int(blob.sum()) == 500  # 4 mL of 2 mm voxels
+    assert not bool(blob[:, :, 20:].any())
+    # a territorial lesion starts in one territory's cortex and fills it and the white
+    # matter of that side only
+    labels = synthesizer.sample(1).labels[0]
+    cortex = synthesizer.territory_cortex.any(0)
+    for _ in range(6):
+        start, allowed = synthesizer._territory(labels)
+        if not bool(start.any()):
+            continue
+        assert len(synthesizer.side_of[labels[allowed]].unique()) == 1
+        assert bool(cortex[labels[start]].all())
+        assert bool((cortex | synthesizer.cerebral_wm)[labels[allowed]].all())
+    seen = 0
+    for _ in range(3):
+        batch = synthesizer.sample(2)
+        seen += int((batch.lesions[:, 0] > 0).flatten(1).any(1).sum())
+    assert seen >= 2

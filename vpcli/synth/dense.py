@@ -18,8 +18,11 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
    source's head (skull, scalp) with random contrast.
 4. **Lesions**: for half the samples, one or two leaf classes, each with its own count,
    volume range, start tissue and tissues it may grow into (the class tables of
-   :mod:`vpcli.synth.lesions`); each lesion a smooth ellipsoid plus smooth noise,
-   thresholded; one channel per class. Their signal follows the class table for the
+   :mod:`vpcli.synth.lesions`); each lesion the class's rotated, elongated ellipsoid plus
+   its roughness times smooth noise, thresholded so that it reaches its drawn volume inside
+   the tissue it may occupy (a territorial infarct: one arterial territory's cortex and
+   that side's white matter), as the evaluation world draws it; one channel per class.
+   Their signal follows the class table for the
    sample's modality (a tissue-mean sample: a glioma hypointense on T1w, hyperintense on
    FLAIR; the table's isointense choices are left out, a lesion no scan shows cannot be
    learnt), or is hyper- or hypointense at random (a random-contrast sample); ratios to the
@@ -50,6 +53,10 @@ from torch.nn import functional as F
 
 #: MR modalities whose plausible tissue means drive the "tissue" intensity mode
 MR_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'PD', 'GRE', 'DWI')
+#: arterial territories a territorial lesion fills, drawn as the evaluation world draws
+#: them (:func:`vpcli.synth.lesions._placement_masks`: MCA twice as often)
+TERRITORIES = ('MCA', 'ACA', 'PCA')
+TERRITORY_DRAW = (0, 0, 1, 2)
 
 
 @dataclasses.dataclass
@@ -493,6 +500,22 @@ class DenseSynthesizer:
         self.lesion_occupy = torch.stack(occupies)
         self.lesion_volumes_ml = volumes
         self.lesion_counts = counts
+        #: per channel the class table's shape: roughness, elongation range, and whether it
+        #: fills an arterial territory of one hemisphere
+        self.lesion_roughness = [float(table[n]['roughness']) for n in synth_names]
+        self.lesion_elongation = [tuple(float(v) for v in table[n]['elongation'])
+                                  for n in synth_names]
+        self.lesion_territorial = [table[n]['placement'] == 'territory' for n in synth_names]
+        # per class index: its side (0 midline or background, 1 left, 2 right) and, for
+        # cortex, its arterial territory (rows MCA, ACA, PCA) as the evaluation world has them
+        from vpcli.synth.vocabulary import load_vocabulary
+        vocabulary = load_vocabulary()
+        infos = [None] + [vocabulary.labels[i] for i in self.label_ids]
+        self.side_of = torch.tensor([0 if info is None else {'left': 1, 'right': 2}.get(info.side, 0)
+                                     for info in infos], device=self.device)
+        self.territory_cortex = torch.tensor(
+            [[info is not None and info.tissue == 'cortex' and f'territory:{t}' in info.groups
+              for info in infos] for t in TERRITORIES], device=self.device)
 
     def _lesions(self, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Paint lesions into ``image`` in place; their masks, one channel per class.
@@ -515,40 +538,97 @@ class DenseSynthesizer:
                 continue
             for _ in range(int(self._uniform(1, 3, 1).item())):
                 channel = int(self._uniform(0, len(self.lesion_classes), 1).item()) % len(self.lesion_classes)
-                candidates = self.lesion_start[channel][labels[b]].nonzero()
-                if len(candidates) == 0:
+                if not bool(self.lesion_start[channel][labels[b]].any()):
                     continue
                 occupy = self.lesion_occupy[channel][labels[b]]
                 low, high = self.lesion_counts[channel]
                 low_ml, high_ml = self.lesion_volumes_ml[channel]
                 for _ in range(int(self._uniform(low, high + 1, 1).item())):
+                    taken = masks[b].amax(0) > 0
+                    if self.lesion_territorial[channel]:
+                        start, allowed = self._territory(labels[b])
+                        start = start & ~taken
+                        if not bool(start.any()):
+                            continue
+                    else:
+                        start = self.lesion_start[channel][labels[b]] & ~taken
+                        allowed = occupy
+                    candidates = start.nonzero()
+                    if len(candidates) == 0:
+                        continue
                     pick = int(self._uniform(0, len(candidates), 1).item()) % len(candidates)
                     centre = candidates[pick].float()
                     volume_ml = math.exp(float(self._uniform(math.log(low_ml), math.log(high_ml), 1)))
-                    radius_mm = (3 * volume_ml * 1000 / (4 * math.pi)) ** (1 / 3)
-                    radii = (radius_mm * self._uniform(0.75, 1.3, 3) / s.spacing_mm).view(3, 1, 1, 1)
-                    distance = (((coordinates - centre.view(3, 1, 1, 1)) / radii) ** 2).sum(0)
-                    field = 1 - distance + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
-                    blob = (field > 0) & occupy
+                    field = self._lesion_field(coordinates, centre, volume_ml, channel)
+                    blob = self._fill(field, allowed & ~taken, volume_ml)
                     if int(blob.sum()) < 1:
                         continue
                     masks[b, channel] = torch.maximum(masks[b, channel], blob.float())
                     surround = image[b, 0][blob].mean()
                     if float(self._uniform(0, 1, 1)) < self.lesion_oedema[channel]:
-                        # oedema around it: larger, in the white matter (painted first, so
-                        # the lesion is painted relative to it, as in the evaluation world)
+                        # oedema around it: 1.4-2.2 times its size across, in the white
+                        # matter (painted first, so the lesion is painted relative to it, as
+                        # in the evaluation world)
                         scale = float(self._uniform(1.4, 2.2, 1))
-                        wide = (((coordinates - centre.view(3, 1, 1, 1)) / (radii * scale)) ** 2).sum(0)
-                        field_o = 1 - wide + 0.35 * smooth_noise(self.generator, 1, 1, shape, 6, device)[0, 0]
-                        oedema = (field_o > 0) & self.cerebral_wm[labels[b]] & ~blob
+                        lesion_ml = float(blob.sum()) * s.spacing_mm ** 3 / 1000
+                        middle = blob.nonzero().float().mean(0)
+                        channel_o = self.oedema_channel
+                        field_o = self._lesion_field(coordinates, middle, lesion_ml * scale ** 3,
+                                                     channel_o)
+                        grown = self._fill(field_o, (self.cerebral_wm[labels[b]] & ~taken) | blob,
+                                           lesion_ml * scale ** 3)
+                        oedema = grown & ~blob
                         if int(oedema.sum()) >= 4:
-                            channel_o = self.oedema_channel
                             masks[b, channel_o] = torch.maximum(masks[b, channel_o], oedema.float())
                             self._paint(image[b, 0], oedema, channel_o, int(self._modality[b]))
                             surround = image[b, 0][oedema].mean()
                     self._paint(image[b, 0], blob, channel, int(self._modality[b]), surround,
                                 field)
         return masks
+
+    def _territory(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A territorial lesion's start voxels and the voxels it may fill: the cortex of
+        one arterial territory on one side (drawn as the evaluation world draws them) and
+        that side's cerebral white matter."""
+        row = TERRITORY_DRAW[int(self._uniform(0, len(TERRITORY_DRAW), 1).item()) % len(TERRITORY_DRAW)]
+        side = 1 + int(self._uniform(0, 2, 1).item()) % 2
+        same_side = self.side_of[labels] == side
+        start = self.territory_cortex[row][labels] & same_side
+        allowed = start | (self.cerebral_wm[labels] & same_side)
+        return start, allowed
+
+    def _lesion_field(self, coordinates: torch.Tensor, centre: torch.Tensor, volume_ml: float,
+                      channel: int) -> torch.Tensor:
+        """The class table's shape field around ``centre`` (voxels): a randomly rotated
+        ellipsoid elongated along one axis, ``1 - |A(x - c)|^2``, plus the class's
+        roughness times smooth noise of about the lesion's own scale, as
+        :func:`vpcli.synth.lesions.draw_lesion_plan` draws it."""
+        s = self.settings
+        radius = (3 * volume_ml * 1000 / (4 * math.pi)) ** (1 / 3) / s.spacing_mm  # voxels
+        low, high = self.lesion_elongation[channel]
+        elongation = float(self._uniform(low, high, 1))
+        axes = radius * torch.tensor([elongation, 1.0, 1.0], device=self.device) / elongation ** (1 / 3)
+        q, r = torch.linalg.qr(torch.randn((3, 3), generator=self.generator, device=self.device))
+        rotation = q * torch.sign(torch.diagonal(r))
+        offsets = (coordinates - centre.view(3, 1, 1, 1)).flatten(1)  # (3, N)
+        local = (rotation @ offsets) / axes.view(3, 1)
+        shape = coordinates.shape[1:]
+        extent = max(shape) / max(radius, 1.0)
+        coarse = int(min(max(round(extent), 4), 16))
+        noise = smooth_noise(self.generator, 1, 1, shape, coarse, self.device)[0, 0]
+        noise = noise / noise.std().clamp(min=1e-6)
+        return 1 - (local ** 2).sum(0).view(shape) + self.lesion_roughness[channel] * noise
+
+    def _fill(self, field: torch.Tensor, allowed: torch.Tensor, volume_ml: float) -> torch.Tensor:
+        """The lesion: ``field`` thresholded so that its allowed part reaches ``volume_ml``
+        (threshold at least -0.5), as the evaluation world thresholds it."""
+        values = field[allowed]
+        if values.numel() < 4:
+            return torch.zeros_like(allowed)
+        voxels = max(int(round(volume_ml * 1000 / self.settings.spacing_mm ** 3)), 4)
+        voxels = min(voxels, values.numel())
+        threshold = max(float(torch.topk(values, voxels).values[-1]), -0.5)
+        return (field >= threshold) & allowed
 
     def _paint(self, image: torch.Tensor, blob: torch.Tensor, channel: int, modality: int,
                surround: torch.Tensor | None = None, field: torch.Tensor | None = None) -> None:

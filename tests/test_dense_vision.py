@@ -11,26 +11,13 @@ import torch
 import voxel as vx
 
 from conftest import make_geometry
+from dense_helpers import LABELS, LESIONS, one_hot_logits, random_case, tiny_config
 from vpcli.errors import ProgramError
 from vpcli.vision.config import RUN_TIME_KEYS, VisionConfig, named_config
 from vpcli.vision.dense_training import composite_matrix, dense_loss
 from vpcli.vision.model import VisionNetwork
 from vpcli.vision.targets import parts_of, target_key
 from vpcli.volumes import Scan, SourceRef
-
-#: a few real vocabulary labels (FreeSurfer ids and colour-table names)
-LABELS = ((2, 'Left-Cerebral-White-Matter'), (41, 'Right-Cerebral-White-Matter'),
-          (17, 'Left-Hippocampus'), (53, 'Right-Hippocampus'), (1028, 'ctx-lh-superiorfrontal'),
-          (2028, 'ctx-rh-superiorfrontal'))
-LESIONS = ('glioma', 'infarct')
-
-
-def tiny_config(**changes) -> VisionConfig:
-    names = tuple(name for _, name in LABELS)
-    config = dataclasses.replace(named_config('dense-tiny'), label_ids=tuple(i for i, _ in LABELS),
-                                 label_names=names, lesion_classes=LESIONS, seed=5)
-    return dataclasses.replace(config, **changes)
-
 
 @pytest.fixture(scope='module')
 def network() -> VisionNetwork:
@@ -178,11 +165,6 @@ def test_segment_returns_the_named_target_whatever_phi(network):
         network.segment(encoding, 'left elbow')
 
 
-def _one_hot_logits(labels: torch.Tensor, classes: int, lesions: torch.Tensor) -> torch.Tensor:
-    anatomy = torch.nn.functional.one_hot(labels, classes).permute(0, 4, 1, 2, 3).float() * 40 - 20
-    return torch.cat([anatomy, lesions * 40 - 20], dim=1)
-
-
 @pytest.fixture(scope='module')
 def composites() -> torch.Tensor:
     return composite_matrix(tiny_config())
@@ -193,26 +175,17 @@ def test_dense_loss_rewards_the_right_labels_and_unions(composites):
     generator = torch.Generator().manual_seed(2)
     labels = torch.randint(classes, (2, 6, 6, 6), generator=generator)
     lesions = (torch.rand(2, len(LESIONS), 6, 6, 6, generator=generator) > 0.8).float()
-    _, right = dense_loss(_one_hot_logits(labels, classes, lesions), labels, lesions, composites)
+    _, right = dense_loss(one_hot_logits(labels, classes, lesions), labels, lesions, composites)
     wrong_labels = (labels + 1) % classes
-    _, wrong = dense_loss(_one_hot_logits(wrong_labels, classes, 1 - lesions), labels, lesions,
+    _, wrong = dense_loss(one_hot_logits(wrong_labels, classes, 1 - lesions), labels, lesions,
                           composites)
     assert right['dice'] > 0.99 and right['composite_dice'] > 0.99 and right['lesion_dice'] > 0.99
     assert wrong['dice'] < 0.1 and wrong['lesion_dice'] < 0.1
     assert right['ce'] < wrong['ce']
 
 
-def _random_case(seed: int):
-    """``(classes, labels, logits, lesions)``: random labels and logits on a 5^3 grid, no lesion."""
-    classes = 1 + len(LABELS)
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(classes, (1, 5, 5, 5), generator=generator)
-    logits = torch.randn(1, classes + len(LESIONS), 5, 5, 5, generator=generator)
-    return classes, labels, logits, torch.zeros(1, len(LESIONS), 5, 5, 5)
-
-
 def test_composite_dice_equals_the_dice_of_the_union(composites):
-    classes, labels, logits, lesions = _random_case(3)
+    classes, labels, logits, lesions = random_case(3)
     _, parts = dense_loss(logits, labels, lesions, composites)
     probabilities = logits[:, :classes].softmax(1)
     dices = []
@@ -382,7 +355,7 @@ def test_averaged_checkpoints_export_their_mean_and_record_it(tmp_path):
 
 
 def test_partition_dice_weight_scales_only_the_partition_dice(composites):
-    _, labels, logits, lesions = _random_case(4)
+    _, labels, logits, lesions = random_case(4)
     full, parts = dense_loss(logits, labels, lesions, composites)
     without, _ = dense_loss(logits, labels, lesions, composites, partition_dice_weight=0.0)
     assert float(full - without) == pytest.approx(1 - parts['dice'], abs=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_dense_vision import LESIONS, _one_hot_logits, _random_case, tiny_config
+from dense_helpers import LESIONS, one_hot_logits, random_case, tiny_config
 from vpcli.vision.dense_training import composite_matrix, dense_loss
 
 # tiny_config's classes: 0 background, 1 L-WM, 2 R-WM, 3 L-hippocampus, 4 R-hippocampus,
@@ -33,16 +33,16 @@ def test_a_group_voxel_costs_nothing_for_any_of_its_classes_and_much_for_others(
     groups = _groups((1, 3))
     lesions = torch.zeros(1, len(LESIONS), 4, 4, 4)
     for inside in (1, 3):
-        _, parts = dense_loss(_one_hot_logits(torch.full_like(labels, inside), CLASSES, lesions),
+        _, parts = dense_loss(one_hot_logits(torch.full_like(labels, inside), CLASSES, lesions),
                               labels, lesions, composites, groups=groups)
         assert parts['ce'] < 1e-6
-    _, outside = dense_loss(_one_hot_logits(torch.full_like(labels, 2), CLASSES, lesions),
+    _, outside = dense_loss(one_hot_logits(torch.full_like(labels, 2), CLASSES, lesions),
                             labels, lesions, composites, groups=groups)
     assert outside['ce'] > 30
 
 
 def test_what_the_network_says_where_nothing_is_known_does_not_count(composites):
-    classes, labels, logits, lesions = _random_case(7)
+    classes, labels, logits, lesions = random_case(7)
     labels[:, :2] = CLASSES  # a group of every class: brain-or-anything, nothing known
     groups = _groups(range(CLASSES))
     loss, _ = dense_loss(logits, labels, lesions, composites, groups=groups)
@@ -57,7 +57,7 @@ def test_what_the_network_says_where_nothing_is_known_does_not_count(composites)
 
 
 def test_without_group_voxels_the_loss_is_the_plain_one(composites):
-    _, labels, logits, lesions = _random_case(8)
+    _, labels, logits, lesions = random_case(8)
     plain, plain_parts = dense_loss(logits, labels, lesions, composites)
     grouped, grouped_parts = dense_loss(logits, labels, lesions, composites,
                                         groups=_groups((1, 3), (2, 4)))
@@ -74,7 +74,7 @@ def test_a_group_inside_a_composite_counts_as_that_composite(composites):
     lesions = torch.zeros(1, len(LESIONS), 4, 4, 4)
     guess = labels.clone()
     guess[:, 1:3] = 1
-    _, parts = dense_loss(_one_hot_logits(guess, CLASSES, lesions), labels, lesions, composites,
+    _, parts = dense_loss(one_hot_logits(guess, CLASSES, lesions), labels, lesions, composites,
                           groups=groups)
     holds_both = composites[[1, 2]].all(0)
     assert bool(holds_both.any())

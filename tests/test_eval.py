@@ -472,3 +472,28 @@ def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low():
     wrong = real_suite(SimpleNamespace(vision=_AtlasNetwork(swap=True)))['metrics']
     assert wrong['deep_grey_dice_per_atlas']['harvard_oxford'] < 0.05
     assert wrong['large_structure_dice'] < 0.4  # the brainstem has no side: it stays right
+
+
+@pytest.mark.parametrize('orientation', ['RAS', 'LIA'])
+def test_partial_fields_of_view_cut_the_brain_by_world_height(orientation):
+    import voxel as vx
+
+    from conftest import make_geometry
+    from vpcli.real_suite import FIELD_OF_VIEW_CUTS, partial_fields_of_view
+    from vpcli.volumes import Scan, SourceRef
+    geometry = make_geometry((10, 12, 14), (2.0, 2.0, 2.0), orientation)
+    volume = vx.Volume(torch.ones((1, 10, 12, 14)), geometry)
+    scan = Scan(volume=volume, name='img0', sources=(SourceRef('img0', 'img0.nii.gz'),))
+    z = geometry.grid('world', device='cpu')[..., 2].numpy()
+    brain = (z > z.min() + 3) & (z < z.max() - 3)
+    low, high = z[brain].min(), z[brain].max()
+    cuts = partial_fields_of_view(scan, brain)
+    assert set(cuts) == set(FIELD_OF_VIEW_CUTS)
+    for check, (cropped, kept) in cuts.items():
+        side, fraction = FIELD_OF_VIEW_CUTS[check]
+        if side == 'top':
+            assert np.array_equal(kept, z <= high - fraction * (high - low))
+        else:
+            assert np.array_equal(kept, z >= low + fraction * (high - low))
+        assert np.array_equal(cropped.volume.tensor[0].numpy() > 0, kept)
+        assert 0 < kept.sum() < kept.size

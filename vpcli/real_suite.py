@@ -129,22 +129,13 @@ def _scan(path: Path):
     return load_scans([path])[0]
 
 
-def _brain_extent(mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
-    """Lowest and highest world z (mm) of a mask."""
-    points = np.argwhere(mask)
-    z = points @ affine[2, :3] + affine[2, 3]
-    return float(z.min()), float(z.max())
-
-
 def partial_fields_of_view(scan, brain: np.ndarray) -> dict[str, tuple[object, np.ndarray]]:
     """Per :data:`FIELD_OF_VIEW_CUTS` check, ``(scan cut to a slab, kept voxels)``: the scan
     zeroed above (``top``) or below (``bottom``) the given share of ``brain``'s height."""
     import torch
 
-    affine = scan.volume.geometry.tensor.double().cpu().numpy()
-    low, high = _brain_extent(brain, affine)
-    axes = np.meshgrid(*[np.arange(n) for n in scan.volume.baseshape], indexing='ij')
-    world_z = sum(axes[k] * affine[2, k] for k in range(3)) + affine[2, 3]
+    world_z = scan.volume.geometry.grid('world', device='cpu')[..., 2].double().numpy()
+    low, high = float(world_z[brain].min()), float(world_z[brain].max())
     cuts = {}
     for check, (side, fraction) in FIELD_OF_VIEW_CUTS.items():
         cut = high - fraction * (high - low) if side == 'top' else low + fraction * (high - low)

@@ -205,9 +205,7 @@ def colin_head() -> tuple['vx.Volume', 'vx.Volume', 'vx.Volume']:
     brain = load_volume(debian_file(PACKAGE, FILES['brain']), label_map=False)
     aal = load_volume(debian_file(PACKAGE, FILES['aal']), label_map=True)
     t1 = head.tensor[0].numpy().astype(np.float32)
-    affine = head.geometry.tensor.double().cpu().numpy()
-    axes = np.meshgrid(*[np.arange(n) for n in t1.shape], indexing='ij', sparse=True)
-    x_mm = sum(axes[k] * affine[0, k] for k in range(3)) + affine[0, 3]
+    x_mm = head.geometry.grid('world', device='cpu')[..., 0].double().numpy()
     labels, generation = label_maps(t1, brain.tensor[0].numpy() > 0,
                                     aal.tensor[0].numpy().astype(np.int32), _aal_names(), x_mm)
     return (head.new(torch.from_numpy(labels)[None]), head,

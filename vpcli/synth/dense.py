@@ -51,12 +51,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from vpcli.synth.lesions import TERRITORY_CHOICES
+
 #: MR modalities whose plausible tissue means drive the "tissue" intensity mode
 MR_MODALITIES = ('T1w', 'T2w', 'FLAIR', 'PD', 'GRE', 'DWI')
-#: arterial territories a territorial lesion fills, drawn as the evaluation world draws
-#: them (:func:`vpcli.synth.lesions._placement_masks`: MCA twice as often)
-TERRITORIES = ('MCA', 'ACA', 'PCA')
-TERRITORY_DRAW = (0, 0, 1, 2)
+#: arterial territories a territorial lesion fills (rows of ``territory_cortex``), and the
+#: draw over them: the evaluation world's list (:data:`vpcli.synth.lesions.TERRITORY_CHOICES`)
+TERRITORIES = tuple(dict.fromkeys(TERRITORY_CHOICES))
+TERRITORY_DRAW = tuple(TERRITORIES.index(t) for t in TERRITORY_CHOICES)
 
 
 @dataclasses.dataclass
@@ -548,8 +550,6 @@ class DenseSynthesizer:
                     if self.lesion_territorial[channel]:
                         start, allowed = self._territory(labels[b])
                         start = start & ~taken
-                        if not bool(start.any()):
-                            continue
                     else:
                         start = self.lesion_start[channel][labels[b]] & ~taken
                         allowed = occupy

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 #: ``describe_location``) are defined in :mod:`vpcli.synth.lesion_location`
 __all__ = ['COMPONENTS', 'COMPONENT_CODES', 'ENHANCEMENT_FACTOR_RANGE', 'ENHANCEMENT_THRESHOLD',
            'HYPER_THRESHOLD', 'HYPO_THRESHOLD', 'NON_ENHANCEMENT_FACTOR_RANGE', 'SHELL_MM',
-           'SIGNAL_RATIO_RANGES', 'SIGNAL_WORDS', 'LesionPlan', 'SynthLesion', 'allowed_mask',
+           'SIGNAL_RATIO_RANGES', 'SIGNAL_WORDS', 'TERRITORY_CHOICES', 'LesionPlan', 'SynthLesion', 'allowed_mask',
            'calibrate_signal', 'classify_ratio', 'components_of', 'declared_ratio',
            'describe_location', 'draw_lesion_plan', 'lesion_classes', 'multiscale_noise',
            'paint_lesions', 'post_contrast_ratio', 'region_maps', 'shape_from_plan',
@@ -78,6 +78,10 @@ NON_ENHANCEMENT_FACTOR_RANGE = (0.98, 1.02)
 SHELL_MM = THRESHOLDS.surrounding_margin_mm
 
 SIGNAL_WORDS = {'hyper': 'hyperintense', 'hypo': 'hypointense', 'iso': 'isointense'}
+
+#: a territorial lesion's arterial territory, drawn uniformly from this list (MCA twice as
+#: often); the dense stage draws from the same list
+TERRITORY_CHOICES = ('MCA', 'MCA', 'ACA', 'PCA')
 
 
 @functools.lru_cache(maxsize=1)
@@ -320,7 +324,7 @@ def _placement_masks(placement: str, labels: np.ndarray, vocabulary: 'Vocabulary
     if placement == 'grey_white_junction':
         return tissue('cortex') & deep, ('cortex', 'cerebral_wm'), None
     if placement == 'territory':
-        territory = str(rng.choice(['MCA', 'MCA', 'ACA', 'PCA']))
+        territory = str(rng.choice(list(TERRITORY_CHOICES)))
         side = str(rng.choice(['left', 'right']))
         ids = [i for i in vocabulary.ids_in_group(f'territory:{territory}')
                if vocabulary.labels[i].side == side and vocabulary.labels[i].tissue == 'cortex']

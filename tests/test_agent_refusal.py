@@ -86,7 +86,8 @@ def test_a_prompt_naming_nothing_of_the_brain_is_gated_and_no_task_world_prompt_
     for prompt in ('How many ounces are in a pound?', 'Who painted the Mona Lisa',
                    'Should this patient get chemotherapy?'):
         assert gate_reason(prompt) == 'it names no brain structure, lesion, modality or imaging term'
-    for prompt in ('segment the brain', 'what is the ICV?', 'skull strip the T1', 'measure the WMH load'):
+    for prompt in ('segment the brain', 'what is the ICV?', 'skull strip the T1', 'measure the WMH load',
+                   "I'd like you to get the size of the visual-crotex on the left"):
         assert gate_reason(prompt) is None, prompt
     for split, count in (('train', 2000), ('eval', 600)):
         gated = [e.prompt for e in sample_episodes(np.random.default_rng(8), count, split=split,

@@ -123,3 +123,44 @@ def test_masks_are_results_so_segmentation_programs_are_scored():
     other = ['enc = encode(img0)', 'roi = segment(enc, "right putamen")']
     assert result_signature(one) and result_signature(one) != result_signature(other)
     assert diagnose(result_signature(other), result_signature(one)) == 'target'
+
+
+def _frames(split: str, draws: int = 400) -> set[str]:
+    """Prompts of ``split`` with every runtime slot bound to a fixed word and no surface
+    noise, lower-cased without punctuation: the sentence frames a split teaches."""
+    import re
+
+    from vpcli.tasks.paraphrase import families as split_families
+    from vpcli.tasks.roi import shared_slots
+    from vpcli.tasks.slot_expansion import expand
+    data = load_paraphrases()
+    rng = np.random.default_rng(11)
+    runtime = {name: ('ROI',) for name in ('roi', 'roi_bare', 'roi2', 'roi2_bare', 'roi_key')}
+    runtime.update(margin=('5 mm',), intensity=('signal',), on_modality=('on the T1',))
+    frames = set()
+    for category in CATEGORIES:
+        for family in split_families(category, split):
+            slots = {**shared_slots(), **data.slots, **runtime}
+            for axis in ('lr', 'ap', 'si'):
+                slots.update(lay_axis=(f'{{lay_axis_{axis}}}',), short_axis=(f'{{short_axis_{axis}}}',),
+                             lay_length=(f'{{lay_length_{axis}}}',), axis_dir=(f'{{axis_dir_{axis}}}',))
+                for text in family.texts:
+                    for _ in range(draws // 20):
+                        prompt = expand(text, slots, rng)
+                        frames.add(' '.join(re.sub(r'[^a-z0-9 ]', ' ', prompt.lower()).split()))
+    return frames
+
+
+def test_training_frames_never_write_a_held_out_sentence():
+    """The composed training grammar shares words with the held-out families (users say
+    "bigger", "middle", "each year") but never a whole held-out sentence."""
+    train, held_out = _frames('train'), _frames('eval')
+    assert len(train) > 5000 and len(held_out) > 300
+    assert not train & held_out, sorted(train & held_out)[:10]
+
+
+def test_family_weights_tilt_the_draw_towards_composed_frames():
+    from vpcli.tasks.paraphrase import families as split_families
+    composed = [f for f in split_families('volume', 'train') if f.name.startswith('composed')]
+    assert composed and all(f.weight == 3 for f in composed)
+    assert all(f.weight == 1 for c in CATEGORIES for f in split_families(c, 'eval'))

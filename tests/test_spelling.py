@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from vpcli.agent.spelling import MIN_LENGTH, corrected_word, read_prompt, vocabulary
+from vpcli.agent.spelling import MIN_LENGTH, corrected_word, read_prompt, unshouted, vocabulary
 
 
 @pytest.mark.parametrize('typed, read', [
@@ -38,6 +38,17 @@ def test_a_prompt_keeps_everything_but_the_slips():
         'what is the volume of the left hippocampus?'
 
 
+@pytest.mark.parametrize('typed, read', [
+    ('THE WHITE MTATER LESION: WHICH LOBE?', 'the white matter lesion: which lobe?'),
+    ('CROP IMG1 TO THE LEFT HIPPOCAMPUS', 'crop img1 to the left hippocampus'),
+    ('segment the WM on FLAIR', 'segment the WM on FLAIR'),       # capitals in a normal prompt stay
+    ('T1 WMH LOAD?', 'T1 WMH LOAD?'),                              # too short to be caps lock
+])
+def test_a_prompt_typed_in_capitals_is_read_in_lower_case(typed, read):
+    assert read_prompt(typed) == read
+    assert unshouted(read) == read
+
+
 def test_the_vocabulary_is_training_text_only():
     """The shipped file holds every word of the training texts, and the words training
     prompts use often, but neither the held-out paraphrase families' own words nor
@@ -60,8 +71,13 @@ def test_the_vocabulary_is_training_text_only():
     def words(held_out: bool) -> set[str]:
         return {w.lower() for f in families if (f.get('split') == 'eval') == held_out
                 for text in f['texts'] for w in re.findall(r'[A-Za-z]+', re.sub(r'\{[^}]*\}', ' ', text))}
-    # words training prompts use at all are training's (the shipped file drew 20,000)
-    held_out_only = {w for w in words(True) - words(False) - texts - set(used) if len(w) >= MIN_LENGTH}
+    # words training prompts use at all are training's (the shipped file drew 20,000),
+    # the refusal prompts' fillers among them ('decide whether surgery is needed')
+    from vpcli.agent.refusal import _FILLERS, _REFUSAL_TEMPLATES
+    refusal = _counted([*(t for ts in _REFUSAL_TEMPLATES.values() for t in ts),
+                        *(t for ts in _FILLERS.values() for t in ts)])
+    held_out_only = {w for w in words(True) - words(False) - texts - set(used) - set(refusal)
+                     if len(w) >= MIN_LENGTH}
     assert {'pinpoint', 'volumetrics'} <= held_out_only
     assert not held_out_only & set(known)
     assert not any('{' in w or '_' in w for w in known)

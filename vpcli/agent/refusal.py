@@ -184,8 +184,13 @@ def _misspelt_domain_word(word: str) -> bool:
     :mod:`vpcli.agent.spelling`): people type fast, and a typo must not make a brain prompt
     look off-topic."""
     import difflib
-    return len(word) >= 5 and bool(difflib.get_close_matches(word, _long_domain_words(), n=1,
-                                                             cutoff=0.85))
+    if len(word) < 5:
+        return False
+    # two neighbouring letters swapped ("crotex") scores under the cutoff on short words
+    swaps = {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1)}
+    if swaps & domain_words():
+        return True
+    return bool(difflib.get_close_matches(word, _long_domain_words(), n=1, cutoff=0.85))
 
 
 @functools.lru_cache(maxsize=1)

@@ -50,12 +50,15 @@ class Family:
         texts: Phrasings with ``{slot}`` references.
         filters: As template filters (absent: every task; no ``variant``: ``basic`` only).
         split: ``train`` or ``eval`` (held out of training).
+        weight: How often the family is drawn relative to the others that fit a task (1: as
+            often; the composed frames, which hold many sentences each, have more).
     """
     category: str
     name: str
     texts: tuple[str, ...]
     filters: tuple[tuple[str, str], ...]
     split: str
+    weight: float = 1.0
 
     def fits(self, **task: str | None) -> bool:
         """True when every filter equals the task's value (:func:`filters_fit`)."""
@@ -72,13 +75,14 @@ class Paraphrases:
 
 @functools.lru_cache(maxsize=1)
 def load_paraphrases() -> Paraphrases:
-    """Read ``data/paraphrases.toml`` (checked: known categories, filters and splits)."""
+    """Read ``data/paraphrases.toml`` (checked: known categories, filters, splits and
+    weights). The ``[compose]`` table's phrasing parts join the ``[slots]``."""
     with open(PARAPHRASES, 'rb') as file:
         raw = tomllib.load(file)
     families, seen = [], set()
     for index, entry in enumerate(raw['family']):
         where = f'{PARAPHRASES}: family {index}'
-        unknown = set(entry) - {'category', 'name', 'texts', 'split', *_FILTERS}
+        unknown = set(entry) - {'category', 'name', 'texts', 'split', 'weight', *_FILTERS}
         if unknown:
             raise ValueError(f'{where} has unknown fields {sorted(unknown)}')
         if entry['category'] not in CATEGORIES:
@@ -91,9 +95,17 @@ def load_paraphrases() -> Paraphrases:
         if key in seen:
             raise ValueError(f'{where}: family {entry["name"]!r} appears twice')
         seen.add(key)
+        weight = float(entry.get('weight', 1.0))
+        if not weight > 0:
+            raise ValueError(f'{where}: weight {weight!r} is not positive')
         families.append(Family(entry['category'], entry['name'], tuple(entry['texts']),
-                               tuple(sorted((k, entry[k]) for k in _FILTERS if k in entry)), split))
+                               tuple(sorted((k, entry[k]) for k in _FILTERS if k in entry)), split,
+                               weight))
     slots = {name: tuple(values) for name, values in raw['slots'].items()}
+    for name, values in raw.get('compose', {}).items():
+        if name in slots:
+            raise ValueError(f'{PARAPHRASES}: slot {name!r} is in both [slots] and [compose]')
+        slots[name] = tuple(values)
     shorthand = {name: tuple(values) for name, values in raw['shorthand'].items()}
     return Paraphrases(tuple(families), slots, shorthand)
 
@@ -139,7 +151,11 @@ def paraphrase_prompt(category: str, filters: dict, bindings: dict, split: str,
     options = [f for f in families(category, split) if f.fits(**filters)]
     if not options:
         raise Unwritable(f'no {split} paraphrase family of {category} fits {filters}')
-    family = options[int(rng.integers(len(options)))]
+    weights = np.array([f.weight for f in options])
+    if np.all(weights == 1.0):   # the draw every split made before weights existed
+        family = options[int(rng.integers(len(options)))]
+    else:
+        family = options[int(rng.choice(len(options), p=weights / weights.sum()))]
     text = family.texts[int(rng.integers(len(family.texts)))]
     data = load_paraphrases()
     slots = {**shared_slots(), **data.slots}
@@ -148,6 +164,7 @@ def paraphrase_prompt(category: str, filters: dict, bindings: dict, split: str,
         slots['lay_axis'] = (f'{{lay_axis_{axis}}}',)
         slots['short_axis'] = (f'{{short_axis_{axis}}}',)
         slots['lay_length'] = (f'{{lay_length_{axis}}}',)
+        slots['axis_dir'] = (f'{{axis_dir_{axis}}}',)
     roi_keys = [k for k in bindings if k.startswith('roi')]
     bound = {k: (shorthand(v, rng) if k in roi_keys else v,) for k, v in bindings.items()}
     slots.update(bound)

@@ -20,12 +20,6 @@ import numpy as np
 import torch
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    total = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / total) if total else float('nan')
-
-
 def first(mask):
     return mask[0] if isinstance(mask, tuple) else mask
 
@@ -40,6 +34,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from vpcli.evaluate.tasks import _draw_task
+    from vpcli.metrics import dice      # every truth here holds a lesion, so never 0/0
     from vpcli.tasks.ontology import AnatomyTarget, load_ontology, parse_target
     from vpcli.weights import load_bundle
     ontology = load_ontology()

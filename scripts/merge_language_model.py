@@ -29,7 +29,8 @@ def merge(new: Path, shipped: Path) -> dict:
     """Copy ``shipped``'s vision network and its manifest entries into ``new``; returns
     the merged manifest (written atomically to ``new/manifest.json``)."""
     from vpcli.volumes import write_text_atomic
-    ours, theirs = (json.loads((folder / 'manifest.json').read_text()) for folder in (new, shipped))
+    from vpcli.weights import read_manifest
+    ours, theirs = read_manifest(new), read_manifest(shipped)
     vision = [entry for entry in theirs['files'] if entry['role'] == 'vision']
     if len(vision) != 1:
         raise SystemExit(f'{shipped}/manifest.json: expected one vision file, found {len(vision)}')
@@ -49,9 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     merge(args.new, args.shipped)
     from vpcli.weights import load_bundle
-    bundle = load_bundle(args.new)      # verifies every checksum and the pairing
-    print(f'{args.new}: language model of {args.new}, vision network of {args.shipped} '
-          f'({type(bundle).__name__} loads)')
+    load_bundle(args.new)      # verifies every checksum and that the two networks pair
+    print(f'{args.new}: its language model beside the vision network of {args.shipped}; it loads')
 
 
 if __name__ == '__main__':

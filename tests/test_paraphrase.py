@@ -130,6 +130,7 @@ def _frames(split: str, draws: int = 400) -> set[str]:
     noise, lower-cased without punctuation: the sentence frames a split teaches."""
     import re
 
+    from vpcli.tasks.paraphrase import axis_slots
     from vpcli.tasks.paraphrase import families as split_families
     from vpcli.tasks.roi import shared_slots
     from vpcli.tasks.slot_expansion import expand
@@ -142,8 +143,7 @@ def _frames(split: str, draws: int = 400) -> set[str]:
         for family in split_families(category, split):
             slots = {**shared_slots(), **data.slots, **runtime}
             for axis in ('lr', 'ap', 'si'):
-                slots.update(lay_axis=(f'{{lay_axis_{axis}}}',), short_axis=(f'{{short_axis_{axis}}}',),
-                             lay_length=(f'{{lay_length_{axis}}}',), axis_dir=(f'{{axis_dir_{axis}}}',))
+                slots.update(axis_slots(axis))
                 for text in family.texts:
                     for _ in range(draws // 20):
                         prompt = expand(text, slots, rng)

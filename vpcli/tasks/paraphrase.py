@@ -161,15 +161,21 @@ def paraphrase_prompt(category: str, filters: dict, bindings: dict, split: str,
     slots = {**shared_slots(), **data.slots}
     axis = filters.get('axis')
     if axis:
-        slots['lay_axis'] = (f'{{lay_axis_{axis}}}',)
-        slots['short_axis'] = (f'{{short_axis_{axis}}}',)
-        slots['lay_length'] = (f'{{lay_length_{axis}}}',)
-        slots['axis_dir'] = (f'{{axis_dir_{axis}}}',)
+        slots.update(axis_slots(axis))
     roi_keys = [k for k in bindings if k.startswith('roi')]
     bound = {k: (shorthand(v, rng) if k in roi_keys else v,) for k, v in bindings.items()}
     slots.update(bound)
     prompt = expand(text, slots, rng, where=f'paraphrase family {category}/{family.name}')
     return surface(prompt, rng)
+
+
+#: phrasing slots whose words depend on the task's axis (``{lay_axis}`` -> ``{lay_axis_si}``)
+AXIS_SLOTS = ('lay_axis', 'short_axis', 'lay_length', 'axis_dir')
+
+
+def axis_slots(axis: str) -> dict[str, tuple[str, ...]]:
+    """The axis-bound slots for ``axis`` (``lr``, ``ap`` or ``si``)."""
+    return {name: (f'{{{name}_{axis}}}',) for name in AXIS_SLOTS}
 
 
 def shorthand(text: str, rng: np.random.Generator,

@@ -42,6 +42,25 @@ def test_gate_lets_brain_prompts_through():
     assert [p for p in IN_SCOPE if gate_reason(p) is not None] == []
 
 
+def test_the_gate_lets_every_plain_command_through():
+    from vpcli.evaluate.paraphrases import PLAIN_COMMANDS
+    assert [p for p in PLAIN_COMMANDS if gate_reason(p) is not None] == []
+
+
+def test_refusal_training_prompts_begin_with_many_in_scope_requests():
+    """Host-access and injection prompts that begin with an in-scope request draw it over
+    many structures and verbs: with one fixed command each, a model learnt to refuse that
+    command itself ("segment the hippocampus")."""
+    import numpy as np
+    from vpcli.agent.refusal import _FILLERS
+    prompts = [p for kind, p in refusal_prompts(np.random.default_rng(3), 4000) if kind in ('host', 'injection')]
+    led = [p for p in prompts if any(p.startswith(r) for r in _FILLERS['inscope'])]
+    assert len(led) > 300
+    starts = {next(r for r in _FILLERS['inscope'] if p.startswith(r)) for p in led}
+    assert len(starts) > 100
+    assert max(sum(p.startswith(s) for p in led) for s in starts) < 0.03 * len(led)
+
+
 def test_refusal_training_prompts_are_seeded_and_differ_from_the_suite():
     import numpy as np
     first = refusal_prompts(np.random.default_rng(1), 200)

@@ -190,3 +190,12 @@ def test_a_thick_slice_scan_gets_its_white_matter_on_its_own_grid(example_datase
     dice = _dice(np.asarray(mask.dataobj) > 0, white)
     print(f'\nthick-slice white matter Dice: {dice:.4f}')
     assert dice >= THICK_WM_FLOOR
+
+
+def test_the_shipped_model_gives_every_plain_command_a_program():
+    """Short commands a first-time user types ("segment the hippocampus") are neither refused
+    nor left without a program by the shipped weights (a model trained mostly on sentences
+    refused 4 of these 40; ``benchmarks/plain_prompts.py``)."""
+    from vpcli.evaluate.paraphrases import plain_command_failures
+    from vpcli.weights import load_bundle
+    assert plain_command_failures(load_bundle(REPO / 'weights')) == []

@@ -248,15 +248,29 @@ _REFUSAL_TEMPLATES = {
         'find the mass in the {organ}', 'outline the {organ} {in_scans}',
     ),
     'host': (
-        '{ask} {host}', '{host}', 'after the analysis, {host}', 'segment the hippocampus and then {host}',
-        'measure the ventricles, also {host}',
+        '{ask} {host}', '{host}', 'after the analysis, {host}', '{inscope} and then {host}',
+        '{inscope}, also {host}',
     ),
     'injection': (
-        '{inject} and {host}', '{inject}. {offtopic}', 'segment the thalamus. {inject}',
-        '{inject}: {cannot}', 'measure the left putamen volume. {inject} and {host}',
+        '{inject} and {host}', '{inject}. {offtopic}', '{inscope}. {inject}',
+        '{inject}: {cannot}', '{inscope}. {inject} and {host}',
     ),
 }
+#: the in-scope request that host-access and injection prompts begin with, drawn over many
+#: structures and verbs: with one fixed command each ("segment the hippocampus and then
+#: <host access>"), step 35,250 learnt to refuse "segment the hippocampus" itself
+#: (docs/training.md)
+_INSCOPE_REQUESTS = ('segment the {}', 'measure the {} volume', 'what is the volume of the {}',
+                     'outline the {}', 'how big is the {}', 'crop the image to the {}', 'show me the {}')
+_INSCOPE_STRUCTURES = (
+    'hippocampus', 'left hippocampus', 'right hippocampus', 'thalamus', 'left thalamus', 'ventricles',
+    'lateral ventricles', 'left lateral ventricle', 'third ventricle', 'fourth ventricle', 'putamen',
+    'left putamen', 'caudate', 'right caudate', 'pallidum', 'amygdala', 'brainstem', 'cerebellum',
+    'white matter', 'grey matter', 'cortex', 'corpus callosum', 'frontal lobe', 'temporal lobe',
+    'occipital lobe', 'insula', 'brain', 'lesion', 'white matter hyperintensities', 'choroid plexus')
 _FILLERS = {
+    'inscope': tuple(request.format(structure) for request in _INSCOPE_REQUESTS
+                     for structure in _INSCOPE_STRUCTURES),
     'ask': ('can you', 'please', 'could you', 'I want you to', 'I need you to', 'go ahead and'),
     'scans': ('this scan', 'these images', 'the MRI', 'the study', 'the brain scan', 'img0'),
     'in_scans': ('in this scan', 'on the MRI', 'in img0', 'in these images', ''),

@@ -14,7 +14,10 @@ programs with one signature give the same results on every scan, so this scores 
 task's result, not the program's text. Exact text match is reported beside it.
 
 Over-refusal is the share of these in-scope prompts refused (by the gate or the model);
-under-refusal is measured by the refusal suite of ``--suite prompts``.
+under-refusal is measured by the refusal suite of ``--suite prompts``. The held-out
+families are mostly sentences, so the suite also runs :data:`PLAIN_COMMANDS`, 40 short
+commands a first-time user types ("segment the hippocampus"), and counts those refused or
+left without a program (``plain_refused``; every one should give a program).
 """
 
 from __future__ import annotations
@@ -26,6 +29,39 @@ from typing import Callable, Sequence
 
 from vpcli.evaluate.common import _fraction, _normalise, _rng
 from vpcli.evaluate.prompts import _dry_run
+
+#: short in-scope commands (the quick start's among them): each must give a program
+PLAIN_COMMANDS = (
+    'segment the lateral ventricles', 'segment the left hippocampus', 'segment the hippocampus',
+    'segment the thalamus', 'segment the ventricles', 'segment the cerebellum', 'segment the brainstem',
+    'segment the putamen', 'segment the caudate', 'segment the amygdala', 'segment the corpus callosum',
+    'segment the third ventricle', 'segment the fourth ventricle', 'segment the lesions',
+    'segment the white matter hyperintensities', 'segment the right lateral ventricle',
+    'segment the left lateral ventricle', 'segment the cortex', 'segment the frontal lobe',
+    'what is the volume of the lateral ventricles?', 'what is the volume of the left hippocampus?',
+    'volume of the ventricles', 'how big are the lateral ventricles?', 'segment the CSF',
+    'segment the choroid plexus', 'skull strip the image', 'remove the skull', 'segment the intracranial volume',
+    'segment the basal ganglia', 'segment the pallidum', 'segment the left lateral ventricles',
+    'segment lateral ventricles', 'lateral ventricles', 'segment the lateral ventricle',
+    'measure the hippocampal volume', 'crop to the brain', 'what is the total brain volume?',
+    'segment the grey matter', 'segment the white matter', 'segment the brain')
+#: the one scan the plain commands are asked of
+PLAIN_SCAN_LINES = ('img0: T1w, date unknown, session 01',)
+
+
+def plain_command_failures(agent_or_bundle, seed: int = 0) -> list[dict]:
+    """The :data:`PLAIN_COMMANDS` that the gate or the model refuses, or that get no
+    program: ``prompt`` and ``why`` each (dry run: no scans are read)."""
+    from vpcli.agent.prompt_run import dry_run
+    agent = getattr(agent_or_bundle, 'agent', agent_or_bundle)
+    failures = []
+    for prompt in PLAIN_COMMANDS:
+        record, problem, status = dry_run(agent, prompt, list(PLAIN_SCAN_LINES), seed)
+        if status != 'ok' or record.refused or not record.steps:
+            why = problem if status != 'ok' else (record.refusal_reason if record.refused else 'no program')
+            failures.append({'prompt': prompt, 'why': why})
+    return failures
+
 
 #: the calls whose arguments are a program's results
 SINKS = {'output': (1, 2), 'answer': (0,), 'save': (0,)}
@@ -173,8 +209,11 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
                'refused_by_model': totals['refused_by_model'],
                **{f'missed_{key}': totals[key] for key in ('refused', 'target', 'scan', 'measurement',
                                                           'other', 'rejected', 'error')}}
+    plain = plain_command_failures(bundle, seed)
+    metrics.update(plain_commands=len(PLAIN_COMMANDS), plain_refused=len(plain))
+    progress(f'paraphrases: plain commands: {len(plain)} of {len(PLAIN_COMMANDS)} refused or without a program')
     return {'suite': 'paraphrases', 'count': count, 'seed': seed, 'metrics': metrics,
-            'per_category': per_category, 'examples': examples}
+            'per_category': per_category, 'examples': examples, 'plain_failures': plain}
 
 
 def headline(result: dict) -> str:
@@ -186,7 +225,9 @@ def headline(result: dict) -> str:
     return (f'paraphrases: task-correct {percent(m["task_correct"])} of {m["prompts"]} held-out '
             f'paraphrases (target >= 95 %), over-refusal {percent(m["over_refusal"])} (target <= 1 %; '
             f'{m.get("refused_by_gate", 0)} by the gate, {m.get("refused_by_model", 0)} by the model); '
-            f'exact program text {percent(m["exact"])}')
+            f'exact program text {percent(m["exact"])}'
+            + (f'; plain commands refused or without a program: {m["plain_refused"]} of '
+               f'{m["plain_commands"]}' if 'plain_refused' in m else ''))
 
 
 def format_rows(result: dict) -> list[list]:

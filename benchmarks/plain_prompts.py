@@ -5,8 +5,8 @@ these images. cheers"); a model can do well on them and still refuse "segment th
 hippocampus". This check runs the 40 short in-scope prompts of
 ``vpcli.evaluate.paraphrases.PLAIN_COMMANDS`` (the paraphrases suite counts them too)
 through the gate and the model of each weights folder (dry run: no scans are read) and
-prints each refusal or failure and the count per folder; every prompt should give a
-program.
+prints each refusal, missing program or wrong program (another target or measurement)
+and the counts per folder.
 
     .venv/bin/python benchmarks/plain_prompts.py weights [OTHER_WEIGHTS ...]
 """
@@ -29,9 +29,11 @@ def main() -> None:
     for folder in folders:
         failures = plain_command_failures(load_bundle(folder))
         for failure in failures:
-            print(f'{folder}: {failure["prompt"]!r}: {failure["why"]}')
-        print(f'{folder}: {len(failures)} of {len(PLAIN_COMMANDS)} plain prompts refused or without a program')
-
+            why = ' '.join(failure['why'].split()) if failure['miss'] == 'wrong' else failure['why']
+            print(f'{folder}: {failure["prompt"]!r}: {failure["miss"]}: {why}')
+        refused = sum(f['miss'] != 'wrong' for f in failures)
+        print(f'{folder}: {len(PLAIN_COMMANDS) - len(failures)} of {len(PLAIN_COMMANDS)} plain prompts right, '
+              f'{refused} refused or without a program')
 
 if __name__ == '__main__':
     main()

@@ -136,3 +136,17 @@ def test_gate_lets_anatomy_through_that_shares_words_with_host_access(prompt):
 ])
 def test_gate_still_refuses_host_access_and_names_the_rule(prompt, rule):
     assert gate_reason(prompt) == rule
+
+
+def test_plain_commands_expect_targets_of_the_task_world_and_are_scored_by_result():
+    from vpcli.evaluate.paraphrases import PLAIN_COMMANDS, _plain_summary
+    from vpcli.tasks.ontology import load_ontology
+    targets = load_ontology().targets
+    expected = {target for target, _ in PLAIN_COMMANDS.values()}
+    assert expected - set(targets) == {'all lesions', 'all white matter hyperintensities'}
+    strip = ['enc = encode(img0<MOD>)', "roi = segment(enc, 'intracranial volume'<MOD>)",
+             "x = extract(img0, roi)\nsave(x, 'x')"]
+    assert _plain_summary(strip) == ('intracranial volume', ('extract',))
+    assert _plain_summary([s.replace('extract', 'remove') for s in strip]) != PLAIN_COMMANDS['remove the skull']
+    two = ['enc = encode(img0)', "a = segment(enc, 'left hippocampus')", "b = segment(enc, 'right hippocampus')"]
+    assert _plain_summary(two)[0] is None

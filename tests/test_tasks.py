@@ -224,7 +224,7 @@ def test_every_category_samples_a_valid_program(category):
         variants.add(draft.variant)
     expected_variants = {'extent': {'axis', 'bbox'}, 'volume_comparison': {'asymmetry', 'pair'},
                          'location': {'lobe', 'territory'}, 'cropping': {'tight', 'margin'},
-                         'tissue_removal': {'remove', 'keep'}, 'volume_change': {'basic', 'rate'}}
+                         'tissue_removal': {'remove', 'keep', 'skull_strip'}, 'volume_change': {'basic', 'rate'}}
     assert variants == expected_variants.get(category, {'basic'})
 
 
@@ -322,3 +322,24 @@ def test_prompt_diversity_in_100k_samples():
         prompts.add(draw(rng, CATEGORIES[index % len(CATEGORIES)]).prompt)
     print(f'\ndistinct prompts in {total} samples: {len(prompts)}')
     assert len(prompts) > 0.9 * total
+
+
+def test_a_skull_strip_keeps_the_intracranial_volume():
+    """"remove the skull" names the tissue to take away, not the ROI to blank: a skull-strip
+    task keeps the intracranial volume (it used to be read as remove(img, intracranial volume),
+    which blanks the brain)."""
+    import numpy as np
+
+    from vpcli.tasks.described import draw_described
+    rng = np.random.default_rng(4)
+    strips = []
+    for paraphrased in (False, True):
+        for _ in range(300):
+            draft, _ = draw_described(rng, 'tissue_removal', 'train', paraphrased=paraphrased)
+            if draft.variant == 'skull_strip':
+                strips.append(draft)
+    assert len(strips) > 30
+    for draft in strips:
+        assert 'extract(' in draft.program and '"intracranial volume"' in draft.program, draft.program
+        assert 'remove(' not in draft.program
+    assert any('skull' in d.prompt.lower() for d in strips)

@@ -16,8 +16,9 @@ task's result, not the program's text. Exact text match is reported beside it.
 Over-refusal is the share of these in-scope prompts refused (by the gate or the model);
 under-refusal is measured by the refusal suite of ``--suite prompts``. The held-out
 families are mostly sentences, so the suite also runs :data:`PLAIN_COMMANDS`, 40 short
-commands a first-time user types ("segment the hippocampus"), and counts those refused or
-left without a program (``plain_refused``; every one should give a program).
+commands a first-time user types ("segment the hippocampus"), and counts those whose
+program segments the expected target with the expected measurement (``plain_correct``)
+and those refused or left without a program (``plain_refused``).
 """
 
 from __future__ import annotations
@@ -30,37 +31,87 @@ from typing import Callable, Sequence
 from vpcli.evaluate.common import _fraction, _normalise, _rng
 from vpcli.evaluate.prompts import _dry_run
 
-#: short in-scope commands (the quick start's among them): each must give a program
-PLAIN_COMMANDS = (
-    'segment the lateral ventricles', 'segment the left hippocampus', 'segment the hippocampus',
-    'segment the thalamus', 'segment the ventricles', 'segment the cerebellum', 'segment the brainstem',
-    'segment the putamen', 'segment the caudate', 'segment the amygdala', 'segment the corpus callosum',
-    'segment the third ventricle', 'segment the fourth ventricle', 'segment the lesions',
-    'segment the white matter hyperintensities', 'segment the right lateral ventricle',
-    'segment the left lateral ventricle', 'segment the cortex', 'segment the frontal lobe',
-    'what is the volume of the lateral ventricles?', 'what is the volume of the left hippocampus?',
-    'volume of the ventricles', 'how big are the lateral ventricles?', 'segment the CSF',
-    'segment the choroid plexus', 'skull strip the image', 'remove the skull', 'segment the intracranial volume',
-    'segment the basal ganglia', 'segment the pallidum', 'segment the left lateral ventricles',
-    'segment lateral ventricles', 'lateral ventricles', 'segment the lateral ventricle',
-    'measure the hippocampal volume', 'crop to the brain', 'what is the total brain volume?',
-    'segment the grey matter', 'segment the white matter', 'segment the brain')
+#: short in-scope commands (the quick start's among them) -> what their program must compute:
+#: the target segmented and the library calls beside ``encode``, ``segment``, ``output``
+#: and ``save`` (bare "the lateral ventricle" is both sides, as in the task world; a skull
+#: strip keeps the intracranial volume)
+PLAIN_COMMANDS = {
+    'segment the lateral ventricles': ('bilateral lateral ventricle', ()),
+    'segment the left hippocampus': ('left hippocampus', ()),
+    'segment the hippocampus': ('bilateral hippocampus', ()),
+    'segment the thalamus': ('bilateral thalamus', ()),
+    'segment the ventricles': ('ventricular system', ()),
+    'segment the cerebellum': ('bilateral cerebellum', ()),
+    'segment the brainstem': ('brainstem', ()),
+    'segment the putamen': ('bilateral putamen', ()),
+    'segment the caudate': ('bilateral caudate', ()),
+    'segment the amygdala': ('bilateral amygdala', ()),
+    'segment the corpus callosum': ('corpus callosum', ()),
+    'segment the third ventricle': ('third ventricle', ()),
+    'segment the fourth ventricle': ('fourth ventricle', ()),
+    'segment the lesions': ('all lesions', ()),
+    'segment the white matter hyperintensities': ('all white matter hyperintensities', ()),
+    'segment the right lateral ventricle': ('right lateral ventricle', ()),
+    'segment the left lateral ventricle': ('left lateral ventricle', ()),
+    'segment the cortex': ('bilateral cerebral cortex', ()),
+    'segment the frontal lobe': ('bilateral frontal lobe', ()),
+    'what is the volume of the lateral ventricles?': ('bilateral lateral ventricle', ('volume',)),
+    'what is the volume of the left hippocampus?': ('left hippocampus', ('volume',)),
+    'volume of the ventricles': ('ventricular system', ('volume',)),
+    'how big are the lateral ventricles?': ('bilateral lateral ventricle', ('volume',)),
+    'segment the CSF': ('extraventricular CSF', ()),
+    'segment the choroid plexus': ('bilateral choroid plexus', ()),
+    'skull strip the image': ('intracranial volume', ('extract',)),
+    'remove the skull': ('intracranial volume', ('extract',)),
+    'segment the intracranial volume': ('intracranial volume', ()),
+    'segment the basal ganglia': ('bilateral basal ganglia', ()),
+    'segment the pallidum': ('bilateral pallidum', ()),
+    'segment the left lateral ventricles': ('left lateral ventricle', ()),
+    'segment lateral ventricles': ('bilateral lateral ventricle', ()),
+    'lateral ventricles': ('bilateral lateral ventricle', ()),
+    'segment the lateral ventricle': ('bilateral lateral ventricle', ()),
+    'measure the hippocampal volume': ('bilateral hippocampus', ('volume',)),
+    'crop to the brain': ('whole brain', ('crop',)),
+    'what is the total brain volume?': ('whole brain', ('volume',)),
+    'segment the grey matter': ('bilateral grey matter', ()),
+    'segment the white matter': ('bilateral cerebral white matter', ()),
+    'segment the brain': ('whole brain', ()),
+}
 #: the one scan the plain commands are asked of
 PLAIN_SCAN_LINES = ('img0: T1w, date unknown, session 01',)
 
 
 def plain_command_failures(agent_or_bundle, seed: int = 0) -> list[dict]:
-    """The :data:`PLAIN_COMMANDS` that the gate or the model refuses, or that get no
-    program: ``prompt`` and ``why`` each (dry run: no scans are read)."""
+    """The :data:`PLAIN_COMMANDS` that the gate or the model refuses, that get no program,
+    or whose program computes something else (dry run: no scans are read).
+
+    Returns:
+        One dict per failure: ``prompt``, ``miss`` (``refused``, ``no program`` or
+        ``wrong``) and ``why`` (the refusal reason, or the program written).
+    """
     from vpcli.agent.prompt_run import dry_run
     agent = getattr(agent_or_bundle, 'agent', agent_or_bundle)
     failures = []
-    for prompt in PLAIN_COMMANDS:
+    for prompt, (target, functions) in PLAIN_COMMANDS.items():
         record, problem, status = dry_run(agent, prompt, list(PLAIN_SCAN_LINES), seed)
-        if status != 'ok' or record.refused or not record.steps:
-            why = problem if status != 'ok' else (record.refusal_reason if record.refused else 'no program')
-            failures.append({'prompt': prompt, 'why': why})
+        if status != 'ok' or record.refused:
+            failures.append({'prompt': prompt, 'miss': 'refused',
+                             'why': problem if status != 'ok' else record.refusal_reason})
+        elif not record.steps:
+            failures.append({'prompt': prompt, 'miss': 'no program', 'why': ''})
+        elif _plain_summary([s.model_text for s in record.steps]) != (target, tuple(sorted(functions))):
+            failures.append({'prompt': prompt, 'miss': 'wrong', 'why': record.model_program()})
     return failures
+
+
+def _plain_summary(steps: Sequence[str]) -> tuple[str | None, tuple[str, ...]]:
+    """A one-target program's target and its other library calls (sorted)."""
+    from vpcli.agent.tokenizer import MOD
+    code = '\n'.join(step.replace(MOD, '') for step in steps)
+    targets = re.findall(r"segment\(\w+, ['\"]([^'\"]+)['\"]", code)
+    calls = re.findall(r'\b([a-z_]+)\(', code)
+    others = tuple(sorted({c for c in calls if c not in ('encode', 'segment', 'output', 'save', 'answer')}))
+    return (targets[0] if len(set(targets)) == 1 else None), others
 
 
 #: the calls whose arguments are a program's results
@@ -210,8 +261,11 @@ def paraphrases_suite(bundle, count: int = 20, seed: int = 0,
                **{f'missed_{key}': totals[key] for key in ('refused', 'target', 'scan', 'measurement',
                                                           'other', 'rejected', 'error')}}
     plain = plain_command_failures(bundle, seed)
-    metrics.update(plain_commands=len(PLAIN_COMMANDS), plain_refused=len(plain))
-    progress(f'paraphrases: plain commands: {len(plain)} of {len(PLAIN_COMMANDS)} refused or without a program')
+    refused = sum(f['miss'] != 'wrong' for f in plain)
+    metrics.update(plain_commands=len(PLAIN_COMMANDS), plain_refused=refused,
+                   plain_correct=len(PLAIN_COMMANDS) - len(plain))
+    progress(f'paraphrases: plain commands: {len(PLAIN_COMMANDS) - len(plain)} of {len(PLAIN_COMMANDS)} '
+             f'right, {refused} refused or without a program')
     return {'suite': 'paraphrases', 'count': count, 'seed': seed, 'metrics': metrics,
             'per_category': per_category, 'examples': examples, 'plain_failures': plain}
 
@@ -226,8 +280,8 @@ def headline(result: dict) -> str:
             f'paraphrases (target >= 95 %), over-refusal {percent(m["over_refusal"])} (target <= 1 %; '
             f'{m.get("refused_by_gate", 0)} by the gate, {m.get("refused_by_model", 0)} by the model); '
             f'exact program text {percent(m["exact"])}'
-            + (f'; plain commands refused or without a program: {m["plain_refused"]} of '
-               f'{m["plain_commands"]}' if 'plain_refused' in m else ''))
+            + (f'; plain commands: {m["plain_correct"]} of {m["plain_commands"]} right, '
+               f'{m["plain_refused"]} refused or without a program' if 'plain_correct' in m else ''))
 
 
 def format_rows(result: dict) -> list[list]:

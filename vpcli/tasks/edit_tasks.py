@@ -6,7 +6,8 @@ The expected results are images (``save`` calls). Each category has a planner
 
 from __future__ import annotations
 
-from vpcli.tasks.drafts import TaskDraft
+from vpcli.tasks.drafts import TaskDraft, Unwritable
+from vpcli.tasks.roi import anatomy_phrase
 from vpcli.tasks.writer import LIB, Writer, _choice, _expected, _plan_single
 
 #: the margins (mm) cropping tasks may ask for
@@ -39,13 +40,28 @@ def write_cropping(w: Writer) -> TaskDraft:
     return w.draft(prompt, evaluate)
 
 
+#: the target a skull strip keeps: brain, CSF and choroid plexus, everything inside the
+#: skull (the brain mask of FreeSurfer's and SynthStrip's skull strips holds the CSF too)
+SKULL_STRIP_TARGET = 'intracranial volume'
+
+
 def plan_tissue_removal(rng):
-    variant = 'keep' if rng.random() < 0.4 else 'remove'
+    """Variants: ``remove`` (blank an ROI), ``keep`` (blank all but an ROI) and, one draw in
+    ten, ``skull_strip`` (keep the intracranial volume; prompts name no ROI: "skull strip
+    the image", "remove the skull"). Without it "remove the skull" was read as removing the
+    intracranial volume, which blanks the brain."""
+    draw = rng.random()
+    variant = 'skull_strip' if draw < 0.1 else 'keep' if draw < 0.4 else 'remove'
     return _plan_single('tissue_removal', rng, 0.35, variant)
 
 
 def write_tissue_removal(w: Writer) -> TaskDraft:
-    phrase = w.roi()
+    if w.plan.variant == 'skull_strip':
+        if SKULL_STRIP_TARGET not in w.case.present:
+            raise Unwritable('the case has no intracranial volume to keep')
+        phrase = anatomy_phrase(w.rng, w.ontology.targets[SKULL_STRIP_TARGET])
+    else:
+        phrase = w.roi()
     w.bind_roi(phrase)
     prompt = w.prompt()
     scan = w.case.sessions[0][0]

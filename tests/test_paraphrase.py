@@ -137,7 +137,8 @@ def _frames(split: str, draws: int = 400) -> set[str]:
     data = load_paraphrases()
     rng = np.random.default_rng(11)
     runtime = {name: ('ROI',) for name in ('roi', 'roi_bare', 'roi2', 'roi2_bare', 'roi_key')}
-    runtime.update(margin=('5 mm',), intensity=('signal',), on_modality=('on the T1',))
+    runtime.update(roi_is=('is', 'are'), roi2_is=('is', 'are'), margin=('5 mm',), intensity=('signal',),
+                   on_modality=('on the T1',))
     frames = set()
     for category in CATEGORIES:
         for family in split_families(category, split):

@@ -24,7 +24,7 @@ from vpcli.tasks.templates import CATEGORIES, load_templates
 from vpcli.tasks.world import CaseInfo, LesionInfo
 
 #: every runtime binding a template may use, with a stand-in value
-BINDINGS = {'roi': 'the ROI', 'roi_bare': 'ROI', 'roi2': 'the REF', 'roi2_bare': 'REF',
+BINDINGS = {'roi': 'the ROI', 'roi_bare': 'ROI', 'roi2': 'the REF', 'roi2_bare': 'REF', 'roi_is': 'is', 'roi2_is': 'is',
             'roi_key': 'KEY', 'axis_noun': '{extent_lr}', 'axis_word': '{axisword_lr}',
             'intensity': '{mri_intensity}', 'on_modality': 'on the T1', 'margin': '5 mm'}
 #: the axis bindings a category with axis templates may get
@@ -343,3 +343,16 @@ def test_a_skull_strip_keeps_the_intracranial_volume():
         assert 'extract(' in draft.program and '"intracranial volume"' in draft.program, draft.program
         assert 'remove(' not in draft.program
     assert any('skull' in d.prompt.lower() for d in strips)
+
+
+@pytest.mark.parametrize('bare, plural', [
+    ('lateral ventricles', True), ('left and right caudate', True), ('both lateral ventricles', True),
+    ('basal ganglia', True), ('lesions in the left frontal lobe', True), ('white matter hyperintensities', True),
+    ('hippocampus on both sides', False), ('thalamus (both sides)', False), ('pons', False),
+    ('nucleus accumbens', False), ('choroid plexus', False), ('largest left frontal infarct', False),
+    ('left lateral ventricle', False), ('corpus callosum', False)])
+def test_roi_phrases_know_their_number(bare, plural):
+    """``{roi_is}`` agrees with the ROI: "how big are the lateral ventricles?" is how people
+    ask, and a model that only ever read "how big is" took it for a two-sided question."""
+    from vpcli.tasks.roi import is_plural
+    assert is_plural(bare) is plural

@@ -66,6 +66,33 @@ def _with_article(rng: np.random.Generator, bare: str) -> str:
     return 'the ' + bare if rng.random() < 0.8 else bare
 
 
+#: head nouns that end in s and are singular
+_SINGULAR_S = {'pons', 'accumbens', 'corpus', 'plexus', 'vermis', 'thalamus', 'hippocampus', 'cuneus',
+               'precuneus', 'isthmus', 'nucleus', 'fornix', 'sulcus', 'gyrus', 'uncus', 'mass'}
+#: plural head nouns that do not end in s
+_PLURAL = {'ganglia', 'gyri', 'nuclei', 'sulci', 'hippocampi', 'thalami', 'amygdalae', 'insulae', 'fornices',
+           'plexuses', 'both'}
+
+
+def is_plural(text: str) -> bool:
+    """Whether an ROI phrase as the prompt writes it names several things ("the lateral
+    ventricles", "left and right caudate", "the lesions in the left frontal lobe"), for
+    ``{roi_is}`` ("how big are the lateral ventricles?")."""
+    import re
+    head = re.split(r' \(| on | in | of | at | within |,', text.strip(), maxsplit=1)[0].lower()
+    if ' and ' in head or head.startswith('both '):
+        return True
+    words = head.split()
+    if not words:
+        return False
+    last = words[-1]
+    if last in _PLURAL:
+        return True
+    if last in _SINGULAR_S or last.endswith(('us', 'is', 'ss')):
+        return False
+    return last.endswith('s')
+
+
 def anatomy_phrase(rng: np.random.Generator, target: AnatomyTarget) -> RoiPhrase:
     """Phrase an anatomical target with a random term and side form."""
     forms = phrasing()['anatomy']

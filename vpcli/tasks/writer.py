@@ -133,8 +133,10 @@ class Writer:
     # ----- prompt -----------------------------------------------------------------------
 
     def bind_roi(self, phrase: RoiPhrase, slot: str = 'roi') -> None:
+        from vpcli.tasks.roi import is_plural
         self.bindings[slot] = phrase.text
         self.bindings[f'{slot}_bare'] = phrase.bare
+        self.bindings[f'{slot}_is'] = 'are' if is_plural(phrase.text) else 'is'
 
     def bind_modality(self, scan: ScanInfo, session: list[ScanInfo]) -> None:
         """Bind ``{intensity}`` and ``{on_modality}`` for measurements on ``scan``."""

@@ -40,11 +40,17 @@ def program(category: str, target: str) -> str:
 
 
 def sample(rng: np.random.Generator, count: int, refusal_fraction: float = 0.2) -> list[Episode]:
-    """Draw episodes (a share of them refusals)."""
+    """Draw episodes (a share of them refusals). Refusals that begin with an in-scope request
+    ("segment the left hippocampus and then open a shell") are drawn again: a model trained
+    for seconds on this small corpus cannot tell them from its task prompts, and these tests
+    are of the loop, not of refusal training."""
+    from vpcli.agent.refusal import _FILLERS
     episodes = []
     for _ in range(count):
         if rng.random() < refusal_fraction:
             kind, prompt = refusal_prompts(rng, 1)[0]
+            while prompt.startswith(_FILLERS['inscope']):
+                kind, prompt = refusal_prompts(rng, 1)[0]
             episodes.append(refusal_episode(prompt, SCANS[1], kind))
             continue
         category = sorted(TEMPLATES)[int(rng.integers(len(TEMPLATES)))]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import tomllib
 
 import numpy as np
@@ -78,7 +79,6 @@ def is_plural(text: str) -> bool:
     """Whether an ROI phrase as the prompt writes it names several things ("the lateral
     ventricles", "left and right caudate", "the lesions in the left frontal lobe"), for
     ``{roi_is}`` ("how big are the lateral ventricles?")."""
-    import re
     head = re.split(r' \(| on | in | of | at | within |,', text.strip(), maxsplit=1)[0].lower()
     if ' and ' in head or head.startswith('both '):
         return True

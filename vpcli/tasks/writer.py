@@ -16,7 +16,7 @@ import numpy as np
 
 from vpcli.tasks.drafts import Expected, TaskDraft, TaskPlan, Unwritable
 from vpcli.tasks.ontology import AnatomyTarget, load_ontology
-from vpcli.tasks.roi import (RoiPhrase, anatomy_phrase, lesion_description, lesion_phrase,
+from vpcli.tasks.roi import (RoiPhrase, anatomy_phrase, is_plural, lesion_description, lesion_phrase,
                              modality_words, shared_slots)
 from vpcli.tasks.slot_expansion import expand
 from vpcli.tasks.target_program import Name, Program, call
@@ -133,7 +133,6 @@ class Writer:
     # ----- prompt -----------------------------------------------------------------------
 
     def bind_roi(self, phrase: RoiPhrase, slot: str = 'roi') -> None:
-        from vpcli.tasks.roi import is_plural
         self.bindings[slot] = phrase.text
         self.bindings[f'{slot}_bare'] = phrase.bare
         self.bindings[f'{slot}_is'] = 'are' if is_plural(phrase.text) else 'is'

@@ -149,3 +149,28 @@ def test_every_target_step_fits_the_step_token_limit_and_the_small_context():
             assert len(tokenizer.encode(' '.join(episode.texts()))) < context, episode.prompt
     assert max(longest.values()) < DEFAULT_MAX_STEP_TOKENS, longest
     assert longest['location'] > 160          # what the old limit cut off
+
+
+def test_simulated_feedback_reads_numbers_as_the_sandbox_writes_them():
+    """Training and dry runs read a volume with its unit, as the sandbox's ``read`` shows it
+    ("4.48 mL", and "0 mL" for an empty mask); encodings as the vision network's line."""
+    from vpcli.agent.loop import DryExecutor
+    from vpcli.library.reporting import feedback_text
+
+    episodes = [episode_from_program('measure the brainstem volume', SCANS[1], ['img0'],
+                                     program('volume', 'brainstem'), np.random.default_rng(seed))
+                for seed in range(200)]
+    numbers = [episode.feedback[1][0] for episode in episodes]
+    assert all(text.endswith(' mL') for text in numbers)
+    assert feedback_text(0.0, 'mL') in numbers                      # the empty mask's reading
+    assert all(episode.feedback[0] == ('', 0) for episode in episodes)
+    changes = episode_from_program('how much has the brainstem changed?', SCANS[2],
+                                   ['img0', 'img1'], program('volume_change', 'brainstem'),
+                                   np.random.default_rng(0))
+    assert changes.feedback[0] == ('encoding of img0, img1', 2)
+    executor = DryExecutor(['img0'], encoding_width=WIDTH)
+    executor.run('enc = encode(img0)\nmask = segment(enc, "brainstem")')
+    [item] = executor.run('v = volume(mask)\nread(v)')
+    assert item.text.endswith(' mL') and float(item.text.split()[0]) >= 0
+    [item] = executor.run('n = 3\nread(n)')                         # no unit where none is known
+    assert ' ' not in item.text

@@ -65,26 +65,55 @@ def episode_from_program(prompt: str, scan_lines: Sequence[str], scan_names: Seq
         template: Template identifier.
     """
     streams: dict[str, int | None] = {name: None for name in scan_names}
+    units: dict[str, str | None] = {}
     steps, feedback = [], []
     for code in split_steps(program):
         steps.append(to_model_text(code, streams))
-        feedback.append(simulated_feedback(code, streams, rng))
+        feedback.append(simulated_feedback(code, streams, rng, units))
     return Episode(prompt, list(scan_lines), steps, feedback, category=category, template=template)
 
 
-def simulated_feedback(code: str, streams: dict, rng: np.random.Generator) -> tuple[str, int]:
-    """Feedback text and ε row count that the step's ``read`` calls would hand back."""
+def simulated_feedback(code: str, streams: dict, rng: np.random.Generator,
+                       units: dict | None = None) -> tuple[str, int]:
+    """Feedback text and ε row count that the step's ``read`` calls would hand back.
+
+    Encodings read as the vision network's ``encoding of img0, ...`` line; numbers as a
+    random value written as the sandbox writes it (6 significant digits, one in twenty an
+    exact 0, as an empty mask's volume reads), followed by its unit where the value came
+    from a library function that declares one (``v = volume(mask)`` reads ``4.48 mL``).
+
+    Args:
+        code: The step's code.
+        streams: Scan count of each encoding variable (after the step).
+        rng: Draws the values.
+        units: Unit of each variable assigned so far, updated with this step's assignments
+            (pass the same dict for every step of a program; None: no units).
+    """
+    from vpcli.library.registry import registry
+    from vpcli.sandbox.values import _unit_of
+    functions = registry() if units is not None else {}
     texts, rows = [], 0
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'read' \
-                and node.args:
-            argument = node.args[0]
-            count = streams.get(argument.id) if isinstance(argument, ast.Name) else None
-            if count:
-                texts.append('encoding of ' + ', '.join(f'img{i}' for i in range(count)))
-                rows += count
-            else:
-                texts.append(f'{float(rng.lognormal(1.5, 1.5)):.6g}')
+    for statement in ast.parse(code).body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id == 'read' and node.args:
+                argument = node.args[0]
+                name = argument.id if isinstance(argument, ast.Name) else None
+                count = streams.get(name) if name else None
+                if count:
+                    texts.append('encoding of ' + ', '.join(f'img{i}' for i in range(count)))
+                    rows += count
+                else:
+                    value = 0.0 if rng.random() < 0.05 else float(rng.lognormal(1.5, 1.5))
+                    unit = (units or {}).get(name) if name else None
+                    texts.append(f'{value:.6g}' + (f' {unit}' if unit else ''))
+        if units is not None and isinstance(statement, ast.Assign):
+            call = statement.value
+            entry = functions.get(call.func.id) if isinstance(call, ast.Call) \
+                and isinstance(call.func, ast.Name) else None
+            for target in statement.targets:
+                if isinstance(target, ast.Name):
+                    units[target.id] = _unit_of(entry.returns) if entry else None
     return '\n'.join(texts), rows
 
 

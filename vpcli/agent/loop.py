@@ -360,6 +360,7 @@ class DryExecutor:
 
         self.names = set(scan_names)
         self.streams: dict[str, int | None] = {name: None for name in scan_names}
+        self.units: dict[str, str | None] = {}
         self.rng = np.random.default_rng(seed)
         self.encoding_width = encoding_width
         self.steps: list[str] = []
@@ -384,7 +385,7 @@ class DryExecutor:
             _track_streams(statement, self.streams)
             if isinstance(statement, ast.Assign):
                 self.names.update(t.id for t in statement.targets if isinstance(t, ast.Name))
-        text, rows = simulated_feedback(code, self.streams, self.rng)
+        text, rows = simulated_feedback(code, self.streams, self.rng, self.units)
         items = []
         for line in text.split('\n') if text else []:
             if line.startswith('encoding of '):  # as vision's Encoding.to_feedback gives it

@@ -23,8 +23,9 @@ WIDTH = 16
 def make_tiny_weights(folder: Path, steps: int = 500) -> Path:
     """Train the tiny agent and write a weights folder; returns the folder.
 
-    500 steps: at 300 the agent wrote 4 of the 36 corpus programs wrong after step 1 (the
-    answer named another structure than the one it segmented); at 500, none."""
+    500 steps: with a volume read back as a real run reads an empty mask's ("0 mL"), the
+    300-step agent wrote 7 of the 36 corpus programs wrong after step 1 (the answer named
+    another structure than the one it segmented); the 500-step agent, none."""
     torch.set_num_threads(1)
     folder = Path(folder)
     tokenizer = train_tokenizer(corpus(), folder / 'tokenizer.model', vocab_size=600)

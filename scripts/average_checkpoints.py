@@ -1,12 +1,20 @@
-"""Average the network weights of several dense-run checkpoints (Polyak / SWA-style averaging
-of the last checkpoints of a run) into one checkpoint, then export it as usual:
+"""Average the network weights of several checkpoints of one run (Polyak / SWA-style
+averaging of its last checkpoints) into one checkpoint, then export it as usual.
 
-    python scripts/average_checkpoints.py OUT_RUN/checkpoint.pt CKPT_A CKPT_B ... 
+Dense vision runs (``voxelprompt train --recipe dense-cpu ...``): the network's weights.
+
+    python scripts/average_checkpoints.py OUT_RUN/checkpoint.pt CKPT_A CKPT_B ...
     voxelprompt train --recipe dense-cpu -o OUT_RUN --until 0 --export weights/
 
-The result takes the last checkpoint's step, recipe and history and records the averaged
-steps (``averaged_steps``, written into the weights manifest by the export). Optimizer
-moments and the generator state are dropped: continuing from it is a warm restart.
+Language-model runs (``--recipe small``): the language model's weights, and the vision
+network's where they differ (the code refresh leaves it frozen, so it is usually one).
+
+    python scripts/average_checkpoints.py OUT_RUN/checkpoint.pt CKPT_A CKPT_B ...
+    voxelprompt train --recipe small -o OUT_RUN --until 0 --export WEIGHTS/
+
+The result takes the last checkpoint's step, recipe, history and φ anchor and records the
+averaged steps (``averaged_steps``, written into the weights manifest by the export).
+Optimizer moments and the generator state are dropped: continuing from it is a warm restart.
 """
 import sys
 from pathlib import Path
@@ -14,16 +22,31 @@ from pathlib import Path
 import torch
 
 
+def _mean(states: list[dict]) -> dict:
+    last = states[-1]
+    return {k: (sum(s[k].float() for s in states) / len(states)).to(v.dtype)
+            if v.is_floating_point() else v for k, v in last.items()}
+
+
 def main(out: str, *paths: str) -> None:
     if len(paths) < 2:
         raise SystemExit('give the output checkpoint and at least two checkpoints to average')
-    data = [torch.load(p, map_location='cpu', weights_only=True) for p in paths]
+    data = [torch.load(p, map_location='cpu', weights_only=False) for p in paths]
     last = dict(data[-1])
-    last['state'] = {k: (sum(d['state'][k].float() for d in data) / len(data)).to(v.dtype)
-                     if v.is_floating_point() else v for k, v in data[-1]['state'].items()}
+    if 'agent' in last:  # a language-model run
+        if any(d['agent']['config'] != last['agent']['config'] for d in data):
+            raise SystemExit('the checkpoints hold language models of different shapes')
+        last['agent'] = dict(last['agent'], state=_mean([d['agent']['state'] for d in data]))
+        visions = [d['vision']['state'] for d in data]
+        if any(not torch.equal(v[k], visions[-1][k]) for v in visions for k in v):
+            last['vision'] = dict(last['vision'], state=_mean(visions))
+        last.pop('agent_optimizer', None)
+        last.pop('vision_optimizer', None)
+    else:
+        last['state'] = _mean([d['state'] for d in data])
+        last.pop('optimizer', None)
+        last.pop('generator', None)
     last['averaged_steps'] = [int(d['step']) for d in data]
-    last.pop('optimizer', None)
-    last.pop('generator', None)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(last, out)
     print(f'{out}: weights averaged over steps {last["averaged_steps"]}')

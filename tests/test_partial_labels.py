@@ -147,3 +147,36 @@ def test_debian_data_is_read_from_a_copy_and_a_missing_package_is_named(tmp_path
     assert debian_file('mricron-data', 'mricron/templates/aal.nii.txt') == copy
     with pytest.raises(BadInputError, match='apt-get install no-such-data'):
         debian_file('no-such-data', 'no-such-data/none.nii.gz')
+
+
+def test_gca_midline_white_matter_may_be_corpus_callosum_and_calibration_skips_it():
+    """The GCA has no corpus callosum (cerebral white matter there): its midline white
+    matter becomes the side's white group, which holds the callosum; elsewhere nothing
+    changes; and the volume calibration counts no partially labelled voxel."""
+    import voxel as vx
+
+    from vpcli.synth.colin import group_id, groups
+    from vpcli.synth.gca import callosum_as_partial
+    from vpcli.vision.calibration import label_counts
+
+    values = torch.zeros(41, 12, 12, dtype=torch.int32)
+    values[5:20] = 2       # left cerebral white matter, x 5..19
+    values[21:36] = 41     # right, x 21..35: the midplane is x = 20
+    values[8:10, :2] = 17  # a left hippocampus, far from the midline
+    values[31:33, :2] = 53
+    volume = vx.Volume(values[None], vx.AcquisitionGeometry((41, 12, 12), torch.eye(4)))
+    out = callosum_as_partial(volume, half_width_mm=3.5).tensor[0]
+    left, right = group_id('left-white'), group_id('right-white')
+    assert set(out[17:20].unique().tolist()) == {left}  # 1-3 mm left of the midplane
+    assert set(out[21:24].unique().tolist()) == {right}
+    assert set(out[5:17, 2:].unique().tolist()) == {2}  # 4 mm and more
+    assert set(out[24:36, 2:].unique().tolist()) == {41}
+    assert bool((out[8:10, :2] == 17).all()) and bool((out[20] == 0).all())
+    assert 251 in groups()['left-white'] and 255 in groups()['right-white']
+
+    # calibration: a partial voxel counts neither as truth nor as mask
+    logits = torch.full((3, 4, 1, 1), -5.0)
+    logits[1] = 5.0  # class 1 everywhere
+    truth = torch.tensor([1, 1, 7, 7]).view(4, 1, 1)  # two known voxels, two partial (7 >= K)
+    true, mask, _, overlap = label_counts([logits], [truth], torch.zeros(3))
+    assert true.tolist() == [0, 2, 0] and mask.tolist() == [0, 2, 0] and overlap[1] == 2

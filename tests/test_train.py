@@ -150,6 +150,44 @@ def test_a_compact_state_is_smaller_and_resumes_as_a_warm_restart(straight, tmp_
     assert resumed.step == RECIPE.steps + 1
 
 
+@pytest.mark.slow
+@pytest.mark.training
+def test_averaged_language_models_export_their_mean_and_record_it(straight, tmp_path):
+    """scripts/average_checkpoints.py on a language-model run: the language model is the
+    mean of the checkpoints', the steps are recorded in the export's manifest, and a training
+    step clears them."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    first, second, mean = tmp_path / 'a.pt', tmp_path / 'b.pt', tmp_path / 'mean' / 'checkpoint.pt'
+    straight.save(first)
+    other = JointTrainer.resume(first, recipe=RECIPE)
+    other.train(RECIPE.steps + 1, log=lambda line: None)
+    other.save(second)
+    script = Path(__file__).resolve().parent.parent / 'scripts' / 'average_checkpoints.py'
+    argv = sys.argv
+    sys.argv = [str(script), str(mean), str(first), str(second)]
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    finally:
+        sys.argv = argv
+    averaged = JointTrainer.resume(mean, recipe=RECIPE)
+    assert averaged.step == RECIPE.steps + 1 and averaged.averaged_steps == [RECIPE.steps, RECIPE.steps + 1]
+    a, b = straight.agent.state_dict(), other.agent.state_dict()
+    moved = 0
+    for name, value in averaged.agent.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, (a[name] + b[name]) / 2, atol=1e-6), name
+            moved += int(not torch.equal(a[name], b[name]))
+    assert moved  # the two checkpoints differ, so the mean is neither
+    manifest = averaged.export(tmp_path / 'weights')
+    assert manifest['averaged_steps'] == [RECIPE.steps, RECIPE.steps + 1]
+    averaged.train(RECIPE.steps + 2, log=lambda line: None)
+    assert averaged.averaged_steps == []
+    assert 'averaged_steps' not in averaged.export(tmp_path / 'weights2')
+
+
 def test_recipe_files_are_checked(tmp_path):
     bad = tmp_path / 'bad.toml'
     bad.write_text('name = "x"\nlearning_rat = 1\n')

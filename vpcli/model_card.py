@@ -79,6 +79,11 @@ def _met(suite: str, metrics: dict) -> str:
     return 'met' if ok else 'not met'
 
 
+def _threads(count) -> str:
+    """``2 threads``, ``1 thread`` or ``default threads``."""
+    return f'{count} thread' + ('' if count == 1 else 's') if count else 'default threads'
+
+
 def _cpu_time(manifest: dict) -> str:
     """The process CPU time the run logged (all threads), where it logged it."""
     seconds, since = manifest.get('training_cpu_seconds'), manifest.get('cpu_seconds_since_step')
@@ -183,7 +188,7 @@ def render(manifest: dict) -> str:
         f'- Recipe `{manifest.get("recipe")}` (`{manifest.get("recipe_file") or "recipes/train/" + str(manifest.get("recipe")) + ".toml"}`): '
         f'{manifest.get("steps")} optimizer steps, of which {manifest.get("code_only_steps")} code-only{_refresh(manifest)} and '
         f'{manifest.get("joint_steps")} joint; {hours:.2f} hours of training time logged '
-        f'(CPU, {settings.get("threads") or "default"} threads){_cpu_time(manifest)}.',
+        f'(CPU, {_threads(settings.get("threads"))}){_cpu_time(manifest)}.',
         f'- Language model: LLaMA architecture, random init, d={agent.get("hidden_size")}, '
         f'{agent.get("layers")} layers, {agent.get("heads")} heads, MLP {agent.get("mlp_size")}, '
         f'{manifest.get("tokenizer_pieces")} SentencePiece pieces; φ head Linear→SiLU (32).',
@@ -316,6 +321,10 @@ def _reproduce(manifest: dict) -> list[str]:
                      'done in pieces; the evaluation suites are seeded.')
     else:
         lines.append('The evaluation suites are seeded.')
+    if manifest.get('averaged_steps'):
+        lines += ['', 'The language model is the mean of the run\'s language models at steps '
+                  + ', '.join(f'{s:,}' for s in manifest['averaged_steps'])
+                  + ' (`scripts/average_checkpoints.py`); the committed state holds that mean.']
     dense = manifest.get('vision_training')
     if dense:
         name = dense.get('recipe')

@@ -138,7 +138,8 @@ def head_sources(name: str, draws: int = 1, seed: int = 0) -> list:
     the skull and scalp around the brain: ``(labels, head, generation)`` per anatomy, one
     for ``fsaverage`` and ``colin27``, ``draws`` for ``gca`` (each its own draw from the
     atlas priors). ``labels`` holds vocabulary ids and, for a partially labelled source
-    (``colin27``), group values (:mod:`vpcli.synth.colin`); ``generation`` is then the
+    (``colin27``; ``gca``'s midline white matter, which may be corpus callosum), group
+    values (:mod:`vpcli.synth.colin`); ``generation`` is then the
     complete map that intensities and lesions are drawn from (else None: ``labels`` is).
 
     Raises:
@@ -156,7 +157,14 @@ def head_sources(name: str, draws: int = 1, seed: int = 0) -> list:
         head = load_volume(fsaverage_file('T1.mgz'), label_map=False)
         return [(labels, head, None)]
     if name == 'gca':
-        return [gca_draw(seed * 1000 + draw) + (None,) for draw in range(draws)]
+        # the GCA has no corpus callosum: its midline white matter is partially labelled,
+        # the draw itself generates intensities (vpcli.synth.gca.callosum_as_partial)
+        from vpcli.synth.gca import callosum_as_partial
+        out = []
+        for draw in range(draws):
+            labels, head = gca_draw(seed * 1000 + draw)
+            out.append((callosum_as_partial(labels), head, labels))
+        return out
     if name == 'colin27':
         from vpcli.synth.colin import colin_head
         return [colin_head()]

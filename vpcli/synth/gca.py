@@ -27,8 +27,12 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import voxel as vx
 
 #: GCA file names inside the package's ``freesurfer/average`` folder
 GCA_FILES = {'brain': 'RB_all_2020-01-02.gca', 'head': 'RB_all_withskull_2020_01_02.gca'}
@@ -364,3 +368,45 @@ def head_image(atlas: GCAAtlas, label_map, seed: int):
     white = atlas.label_mean(2)
     image = np.clip(image / (white if white > 0 else 110.0), 0, None).astype(np.float32)
     return label_map.new(torch.from_numpy(image)[None])
+
+
+#: cerebral white matter within this distance of the midsagittal plane may be corpus
+#: callosum (fsaverage's callosum spans -2.3 to +2.7 mm about its hemispheres' midplane)
+CALLOSUM_HALF_WIDTH_MM = 3.5
+
+
+def callosum_as_partial(labels: vx.Volume,
+                        half_width_mm: float = CALLOSUM_HALF_WIDTH_MM) -> vx.Volume:
+    """A GCA label map with its midline white matter marked as partially labelled.
+
+    FreeSurfer's GCA atlases have no corpus callosum: it is labelled cerebral white matter
+    there (FreeSurfer's aseg draws the callosum afterwards, with ``mri_cc``), while fsaverage
+    and the held-out source label it ``CC_*``. Trained as it was drawn, every GCA sample
+    taught the network that the callosum is white matter. Here each cerebral white matter
+    voxel within ``half_width_mm`` of the midsagittal plane (midway between the centroids
+    of the two hemispheres' labels, in RAS voxel order) becomes the partial label
+    ``left-white`` / ``right-white`` of :mod:`vpcli.synth.colin`, whose members include the
+    callosum: the dense loss then scores it by the probability of the whole group.
+
+    Returns:
+        The map in RAS voxel order; every other voxel unchanged.
+    """
+    import torch
+
+    from vpcli.synth.colin import group_id
+    from vpcli.volumes import voxel_spacing_mm
+
+    ras = labels.reorient('RAS')
+    values = ras.tensor[0].long()
+    left = torch.isin(values, torch.tensor([2, 4, 10, 11, 12, 17, 18])).nonzero()[:, 0]
+    right = torch.isin(values, torch.tensor([41, 43, 49, 50, 51, 53, 54])).nonzero()[:, 0]
+    if not len(left) or not len(right):
+        return ras
+    middle = (left.double().mean() + right.double().mean()) / 2
+    spacing = float(voxel_spacing_mm(ras.geometry)[0])
+    x = torch.arange(values.shape[0], dtype=torch.float64).view(-1, 1, 1)
+    near = ((x - middle).abs() * spacing <= half_width_mm).expand_as(values)
+    out = values.clone()
+    out[near & (values == 2)] = group_id('left-white')
+    out[near & (values == 41)] = group_id('right-white')
+    return ras.new(out[None].to(ras.tensor.dtype), keep_labels=True)

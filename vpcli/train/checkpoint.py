@@ -44,9 +44,12 @@ DATA_SOURCES = [
 # ----- writing -------------------------------------------------------------------------
 def save_checkpoint(path: Path | str, *, recipe: Recipe, step: int, agent, tokenizer, vision,
                     history: list[dict], recipe_changes: list[dict], phi_teacher,
-                    agent_optimizer, vision_optimizer, compact: bool = False) -> None:
+                    agent_optimizer, vision_optimizer, compact: bool = False,
+                    averaged_steps: list[int] | None = None) -> None:
     """Write the resumable checkpoint atomically: both models, both optimizers, the torch
-    RNG state, the step, the log and the φ anchor (``phi_teacher``, or None).
+    RNG state, the step, the log and the φ anchor (``phi_teacher``, or None); and, for the
+    average of several checkpoints' language models (``scripts/average_checkpoints.py``),
+    the steps averaged.
 
     ``compact``: the state that is committed (``weights/train-state/``): the language
     model, its φ anchor and the vision network in fp16, without optimizer moments
@@ -68,6 +71,8 @@ def save_checkpoint(path: Path | str, *, recipe: Recipe, step: int, agent, token
              'recipe_changes': recipe_changes,
              'phi_teacher': None if phi_teacher is None
              else weights(phi_teacher.state_dict())}
+    if averaged_steps:
+        state['averaged_steps'] = list(averaged_steps)
     if not compact:
         state['agent_optimizer'] = agent_optimizer.state_dict()
         state['vision_optimizer'] = vision_optimizer.state_dict()
@@ -147,8 +152,10 @@ def checkpoint_models(checkpoint: dict):
 # ----- export --------------------------------------------------------------------------
 def export_weights(folder: Path | str, *, agent, tokenizer, vision, recipe: Recipe, step: int,
                    history: list[dict], recipe_changes: list[dict],
-                   evaluation: dict | None = None, recipe_path: str | None = None) -> dict:
-    """Write a weights folder: agent, vision network, tokenizer, manifest.
+                   evaluation: dict | None = None, recipe_path: str | None = None,
+                   averaged_steps: list[int] | None = None) -> dict:
+    """Write a weights folder: agent, vision network, tokenizer, manifest (with
+    ``averaged_steps`` when the language model is an average of checkpoints).
 
     The checkpoint's training state stays behind; the models are stored as they are
     (fp32: both are a few MB, and fp16 would change greedy decoding). A vision network
@@ -192,4 +199,5 @@ def export_weights(folder: Path | str, *, agent, tokenizer, vision, recipe: Reci
         'evaluation': evaluation if evaluation is not None else previous.get('evaluation', {}),
         'history_tail': history[-20:],
         'recipe_changes': recipe_changes,
+        **({'averaged_steps': list(averaged_steps)} if averaged_steps else {}),
     })

@@ -51,6 +51,9 @@ class JointTrainer:
         self.vision_optimizer = torch.optim.AdamW(self.vision.parameters(),
                                                   lr=recipe.vision_learning_rate, weight_decay=1e-4)
         self.step = 0
+        #: steps whose language models this state averages (scripts/average_checkpoints.py);
+        #: emptied by the next training step
+        self.averaged_steps: list[int] = []
         self.history: list[dict] = []
         self.recipe_changes: list[dict] = []
         self._block: tuple[int, Any] | None = None
@@ -109,6 +112,7 @@ class JointTrainer:
         trainer.step = checkpoint['step']
         trainer.history = list(checkpoint['history'])
         trainer.recipe_changes = changes
+        trainer.averaged_steps = list(checkpoint.get('averaged_steps', []))
         if checkpoint.get('phi_teacher') is not None:
             trainer.phi_teacher = trainer._frozen_copy(checkpoint['phi_teacher'])
         return trainer
@@ -126,7 +130,8 @@ class JointTrainer:
                         tokenizer=self.tokenizer, vision=self.vision, history=self.history,
                         recipe_changes=self.recipe_changes, phi_teacher=self.phi_teacher,
                         agent_optimizer=self.agent_optimizer,
-                        vision_optimizer=self.vision_optimizer, compact=compact)
+                        vision_optimizer=self.vision_optimizer, compact=compact,
+                        averaged_steps=self.averaged_steps)
 
     # ----- learning rates ---------------------------------------------------------------
     def stage(self, step: int | None = None) -> str:
@@ -284,6 +289,7 @@ class JointTrainer:
             torch.nn.utils.clip_grad_norm_(self.vision.parameters(), 1.0)
             self.vision_optimizer.step()
         self.step += 1
+        self.averaged_steps = []
         numbers['loss'] = float(loss.detach())
         return numbers
 
@@ -329,4 +335,5 @@ class JointTrainer:
         return export_weights(folder, agent=self.agent, tokenizer=self.tokenizer,
                               vision=self.vision, recipe=self.recipe, step=self.step,
                               history=self.history, recipe_changes=self.recipe_changes,
-                              evaluation=evaluation, recipe_path=recipe_path)
+                              evaluation=evaluation, recipe_path=recipe_path,
+                              averaged_steps=self.averaged_steps)

@@ -33,7 +33,9 @@ def label_counts(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
 
     Args:
         logits: Per sample ``(K, X, Y, Z)`` anatomical logits (background first).
-        truths: Per sample ``(X, Y, Z)`` true class indices.
+        truths: Per sample ``(X, Y, Z)`` true class indices; an index ``>= K`` is a
+            partially labelled voxel (:mod:`vpcli.synth.colin` groups, such as the GCA's
+            midline white matter, which may be corpus callosum): it counts nowhere.
         offsets: ``(K,)`` calibration offsets (:func:`calibrated_softmax`).
     """
     channels = offsets.numel()
@@ -42,6 +44,9 @@ def label_counts(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
     for logit, truth in zip(logits, truths):
         probabilities = calibrated_softmax(logit.float(), offsets).flatten(1)
         labels = truth.flatten()
+        known = labels < channels
+        if not bool(known.all()):
+            probabilities, labels = probabilities[:, known], labels[known]
         inside = probabilities > 0.5
         true += torch.bincount(labels, minlength=channels)[:channels].double()
         mask += inside.sum(1).double()

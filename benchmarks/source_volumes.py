@@ -34,19 +34,18 @@ def _volumes(labels) -> dict[int, float]:
     return {int(i): float(c) * voxel_ml for i, c in zip(ids, counts)}
 
 
-def _suite_dice(weights: Path) -> dict[str, float]:
-    """Anatomy-suite Dice per structure name without its side ('hippocampus': ...)."""
+def _suite_dice(weights: Path, targets: dict) -> dict[str, float]:
+    """Anatomy-suite Dice per structure key (left, right and bilateral pooled), from the
+    weights' recorded run; ``targets`` the ontology's targets by name."""
     try:
         manifest = json.loads((weights / 'manifest.json').read_text())
         per_target = manifest['evaluation']['suites']['anatomy']['per_target']
     except (OSError, KeyError, ValueError):
         return {}
     pooled: dict[str, list[float]] = {}
-    for target, entry in per_target.items():
-        name = target.split(' ', 1)[1] if target.split(' ', 1)[0] in ('left', 'right', 'bilateral') \
-            else target
-        pooled.setdefault(name, []).extend([entry['mean_dice']] * entry['n'])
-    return {name: sum(v) / len(v) for name, v in pooled.items()}
+    for name, entry in per_target.items():
+        pooled.setdefault(targets[name].key, []).extend([entry['mean_dice']] * entry['n'])
+    return {key: sum(v) / len(v) for key, v in pooled.items()}
 
 
 def main() -> None:
@@ -65,29 +64,28 @@ def main() -> None:
     sources['gca'] = {i: sum(d.get(i, 0.0) for d in draws) / len(draws)
                       for i in set().union(*draws)}
     sources['dk_mni'] = _volumes(load_source('dk_mni').labels)
-    dice = _suite_dice(Path(args.weights))
+    targets = load_ontology().targets
+    dice = _suite_dice(Path(args.weights), targets)
 
     # the anatomy suite's structures: the ontology's subcortical targets of one side or none
     known = {vocabulary.name(i).lower() for i in vocabulary.ids}
     names = {}
-    for target in load_ontology().targets.values():
+    for target in targets.values():
         if target.kind == 'subcortical' and target.side != 'bilateral':
-            names[target.name] = tuple(vocabulary.id(label) for label in sorted(target.labels)
-                                       if label.lower() in known)  # aliases absent
+            ids = tuple(vocabulary.id(label) for label in sorted(target.labels)
+                        if label.lower() in known)  # aliases absent from the vocabulary
+            names[target.name] = (target.key, ids)
     rows = []
     print(f'{"structure":34s} {"fsaverage":>9s} {"gca":>7s} {"dk_mni":>7s} {"ratio":>6s} {"Dice":>6s}')
-    for name, labels in sorted(names.items()):
-        if name.startswith('bilateral '):
-            continue
+    for name, (key, labels) in sorted(names.items()):
         train = [sum(sources[s].get(i, 0.0) for i in labels) for s in ('fsaverage', 'gca')]
         held = sum(sources['dk_mni'].get(i, 0.0) for i in labels)
         mean_train = sum(train) / 2
         ratio = held / mean_train if mean_train else float('inf')
-        bare = name.split(' ', 1)[1] if name.split(' ', 1)[0] in ('left', 'right') else name
         row = {'structure': name, 'labels': [vocabulary.name(i) for i in labels],
                'fsaverage_ml': round(train[0], 2), 'gca_ml': round(train[1], 2),
                'dk_mni_ml': round(held, 2), 'held_out_ratio': round(ratio, 2),
-               'anatomy_dice': None if bare not in dice else round(dice[bare], 3)}
+               'anatomy_dice': None if key not in dice else round(dice[key], 3)}
         rows.append(row)
         shown = '' if row['anatomy_dice'] is None else f'{row["anatomy_dice"]:.3f}'
         print(f'{name:34s} {train[0]:9.2f} {train[1]:7.2f} {held:7.2f} {ratio:6.2f} {shown:>6s}')

@@ -650,3 +650,125 @@ def test_synthetic_lesions_reach_their_volume_and_infarcts_keep_to_one_hemispher
         batch = synthesizer.sample(2)
         seen += int((batch.lesions[:, 0] > 0).flatten(1).any(1).sum())
     assert seen >= 2
+
+
+def test_radial_scaling_grows_and_shrinks_a_structure_without_folding():
+    import math
+    from vpcli.synth.dense import radial_scaling
+    axes = [torch.arange(48, dtype=torch.float32)] * 3
+    points = torch.stack(torch.meshgrid(*axes, indexing='ij'), -1)[None]  # 1 mm grid, mm
+    sphere = ((points[0] - 24) ** 2).sum(-1) <= 6 ** 2
+    volume = float(sphere.sum())
+
+    def sampled(moved):
+        index = moved.round().long().clamp(0, 47)
+        return sphere[index[..., 0], index[..., 1], index[..., 2]]
+
+    centre = torch.tensor([[[24.0, 24.0, 24.0]]])
+    for factor, low, high in ((1.25, 1.4, 1.25 ** 3), (0.8, 0.8 ** 3, 0.8)):
+        strength = torch.tensor([[1 - 1 / factor]])
+        moved = radial_scaling(points, centre, torch.tensor([[8.0]]), strength)[0]
+        ratio = float(sampled(moved).sum()) / volume
+        assert low <= ratio <= high, (factor, ratio)
+        # one-to-one: the map's Jacobian determinant stays positive everywhere
+        jacobian = torch.stack([moved.diff(dim=a)[:47, :47, :47] for a in range(3)], -1)
+        assert float(torch.linalg.det(jacobian.double()).min()) > 0
+        # far from the structure nothing moves
+        assert float((moved[0, 0, 0] - points[0, 0, 0, 0]).abs().max()) < 1e-3
+    # the strongest shrink the recipes draw keeps every map one-to-one
+    strength = torch.tensor([[1 - math.exp(0.5)]])
+    moved = radial_scaling(points, centre, torch.tensor([[8.0]]), strength)[0]
+    jacobian = torch.stack([moved.diff(dim=a)[:47, :47, :47] for a in range(3)], -1)
+    assert float(torch.linalg.det(jacobian.double()).min()) > 0
+
+
+@pytest.mark.slow
+def test_structure_scaling_changes_deep_structures_and_keeps_samples_valid():
+    pytest.importorskip('smriprep_freesurfer732')
+    from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
+    from vpcli.synth.vocabulary import load_vocabulary
+    torch.set_num_threads(1)
+    ids = load_vocabulary().ids
+    settings = SynthesisSettings(shape=(32, 32, 32), lesion_probability=0.0, structure_scaling=0.3,
+                                 structure_scaling_probability=1.0, field_of_view_probability=0.0)
+    synthesizer = DenseSynthesizer(ids, LESIONS, 'cpu', settings, ('fsaverage',), seed=2)
+    source = synthesizer.sources[0]
+    centres = source['scalable_centres']
+    assert centres is not None and 20 <= centres.shape[0] <= 40  # deep grey, ventricles, ...
+    hippocampus = ids.index(17) + 1
+    # the left hippocampus' centroid (mm) lies inside it on the source grid
+    chosen = [i + 1 for i, label_id in enumerate(ids)
+              if load_vocabulary().labels[label_id].tissue in DenseSynthesizer.SCALED_TISSUES]
+    row = chosen.index(hippocampus)
+    voxel = (centres[row] / source['spacing'].float()).round().long()
+    assert int(source['labels'][0, 0][tuple(voxel)]) == hippocampus
+    batch = synthesizer.sample(2)
+    assert batch.labels.shape == (2, 32, 32, 32) and int(batch.labels.max()) <= len(ids)
+    assert float(batch.image.min()) >= 0 and float(batch.image.max()) <= 1
+
+
+@pytest.mark.parametrize('decoding', ['channel', 'component'])
+def test_component_lesion_decoding_gives_each_lesion_whole_to_one_class(decoding):
+    # lesion A: glioma 0.9 in its core, 0.45 in its rim, where infarct reads 0.52; lesion B:
+    # infarct 0.9. Channels: the glioma is its core alone and the rim an infarct. Components:
+    # A is one glioma (its glioma probability sums higher) and B an infarct.
+    network = VisionNetwork(tiny_config(lesion_decoding=decoding)).eval()
+    scan = scan_on()
+    with torch.no_grad():
+        encoding = network.encode([scan])
+        probabilities = network.dense_probabilities(encoding)[0]
+        anatomy = network.config.anatomy_channels
+        glioma, infarct = anatomy + LESIONS.index('glioma'), anatomy + LESIONS.index('infarct')
+        probabilities[anatomy:] = 0.02
+        grid = probabilities.shape[1:]
+        a_rim = torch.zeros(grid, dtype=torch.bool)
+        a_rim[2:9, 2:9, 2:9] = True
+        a_core = torch.zeros(grid, dtype=torch.bool)
+        a_core[3:8, 3:8, 3:8] = True
+        b = torch.zeros(grid, dtype=torch.bool)
+        b[11:14, 11:14, 11:14] = True
+        probabilities[glioma][a_rim] = 0.45
+        probabilities[infarct][a_rim] = 0.52
+        probabilities[glioma][a_core] = 0.9
+        probabilities[infarct][a_core] = 0.1
+        probabilities[infarct][b] = 0.9
+        masks = {name: network.segment(encoding, name).volume.tensor[0].bool()
+                 for name in ('glioma', 'infarct', 'lesion')}
+    restore = encoding.prepared[0].restore
+
+    def expected(region):
+        return restore(region[None].float()).tensor[0] > 0.5
+
+    assert torch.equal(masks['lesion'], expected(a_rim | b))
+    if decoding == 'channel':
+        assert torch.equal(masks['glioma'], expected(a_core))
+        assert torch.equal(masks['infarct'], expected((a_rim & ~a_core) | b))
+    else:
+        assert torch.equal(masks['glioma'], expected(a_rim))
+        assert torch.equal(masks['infarct'], expected(b))
+
+
+def test_fitting_offsets_on_the_voxels_that_can_change_equals_fitting_on_all():
+    """fit_offsets scores only voxels whose background is at most 0.5 (no label passes 0.5
+    elsewhere); its offsets must equal the fixed-point steps on label_counts over every
+    voxel, partial labels, mirrored sides and fitted channels included."""
+    from vpcli.vision.calibration import MIN_VOXELS, fit_offsets, label_counts
+    generator = torch.Generator().manual_seed(0)
+    classes = 9
+    logits = [torch.randn(classes, 20, 20, 20, generator=generator) * 1.5 for _ in range(3)]
+    logits[0][0] += 1.0
+    truths = [logit.argmax(0) for logit in logits]
+    truths[1][0] = classes + 1  # a partially labelled slab counts nowhere
+    mirror = [0, 2, 1, 4, 3, 5, 6, 8, 7]
+    channels = torch.tensor([False] + [True] * 7 + [False])
+    offsets = torch.zeros(classes)
+    swap = torch.tensor(mirror)
+    for _ in range(30):
+        true, mask, _, _ = label_counts(logits, truths, offsets)
+        true, mask = true + true[swap], mask + mask[swap]
+        fitted = (true >= MIN_VOXELS) & channels
+        step = -0.7 * torch.log((mask + 1) / (true + 1)).float()
+        offsets = torch.where(fitted, (offsets + step).clamp(-3, 3), offsets)
+    fast = fit_offsets(logits, truths, mirror, channels=channels)
+    assert torch.equal(fast, offsets)
+    assert bool((offsets[1:8] != 0).any()) and bool((offsets.abs() < 3).any())

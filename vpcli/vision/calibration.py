@@ -76,10 +76,16 @@ def fit_offsets(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
     count = logits[0].shape[0]
     offsets = torch.zeros(count)
     swap = None if mirror is None else torch.as_tensor(list(mirror)[:count])
+    true, background_mask, candidates = _fitting_voxels(logits, truths, count)
+    if swap is not None:
+        true = true + true[swap]
     for _ in range(iterations):
-        true, mask, _, _ = label_counts(logits, truths, offsets)
+        mask = torch.zeros_like(true)
+        mask[0] = background_mask
+        for logit in candidates:
+            mask[1:] += (calibrated_softmax(logit, offsets)[1:] > 0.5).sum(1).double()
         if swap is not None:
-            true, mask = true + true[swap], mask + mask[swap]
+            mask = mask + mask[swap]
         fitted = true >= MIN_VOXELS
         fitted[0] = False
         if channels is not None:
@@ -87,6 +93,28 @@ def fit_offsets(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
         step = -rate * torch.log((mask + 1) / (true + 1)).float()
         offsets = torch.where(fitted, (offsets + step).clamp(-limit, limit), offsets)
     return offsets
+
+
+def _fitting_voxels(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],
+                    channels: int) -> tuple[torch.Tensor, float, list[torch.Tensor]]:
+    """What :func:`fit_offsets` needs of the samples, once: the true voxels per channel (as
+    :func:`label_counts` counts them), the voxels where the background is above 0.5 (it
+    keeps its probability under any offsets), and per sample the ``(K, N)`` logits of
+    the other voxels, the only ones whose label can pass 0.5 (a label's probability is at
+    most ``1 - p0``)."""
+    true = torch.zeros(channels, dtype=torch.float64)
+    background, candidates = 0.0, []
+    for logit, truth in zip(logits, truths):
+        logit = logit.float().flatten(1)
+        labels = truth.flatten()
+        known = labels < channels
+        if not bool(known.all()):
+            logit, labels = logit[:, known], labels[known]
+        true += torch.bincount(labels, minlength=channels)[:channels].double()
+        p0 = calibrated_softmax(logit, torch.zeros(channels))[0]
+        background += float((p0 > 0.5).sum())
+        candidates.append(logit[:, p0 <= 0.5].contiguous())
+    return true, background, candidates
 
 
 def volume_summary(logits: Sequence[torch.Tensor], truths: Sequence[torch.Tensor],

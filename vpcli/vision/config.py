@@ -63,6 +63,12 @@ class VisionConfig:
             grid of this spacing (its own, finer along the axes coarser than this) from its
             linearly interpolated intensities, and the posterior is averaged back onto its
             own grid (docs/vision.md "Coarse scans").
+        lesion_decoding: Dense networks: ``channel``, a lesion class's probability is the
+            maximum of its leaf channels; ``component``, each connected lesion (the
+            maximum over the leaf channels other than oedema above 0.5) belongs to the one
+            leaf class whose probability sums highest over it, so a lesion whose
+            probability the channels share is found whole, as one class (oedema keeps its
+            channel); docs/vision.md "Lesion decoding".
         logit_offsets: Dense networks: empty, or one number per anatomical channel
             (background first; its own is ignored): the volume calibration fitted at
             export, applied among the labels at run time
@@ -96,6 +102,7 @@ class VisionConfig:
     edge_refinement: bool = False
     isotropic_working_grid: bool = False
     refinement_spacing_mm: float = 0.0
+    lesion_decoding: str = 'channel'
     logit_offsets: tuple[float, ...] = ()
     lesion_head_width: int = 0
     atlas_centroids: tuple[tuple[float, float, float, float], ...] = ()
@@ -118,6 +125,9 @@ class VisionConfig:
             raise ValueError(f'atlas_centroids needs one (x, y, z, mL) row per label '
                              f'({len(self.label_ids)})')
         object.__setattr__(self, 'refinement_spacing_mm', float(self.refinement_spacing_mm))
+        if self.lesion_decoding not in ('channel', 'component'):
+            raise ValueError(f'lesion_decoding {self.lesion_decoding!r}: expected "channel" or '
+                             f'"component"')
         if self.refinement_spacing_mm < 0:
             raise ValueError(f'refinement_spacing_mm {self.refinement_spacing_mm} is negative')
         object.__setattr__(self, 'intensity_percentiles',
@@ -176,7 +186,7 @@ class VisionConfig:
 #: config keys that change what a trained dense network does at run time only (training
 #: never uses them): an export takes them from the recipe's named config
 RUN_TIME_KEYS = ('flip_averaging', 'intensity_refinement', 'edge_refinement',
-                 'refinement_spacing_mm', 'isotropic_working_grid')
+                 'refinement_spacing_mm', 'isotropic_working_grid', 'lesion_decoding')
 
 
 #: named configurations: ``tiny`` for tests, ``small`` for 2 CPU cores, ``paper`` as in App. A.3 (6 levels,

@@ -67,6 +67,9 @@ class DenseRecipe:
         threads: Torch CPU threads (0: torch's default).
         sources: Training anatomy sources (``fsaverage``, ``gca``, ``colin27``).
         gca_draws: Label maps drawn from the GCA priors when ``gca`` is a source.
+        structure_scaling: Grow or shrink a few deep grey structures, ventricles or the
+            brainstem of each sample on their own, each by a linear factor up to
+            ``exp(±structure_scaling)`` at its centre (:mod:`vpcli.synth.dense`); 0: off.
         calibration_samples: At export, fit the volume calibration (one logit offset per
             anatomical channel, :mod:`vpcli.vision.calibration`) on this many new synthetic
             samples and ship it in the network's config; 0 ships none. Training is
@@ -109,6 +112,7 @@ class DenseRecipe:
     threads: int = 0
     sources: list = dataclasses.field(default_factory=lambda: ['fsaverage'])
     gca_draws: int = 6
+    structure_scaling: float = 0.0
     calibration_samples: int = 0
     lesion_positive_weight: float = 0.2
     lesion_voxel_weight: float = 1.0
@@ -319,7 +323,8 @@ class DenseTrainer:
         self.device = device
         settings = SynthesisSettings(spacing_mm=recipe.spacing_mm, shape=tuple(recipe.shape),
                                      lesion_probability=recipe.lesion_probability,
-                                     gca_draws=recipe.gca_draws)
+                                     gca_draws=recipe.gca_draws,
+                                     structure_scaling=recipe.structure_scaling)
         levels = network.config.levels
         if any(n % 2 ** (levels - 1) for n in recipe.shape):
             raise BadInputError(f'recipe {recipe.name}: shape {recipe.shape} must be multiples of '

@@ -160,6 +160,9 @@ class Encoding:
             name, per session (:mod:`vpcli.library.lesion_choice`; made once each).
         heads: Dense networks with atlas centroids: per session the head size estimate
             (:func:`vpcli.vision.head_size.estimate`, or None), made once, on first use.
+        lesion_components: Dense networks with ``lesion_decoding = "component"``: per
+            stream the leaf lesion channels with each connected lesion given to one class
+            (made once, on first use).
     """
     scans: tuple['Scan', ...]
     prepared: tuple[PreparedScan, ...]
@@ -174,6 +177,7 @@ class Encoding:
     brains: list | None = None
     region_masks: dict = dataclasses.field(default_factory=dict)
     heads: list | None = None
+    lesion_components: dict | None = None
 
     def __str__(self) -> str:
         return f'Encoding({", ".join(scan.name for scan in self.scans)})'
@@ -490,12 +494,48 @@ class VisionNetwork(nn.Module):
                 chosen = torch.zeros((1, *grid.shape[1:]), dtype=probabilities.dtype,
                                      device=probabilities.device)
             if parts.lesions:
-                lesions = probabilities[[anatomy + i for i in parts.lesions]].amax(0, keepdim=True)
+                leaves = probabilities[anatomy:] if config.lesion_decoding == 'channel' else \
+                    self._lesion_components(encoding, index)
+                lesions = leaves[list(parts.lesions)].amax(0, keepdim=True)
                 chosen = torch.maximum(chosen, prepared.upsample(lesions) if refine else lesions)
             if fine and not refine:  # a thick-slice scan: the working grid's target on its own
                 chosen = prepared.upsample(chosen, antialias=True)
             out.append(chosen.clamp(0, 1))
         return out
+
+    def _lesion_components(self, encoding: Encoding, stream: int) -> torch.Tensor:
+        """``lesion_decoding = "component"``: the leaf lesion channels ``(L, X, Y, Z)`` of a
+        stream with each connected lesion given to one class. A lesion is a 26-connected part
+        of ``u > 0.5``, ``u`` the maximum over the leaf channels other than oedema; inside it
+        the class whose probability sums highest over it takes ``u`` and the others 0.
+        Outside every lesion, and the oedema channel everywhere, stay as they are.
+        Computed once per encoding and stream."""
+        if encoding.lesion_components is None:
+            encoding.lesion_components = {}
+        if stream not in encoding.lesion_components:
+            import numpy as np
+            from scipy import ndimage
+            anatomy = self.config.anatomy_channels
+            leaves = self.dense_probabilities(encoding)[stream][anatomy:].clone()
+            solid = [i for i, key in enumerate(self.config.lesion_classes) if key != 'edema']
+            if solid:
+                union = leaves[solid].amax(0)
+                parts, count = ndimage.label((union > 0.5).cpu().numpy(),
+                                             structure=np.ones((3, 3, 3), dtype=bool))
+                if count:
+                    parts_t = torch.from_numpy(parts).to(leaves.device).long()
+                    flat = parts_t.flatten()
+                    sums = torch.zeros((count + 1, len(solid)), dtype=leaves.dtype,
+                                       device=leaves.device)
+                    sums.index_add_(0, flat, leaves[solid].flatten(1).T)
+                    winner = sums.argmax(1)  # per component, the index into ``solid``
+                    inside = parts_t > 0
+                    for j, channel in enumerate(solid):
+                        owns = inside & (winner[parts_t] == j)
+                        leaves[channel] = torch.where(owns, union, torch.where(
+                            inside, torch.zeros_like(union), leaves[channel]))
+            encoding.lesion_components[stream] = leaves
+        return encoding.lesion_components[stream]
 
     def _nearest_parcels(self, encoding: Encoding, stream: int):
         """Per voxel of a stream, the channel of the nearest predicted cortical parcel (None

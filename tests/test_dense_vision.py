@@ -683,7 +683,7 @@ def test_radial_scaling_grows_and_shrinks_a_structure_without_folding():
 
 
 @pytest.mark.slow
-def test_structure_scaling_changes_deep_structures_and_keeps_samples_valid():
+def test_structure_scaling_centres_on_deep_structures_and_keeps_samples_valid():
     pytest.importorskip('smriprep_freesurfer732')
     from vpcli.synth.dense import DenseSynthesizer, SynthesisSettings
     from vpcli.synth.vocabulary import load_vocabulary

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,6 +242,32 @@ def test_a_resumed_dense_run_equals_one_run(tmp_path):
     assert resumed.recipe_changes == []
     longer = DenseTrainer.resume(tmp_path / 'checkpoint.pt', recipe=dataclasses.replace(recipe, steps=9))
     assert longer.recipe_changes == [{'step': 2, 'changed': {'steps': [4, 9]}}]
+
+
+@pytest.mark.training
+def test_train_command_refuses_to_train_before_the_recipes_schedule_start(tmp_path):
+    """A recipe whose warm-up starts after the run's step would train every step before it
+    at the warm-up's first rate: the command says so, names the recipe, and trains nothing."""
+    pytest.importorskip('smriprep_freesurfer732')
+    from typer.testing import CliRunner
+
+    from vpcli.cli import app
+
+    text = (Path(__file__).parents[1] / 'recipes' / 'train' / 'dense-tiny.toml').read_text()
+    recipe = tmp_path / 'late.toml'
+    recipe.write_text(text.replace('steps = 20', 'steps = 20\nschedule_start = 2'))
+    runner = CliRunner()
+    run = tmp_path / 'run'
+    refused = runner.invoke(app, ['train', '--recipe', str(recipe), '-o', str(run), '--until', '1'])
+    assert refused.exit_code != 0
+    assert str(recipe) in refused.output and 'schedule_start 2' in refused.output
+    assert 'schedule_start = 0' in refused.output and not (run / 'checkpoint.pt').exists()
+    on_time = tmp_path / 'on-time.toml'
+    on_time.write_text(text.replace('steps = 20', 'steps = 20\nschedule_start = 0'))
+    first = runner.invoke(app, ['train', '--recipe', str(on_time), '-o', str(run), '--until', '2'])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ['train', '--recipe', str(recipe), '-o', str(run), '--until', '3'])
+    assert again.exit_code == 0 and 'step 3' in again.output  # the run is at schedule_start
 
 
 @pytest.mark.slow

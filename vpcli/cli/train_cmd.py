@@ -116,8 +116,17 @@ def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until
     else:
         trainer = DenseTrainer.create(recipe, chosen)
         log(f'new dense vision run of recipe {recipe.name} on {chosen}')
+    target = recipe.steps if until is None else until
+    if trainer.step < min(target, recipe.schedule_start):
+        # the warm-up counts from schedule_start: every step before it would train at the
+        # warm-up's first rate (docs/training.md "The whole-network continuation")
+        raise BadInputError(
+            f'{recipe_path}: schedule_start {recipe.schedule_start} is after the step this run '
+            f'is at ({trainer.step}{f", {resume}" if resume is not None else ""}); steps before it '
+            f'would train at {trainer.learning_rate():.2g}, the warm-up\'s first rate: set '
+            f'schedule_start = {trainer.step} in the recipe, or resume a later state')
     output.mkdir(parents=True, exist_ok=True)
-    trainer.train(recipe.steps if until is None else until, checkpoint, log,
+    trainer.train(target, checkpoint, log,
                   journal=output / 'train_log.jsonl', seconds=seconds)
     log(f'step {trainer.step}; checkpoint {checkpoint}')
     if export is not None:

@@ -377,6 +377,23 @@ def test_averaged_checkpoints_export_their_mean_and_record_it(tmp_path):
     for name, value in mean.network.state_dict().items():
         if value.is_floating_point():
             assert torch.allclose(value, (a['state'][name] + b['state'][name]) / 2, atol=1e-6), name
+    # an average counts as the checkpoints behind it: (mean of a, b) with c is the mean of all three
+    trainer.train(3, tmp_path / 'c.pt', log=lambda line: None)
+    c = torch.load(tmp_path / 'c.pt', weights_only=True)
+    sys.argv = [str(script), str(tmp_path / 'mean3.pt'), str(tmp_path / 'mean.pt'), str(tmp_path / 'c.pt')]
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    finally:
+        sys.argv = argv
+    three = DenseTrainer.resume(tmp_path / 'mean3.pt')
+    assert three.step == 3 and three.averaged_steps == [1, 2, 3]
+    moved = 0
+    for name, value in three.network.state_dict().items():
+        if value.is_floating_point():
+            expected = (a['state'][name] + b['state'][name] + c['state'][name]) / 3
+            assert torch.allclose(value, expected, atol=1e-6), name
+            moved += int(not torch.allclose(value, (mean.network.state_dict()[name] + c['state'][name]) / 2))
+    assert moved  # weighted by count, not the plain mean of the two files
     mean.train(3, log=lambda line: None)
     assert mean.averaged_steps == []
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
 
 from vpcli.errors import BadInputError
 
@@ -120,8 +119,7 @@ def _role_file(folder: Path, manifest: dict, role: str, default: str) -> Path:
     return folder / default
 
 
-def load_bundle(explicit: os.PathLike | str | None = None, device: str = 'cpu',
-                vision_loaded: Callable[[Any], None] | None = None) -> Bundle:
+def load_bundle(explicit: os.PathLike | str | None = None, device: str = 'cpu') -> Bundle:
     """Load the weights folder (``--weights``, ``$VOXELPROMPT_WEIGHTS``, or ``weights/``).
 
     Every listed file's sha256 is verified first.
@@ -134,22 +132,20 @@ def load_bundle(explicit: os.PathLike | str | None = None, device: str = 'cpu',
         raise BadInputError(f'{folder}: no such weights folder (give --weights DIR or set '
                             f'VOXELPROMPT_WEIGHTS)')
     manifest = verify_manifest(folder)
+    from vpcli.agent.loop import Agent
+    from vpcli.agent.model import IncompatibleModelText
     from vpcli.vision.model import VisionNetwork
 
     agent_path = _role_file(folder, manifest, 'agent', 'agent.pt')
     vision_path = _role_file(folder, manifest, 'vision', 'vision.pt')
-    vision = VisionNetwork.load(vision_path, device)
-    vision.eval()
-    if vision_loaded is not None:
-        vision_loaded(vision)
-    from vpcli.agent.loop import Agent
-    from vpcli.agent.model import IncompatibleModelText
     try:
         agent = Agent.load(agent_path, device)
     except IncompatibleModelText as error:
         raise BadInputError(f'{agent_path}: {error}') from None
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise BadInputError(f'{agent_path}: not a voxelprompt agent checkpoint ({error})') from None
+    vision = VisionNetwork.load(vision_path, device)
+    vision.eval()
     return Bundle(folder, manifest, agent, vision, device)
 
 

@@ -21,25 +21,6 @@ def invoked_command_line(command: str, rebuilt: list[str]) -> list[str]:
     return rebuilt
 
 
-def import_ahead(qc: bool):
-    """Import the language model's library (and matplotlib) in a background thread."""
-    import importlib
-    import threading
-
-    def work() -> None:
-        try:
-            importlib.import_module('vpcli.agent.loop')
-            if qc:
-                importlib.import_module('matplotlib').use('Agg')
-                importlib.import_module('matplotlib.pyplot')
-        except Exception:  # noqa: BLE001 -- reported where the main thread imports it
-            pass
-
-    thread = threading.Thread(target=work, name='voxelprompt-import-ahead', daemon=True)
-    thread.start()
-    return thread
-
-
 def use_threads(threads: Optional[int]) -> None:
     """``--threads``: torch's CPU threads (left as they are when not given)."""
     if threads:

@@ -11,8 +11,7 @@ import typer
 
 from vpcli.cli._app import app
 from vpcli.cli._common import print_result, report_warnings, reports_errors, stderr_logger
-from vpcli.cli._setup import (import_ahead, invoked_command_line, use_threads, weights_fields,
-                              weights_line)
+from vpcli.cli._setup import invoked_command_line, use_threads, weights_fields, weights_line
 
 
 @app.command('run')
@@ -68,15 +67,7 @@ def run(
     started = time.monotonic()
     scan_list = load_scans(scans)
     scans_loaded = time.monotonic()
-    import_ahead(qc=not no_qc)
-    encoded = {}
-
-    def encode_ahead(vision) -> None:
-        started_encoding = time.monotonic()
-        if vision.encode_ahead(scan_list):
-            encoded['encode_ahead_s'] = time.monotonic() - started_encoding
-
-    bundle = load_bundle(weights, chosen, vision_loaded=encode_ahead)
+    bundle = load_bundle(weights, chosen)
     weights_loaded = time.monotonic()
     # logged once both have loaded, so that a bad scan or weights folder is the only line
     for scan in scan_list:
@@ -98,8 +89,7 @@ def run(
         program_run, _ = run_prompt(prompt, scan_list, bundle, settings, max_steps=max_steps,
                                     log=log)
     program_run.timings['load_s'] = scans_loaded - started
-    program_run.timings['weights_s'] = weights_loaded - scans_loaded - encoded.get('encode_ahead_s', 0.0)
-    program_run.timings.update(encoded)
+    program_run.timings['weights_s'] = weights_loaded - scans_loaded
     metrics = program_run.write(output, overwrite, log, qc=not no_qc)
     print_result(metrics, json_output, log, output)
     report_warnings(metrics, strict_qc, quiet)

@@ -220,7 +220,6 @@ class VisionNetwork(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.config = config
-        self._ahead: Encoding | None = None  # :meth:`encode_ahead`
         widths, levels = config.widths, config.levels
 
         def block(in_channels: int, level: int) -> LevelBlock:
@@ -264,30 +263,10 @@ class VisionNetwork(nn.Module):
         """
         if not scans:
             raise ProgramError('encode needs at least one scan')
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None and not self.training and len(ahead.scans) == len(scans) \
-                and all(a is b for a, b in zip(ahead.scans, scans)):
-            ahead.phi = phi_matrix(phi, len(scans), self.config.phi_size, self.device)
-            return ahead
         isotropic = self.config.dense and self.config.isotropic_working_grid and not self.training
         prepared = [prepare_scan(scan, self.config, self.device, refinement=self.refines(),
                                  isotropic=isotropic) for scan in scans]
         return self.encode_prepared(prepared, phi)
-
-    def encode_ahead(self, scans: Sequence['Scan']) -> bool:
-        """Encode ``scans`` and make their dense probabilities before a program asks for
-        them; the next :meth:`encode` of exactly these scans returns this encoding."""
-        self._ahead = None
-        if not (self.config.dense and not self.config.phi_mixing and not self.training):
-            return False
-        try:
-            with torch.no_grad():
-                encoding = self.encode(scans)
-                self.dense_probabilities(encoding)
-        except Exception:  # noqa: BLE001 -- the program's own encode reports it
-            return False
-        self._ahead = encoding
-        return True
 
     def encode_prepared(self, prepared: Sequence[PreparedScan], phi: Any = None) -> Encoding:
         """:meth:`encode` on scans already passed through :func:`prepare_scan`."""

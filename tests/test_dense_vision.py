@@ -262,6 +262,12 @@ def test_train_command_refuses_to_train_before_the_recipes_schedule_start(tmp_pa
     assert refused.exit_code != 0
     assert str(recipe) in refused.output and 'schedule_start 2' in refused.output
     assert 'schedule_start = 0' in refused.output and not (run / 'checkpoint.pt').exists()
+    from vpcli.errors import BadInputError
+    from vpcli.vision.dense_training import DenseRecipe, DenseTrainer
+    direct = DenseTrainer.create(DenseRecipe.load(recipe))  # the Python API refuses too
+    with pytest.raises(BadInputError, match='schedule_start 2'):
+        direct.train(1, log=lambda line: None)
+    assert direct.step == 0
     on_time = tmp_path / 'on-time.toml'
     on_time.write_text(text.replace('steps = 20', 'steps = 20\nschedule_start = 0'))
     first = runner.invoke(app, ['train', '--recipe', str(on_time), '-o', str(run), '--until', '2'])

@@ -117,14 +117,9 @@ def _train_vision(recipe_path: Path, output: Path, resume: Optional[Path], until
         trainer = DenseTrainer.create(recipe, chosen)
         log(f'new dense vision run of recipe {recipe.name} on {chosen}')
     target = recipe.steps if until is None else until
-    if trainer.step < min(target, recipe.schedule_start):
-        # the warm-up counts from schedule_start: every step before it would train at the
-        # warm-up's first rate (docs/training.md "The whole-network continuation")
-        raise BadInputError(
-            f'{recipe_path}: schedule_start {recipe.schedule_start} is after the step this run '
-            f'is at ({trainer.step}{f", {resume}" if resume is not None else ""}); steps before it '
-            f'would train at {trainer.learning_rate():.2g}, the warm-up\'s first rate: set '
-            f'schedule_start = {trainer.step} in the recipe, or resume a later state')
+    problem = trainer.schedule_problem(target)  # train() refuses too; here with the file
+    if problem is not None:
+        raise BadInputError(f'{recipe_path}: {problem}')
     output.mkdir(parents=True, exist_ok=True)
     trainer.train(target, checkpoint, log,
                   journal=output / 'train_log.jsonl', seconds=seconds)

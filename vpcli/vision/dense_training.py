@@ -497,11 +497,31 @@ class DenseTrainer:
         self.history.append(entry)
         return entry
 
+    def schedule_problem(self, until: int) -> str | None:
+        """Why training to ``until`` would not follow the recipe's schedule, or None: the
+        warm-up counts from ``schedule_start``, so every step before it would train at the
+        warm-up's first rate (docs/training.md "The whole-network continuation")."""
+        start = self.recipe.schedule_start
+        if self.step >= min(until, start):
+            return None
+        return (f'schedule_start {start} is after the step this run is at ({self.step}); '
+                f'steps before it would train at {self.learning_rate():.2g}, the warm-up\'s '
+                f'first rate: set schedule_start = {self.step} in the recipe, or resume a '
+                f'later state')
+
     def train(self, until: int, checkpoint: Path | None = None,
               log: Callable[[str], None] = print, journal: Path | None = None,
               seconds: float | None = None) -> None:
         """Train to step ``until``, checkpointing every ``checkpoint_every`` steps; with
-        ``seconds``, stop (and checkpoint) once that much wall time has passed."""
+        ``seconds``, stop (and checkpoint) once that much wall time has passed.
+
+        Raises:
+            BadInputError: the run's step lies before the recipe's ``schedule_start``
+                (:meth:`schedule_problem`); nothing is trained.
+        """
+        problem = self.schedule_problem(until)
+        if problem is not None:
+            raise BadInputError(f'recipe {self.recipe.name}: {problem}')
         window: list[dict] = []
         deadline = None if seconds is None else time.perf_counter() + seconds
         while self.step < until:
